@@ -1,0 +1,177 @@
+//! The validated configuration types. Every value here has passed validation: durations are positive where
+//! they must be, thresholds are at least 1, probes are well-formed, names are valid.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// `[api]`: the REST API and `/metrics` server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSettings {
+    /// Address the hyper server listens on.
+    pub listen: SocketAddr,
+    /// Bearer token every POST/DELETE must carry, when set.
+    pub token: Option<String>,
+    /// Allow listening on a non-loopback address without a token.
+    pub allow_unauthenticated: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The OTLP transport used to export traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (usually port 4317).
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (usually port 4318, path `/v1/traces`).
+    Http,
+}
+
+/// `[telemetry]`: logs and trace export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySettings {
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// OTLP endpoint; `None` disables trace export (the `OTEL_EXPORTER_OTLP_*` variables may still set one).
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport.
+    pub otlp_protocol: OtlpProtocol,
+}
+
+/// `[defaults.health]` and `[services.NAME.health]`: how often and how strictly a service is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSettings {
+    /// Time between checks once the service is ready.
+    pub check_interval: Duration,
+    /// A check that takes longer has failed.
+    pub timeout: Duration,
+    /// Consecutive failures that make a service unhealthy.
+    pub failure_threshold: u32,
+    /// Consecutive passes that make an unhealthy service healthy again.
+    pub recovery_threshold: u32,
+    /// Restart the service when it turns unhealthy.
+    pub auto_recovery: bool,
+    /// Probe cadence while starting, until the first pass.
+    pub startup_interval: Duration,
+    /// A start that has not passed a check within this time has failed.
+    pub startup_timeout: Duration,
+}
+
+/// `[defaults.restart]` and `[services.NAME.restart]`: automatic restarts with exponential backoff.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+    /// Automatic restarts before the service is marked failed.
+    pub max_attempts: u32,
+    /// Delay before the first restart.
+    pub initial_delay: Duration,
+    /// Factor between successive delays (at least 1).
+    pub backoff_base: f64,
+    /// Upper bound of any delay.
+    pub max_delay: Duration,
+    /// Random spread of each delay, as a fraction in `0.0..=1.0`.
+    pub jitter: f64,
+    /// Healthy this long resets the attempt counter; zero means only a manual restart resets it.
+    pub reset_after: Duration,
+}
+
+/// `[defaults.shutdown]` and `[services.NAME.shutdown]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShutdownSettings {
+    /// Time between SIGTERM and SIGKILL.
+    pub timeout: Duration,
+}
+
+/// `[registry]`: heartbeats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrySettings {
+    /// How often services are expected to send a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// No heartbeat for this long means the service is not alive.
+    pub heartbeat_timeout: Duration,
+}
+
+/// How a service's health is checked: at most one probe per service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// GET this `http://` URL; any 2xx status passes.
+    Http(String),
+    /// Connect to this `host:port`.
+    Tcp(String),
+    /// Run this program with its arguments; exit status 0 passes.
+    Exec(Vec<String>),
+    /// Passes while a heartbeat arrived within the registry's heartbeat timeout.
+    Heartbeat,
+}
+
+impl Probe {
+    /// The probe's kind as used in metrics and spans (`http`, `tcp`, `exec`, `heartbeat`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Probe::Http(_) => "http",
+            Probe::Tcp(_) => "tcp",
+            Probe::Exec(_) => "exec",
+            Probe::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Probe::Http(url) => write!(f, "http {url}"),
+            Probe::Tcp(address) => write!(f, "tcp {address}"),
+            Probe::Exec(command) => write!(f, "exec {}", command.join(" ")),
+            Probe::Heartbeat => f.write_str("heartbeat"),
+        }
+    }
+}
+
+/// One `[services.NAME]` table, with the defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    /// The table key: `[a-z0-9_-]`, 1 to 63 characters.
+    pub name: String,
+    /// Free-form type shown by the API; defaults to the name.
+    pub service_type: String,
+    /// Readiness needs every critical service running and healthy.
+    pub critical: bool,
+    /// Floor for the startup layer.
+    pub priority: u32,
+    /// Required dependencies, in declaration order.
+    pub depends_on: Vec<String>,
+    /// Optional dependencies that exist, in declaration order (unknown ones are dropped with a warning).
+    pub optional_depends_on: Vec<String>,
+    /// Program and arguments; `None` for an external service that is only probed.
+    pub command: Option<Vec<String>>,
+    /// Extra environment variables for the process, in declaration order.
+    pub env: Vec<(String, String)>,
+    /// Working directory for the process.
+    pub working_dir: Option<PathBuf>,
+    /// Free-form metadata published in the registry.
+    pub metadata: Map<String, Value>,
+    /// The health probe; `None` means ready as soon as the process started.
+    pub probe: Option<Probe>,
+    /// Effective health settings.
+    pub health: HealthSettings,
+    /// Effective restart policy.
+    pub restart: RestartPolicy,
+    /// Effective shutdown settings.
+    pub shutdown: ShutdownSettings,
+}
+
+impl ServiceSpec {
+    /// Whether the orchestrator owns a process for this service.
+    pub fn is_external(&self) -> bool {
+        self.command.is_none()
+    }
+}

@@ -1,0 +1,20 @@
+//! fog-orchestrator: an observability-first service orchestrator.
+//!
+//! It starts services in dependency order, health-checks them, restarts them with exponential backoff,
+//! stops them in reverse order, and publishes every check, restart and heartbeat as Prometheus metrics and
+//! OTLP traces. The crate is the engine; `src/main.rs` is a thin binary around [`cli`].
+//!
+//! # Map of the crate
+//!
+//! - [`config`]: the TOML file's shape, layering (embedded defaults < file < `ORCHESTRATOR__*` env < CLI
+//!   flags) and validation into types that cannot be invalid, reporting every problem at once.
+//! - [`graph`]: the [`DependencyGraph`](graph::DependencyGraph) on petgraph: layers, startup and shutdown
+//!   orders, cycle detection, and its renderings (the seed's text, Graphviz DOT, the `/dependencies` JSON).
+//! - [`cli`]: the command line: `run`, `check`, `graph`.
+//!
+//! The contracts these modules implement (config keys, graph rules, API shapes, metric names) are written
+//! down in the project's DESIGN.md.
+
+pub mod cli;
+pub mod config;
+pub mod graph;
