@@ -12,6 +12,26 @@
 //!   orders, cycle detection, and its renderings (the seed's text, Graphviz DOT, the `/dependencies` JSON).
 //! - [`cli`]: the command line: `run`, `check`, `graph`.
 //!
+//! # Example
+//!
+//! ```
+//! use fog_orchestrator::config::Config;
+//!
+//! let config = Config::from_toml(r#"
+//!     [services.db]
+//!     command = ["postgres", "-D", "/var/lib/postgres"]
+//!     health.tcp = "127.0.0.1:5432"
+//!
+//!     [services.api]
+//!     depends_on = ["db"]
+//!     command = ["/usr/local/bin/api"]
+//!     health.http = "http://127.0.0.1:8080/health"
+//! "#)?;
+//! assert_eq!(config.graph.startup_order(), ["db", "api"]);
+//! assert_eq!(config.graph.layer("api"), Some(1));
+//! # Ok::<(), fog_orchestrator::config::ConfigError>(())
+//! ```
+//!
 //! The contracts these modules implement (config keys, graph rules, API shapes, metric names) are written
 //! down in the project's DESIGN.md.
 

@@ -198,7 +198,11 @@ fn number(path: &str, value: &Value, problems: &mut Problems) -> Option<f64> {
 /// A humantime duration string such as `"30s"`, `"1m 30s"` or `"250ms"`.
 fn duration(path: &str, value: &Value, problems: &mut Problems) -> Option<Duration> {
     let Value::String(text) = value else {
-        problems.bad_value(path, value, "is not a duration (write it as a string such as \"30s\")");
+        problems.bad_value(
+            path,
+            value,
+            "is not a duration (write it as a string such as \"30s\")",
+        );
         return None;
     };
     match humantime::parse_duration(text) {

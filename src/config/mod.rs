@@ -14,8 +14,8 @@ use std::fmt;
 
 pub use parse::{MAX_SERVICE_NAME_LEN, is_valid_service_name};
 pub use schema::{
-    ApiSettings, HealthSettings, LogFormat, OtlpProtocol, Probe, RegistrySettings, RestartPolicy, ServiceSpec,
-    ShutdownSettings, TelemetrySettings,
+    ApiSettings, HealthSettings, LogFormat, OtlpProtocol, Probe, RegistrySettings, RestartPolicy,
+    ServiceSpec, ShutdownSettings, TelemetrySettings,
 };
 pub use source::{ConfigFile, DEFAULT_CONFIG_FILE, EMBEDDED_FOG, ENV_PREFIX, ENV_SEPARATOR, Source};
 
@@ -153,7 +153,8 @@ impl Config {
 fn graph_error_path(error: &GraphError) -> String {
     match error {
         GraphError::DuplicateService(service) => format!("services.{service}"),
-        GraphError::SelfDependency { service, kind } | GraphError::UnknownDependency { service, kind, .. } => {
+        GraphError::SelfDependency { service, kind }
+        | GraphError::UnknownDependency { service, kind, .. } => {
             format!("services.{service}.{}", kind.config_key())
         }
         GraphError::Cycle { .. } => "services".to_owned(),

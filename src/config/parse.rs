@@ -87,9 +87,7 @@ pub(super) fn parse(
     if let Some(defaults) = &defaults {
         defaults.deny_unknown(DEFAULTS, problems);
     }
-    let section = |key: &str, problems: &mut Problems| {
-        defaults.as_ref().and_then(|d| d.table(key, problems))
-    };
+    let section = |key: &str, problems: &mut Problems| defaults.as_ref().and_then(|d| d.table(key, problems));
     let default_health = section("health", problems).and_then(|t| {
         t.deny_unknown(HEALTH, problems);
         health(Some(&t), None, problems)
@@ -183,7 +181,10 @@ fn api(table: &Table<'_>, problems: &mut Problems) -> Option<ApiSettings> {
     });
     let token = table.string("token", problems);
     if token.as_deref().is_some_and(str::is_empty) {
-        problems.push(table.key_path("token"), "must not be empty (remove the key to disable authentication)");
+        problems.push(
+            table.key_path("token"),
+            "must not be empty (remove the key to disable authentication)",
+        );
     }
     let allow_unauthenticated = table.boolean("allow_unauthenticated", problems)?;
     let listen = listen?;
@@ -206,31 +207,41 @@ fn api(table: &Table<'_>, problems: &mut Problems) -> Option<ApiSettings> {
 
 fn telemetry(table: &Table<'_>, problems: &mut Problems) -> Option<TelemetrySettings> {
     table.deny_unknown(TELEMETRY, problems);
-    let log_format = table.string("log_format", problems).and_then(|text| match text.as_str() {
-        "pretty" => Some(LogFormat::Pretty),
-        "json" => Some(LogFormat::Json),
-        _ => {
-            problems.push(table.key_path("log_format"), format!("{text:?} is not \"pretty\" or \"json\""));
-            None
-        }
-    });
-    let otlp_protocol = table.string("otlp_protocol", problems).and_then(|text| match text.as_str() {
-        "grpc" => Some(OtlpProtocol::Grpc),
-        "http" => Some(OtlpProtocol::Http),
-        _ => {
-            problems.push(table.key_path("otlp_protocol"), format!("{text:?} is not \"grpc\" or \"http\""));
-            None
-        }
-    });
+    let log_format = table
+        .string("log_format", problems)
+        .and_then(|text| match text.as_str() {
+            "pretty" => Some(LogFormat::Pretty),
+            "json" => Some(LogFormat::Json),
+            _ => {
+                problems.push(
+                    table.key_path("log_format"),
+                    format!("{text:?} is not \"pretty\" or \"json\""),
+                );
+                None
+            }
+        });
+    let otlp_protocol = table
+        .string("otlp_protocol", problems)
+        .and_then(|text| match text.as_str() {
+            "grpc" => Some(OtlpProtocol::Grpc),
+            "http" => Some(OtlpProtocol::Http),
+            _ => {
+                problems.push(
+                    table.key_path("otlp_protocol"),
+                    format!("{text:?} is not \"grpc\" or \"http\""),
+                );
+                None
+            }
+        });
     let otlp_endpoint = table.string("otlp_endpoint", problems);
-    if let Some(endpoint) = &otlp_endpoint {
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            problems.push(
-                table.key_path("otlp_endpoint"),
-                format!("{endpoint:?} is not an http:// or https:// URL"),
-            );
-            return None;
-        }
+    if let Some(endpoint) = &otlp_endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        problems.push(
+            table.key_path("otlp_endpoint"),
+            format!("{endpoint:?} is not an http:// or https:// URL"),
+        );
+        return None;
     }
     Some(TelemetrySettings {
         log_format: log_format?,
@@ -277,7 +288,10 @@ fn positive(
 ) -> Option<Duration> {
     let value = value?;
     if value.is_zero() {
-        problems.push(table.key_path(key), format!("{} must be longer than zero", quote(value)));
+        problems.push(
+            table.key_path(key),
+            format!("{} must be longer than zero", quote(value)),
+        );
         return None;
     }
     Some(value)
@@ -306,15 +320,25 @@ fn health(
         let value = setting(table, inherited, key, problems, Table::count)?;
         if value == 0 {
             if let Some(t) = table {
-                problems.push(t.key_path(key), "0 is not allowed: a threshold counts checks, at least 1");
+                problems.push(
+                    t.key_path(key),
+                    "0 is not allowed: a threshold counts checks, at least 1",
+                );
             }
             return None;
         }
         Some(value)
     };
-    let failure_threshold = threshold("failure_threshold", inherited.map(|h| h.failure_threshold), problems);
-    let recovery_threshold =
-        threshold("recovery_threshold", inherited.map(|h| h.recovery_threshold), problems);
+    let failure_threshold = threshold(
+        "failure_threshold",
+        inherited.map(|h| h.failure_threshold),
+        problems,
+    );
+    let recovery_threshold = threshold(
+        "recovery_threshold",
+        inherited.map(|h| h.recovery_threshold),
+        problems,
+    );
     let auto_recovery = setting(
         table,
         inherited.map(|h| h.auto_recovery),
@@ -353,23 +377,60 @@ fn restart(
     inherited: Option<&RestartPolicy>,
     problems: &mut Problems,
 ) -> Option<RestartPolicy> {
-    let max_attempts = setting(table, inherited.map(|r| r.max_attempts), "max_attempts", problems, Table::count);
-    let initial_delay = setting(table, inherited.map(|r| r.initial_delay), "initial_delay", problems, Table::duration);
-    let max_delay = setting(table, inherited.map(|r| r.max_delay), "max_delay", problems, Table::duration);
-    let reset_after = setting(table, inherited.map(|r| r.reset_after), "reset_after", problems, Table::duration);
+    let max_attempts = setting(
+        table,
+        inherited.map(|r| r.max_attempts),
+        "max_attempts",
+        problems,
+        Table::count,
+    );
+    let initial_delay = setting(
+        table,
+        inherited.map(|r| r.initial_delay),
+        "initial_delay",
+        problems,
+        Table::duration,
+    );
+    let max_delay = setting(
+        table,
+        inherited.map(|r| r.max_delay),
+        "max_delay",
+        problems,
+        Table::duration,
+    );
+    let reset_after = setting(
+        table,
+        inherited.map(|r| r.reset_after),
+        "reset_after",
+        problems,
+        Table::duration,
+    );
 
-    let backoff_base = setting(table, inherited.map(|r| r.backoff_base), "backoff_base", problems, Table::number)
-        .filter(|base| {
-            let ok = *base >= 1.0;
-            if !ok && let Some(t) = table {
-                problems.push(
-                    t.key_path("backoff_base"),
-                    format!("{base} must be at least 1.0 (delays may not shrink between attempts)"),
-                );
-            }
-            ok
-        });
-    let jitter = setting(table, inherited.map(|r| r.jitter), "jitter", problems, Table::number).filter(|jitter| {
+    let backoff_base = setting(
+        table,
+        inherited.map(|r| r.backoff_base),
+        "backoff_base",
+        problems,
+        Table::number,
+    )
+    .filter(|base| {
+        let ok = *base >= 1.0;
+        if !ok && let Some(t) = table {
+            problems.push(
+                t.key_path("backoff_base"),
+                format!("{base} must be at least 1.0 (delays may not shrink between attempts)"),
+            );
+        }
+        ok
+    });
+    let jitter = setting(
+        table,
+        inherited.map(|r| r.jitter),
+        "jitter",
+        problems,
+        Table::number,
+    )
+    .filter(|jitter| {
         let ok = (0.0..=1.0).contains(jitter);
         if !ok && let Some(t) = table {
             problems.push(t.key_path("jitter"), format!("{jitter} is outside 0.0..=1.0"));
@@ -392,7 +453,13 @@ fn shutdown(
     inherited: Option<&ShutdownSettings>,
     problems: &mut Problems,
 ) -> Option<ShutdownSettings> {
-    let timeout = setting(table, inherited.map(|s| s.timeout), "timeout", problems, Table::duration)?;
+    let timeout = setting(
+        table,
+        inherited.map(|s| s.timeout),
+        "timeout",
+        problems,
+        Table::duration,
+    )?;
     Some(ShutdownSettings { timeout })
 }
 
@@ -427,11 +494,22 @@ fn service(
     }
     let service_type = table.string("type", problems);
     if service_type.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        problems.push(table.key_path("type"), "must not be empty (remove it to use the service name)");
+        problems.push(
+            table.key_path("type"),
+            "must not be empty (remove it to use the service name)",
+        );
         valid = false;
     }
-    let priority = if table.has("priority") { table.count("priority", problems) } else { Some(0) };
-    let critical = if table.has("critical") { table.boolean("critical", problems) } else { Some(false) };
+    let priority = if table.has("priority") {
+        table.count("priority", problems)
+    } else {
+        Some(0)
+    };
+    let critical = if table.has("critical") {
+        table.boolean("critical", problems)
+    } else {
+        Some(false)
+    };
 
     let (depends_on, optional_depends_on) = dependencies(name, table, known, problems, warnings);
     let node = Node {
@@ -456,7 +534,11 @@ fn service(
     });
     let working_dir_ok = !table.has("working_dir") || working_dir.is_some();
     let metadata = match table.table("metadata", problems) {
-        Some(meta) => Some(meta.entries().map(|(k, v)| (k.clone(), v.clone())).collect::<Map<_, _>>()),
+        Some(meta) => Some(
+            meta.entries()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Map<_, _>>(),
+        ),
         None if table.has("metadata") => None,
         None => Some(Map::new()),
     };
@@ -473,8 +555,22 @@ fn service(
         .as_ref()
         .and_then(|base| health(health_table.as_ref(), Some(base), problems));
 
-    let restart = section(table, "restart", RESTART, inherited.restart.as_ref(), restart, problems);
-    let shutdown = section(table, "shutdown", SHUTDOWN, inherited.shutdown.as_ref(), shutdown, problems);
+    let restart = section(
+        table,
+        "restart",
+        RESTART,
+        inherited.restart.as_ref(),
+        restart,
+        problems,
+    );
+    let shutdown = section(
+        table,
+        "shutdown",
+        SHUTDOWN,
+        inherited.shutdown.as_ref(),
+        shutdown,
+        problems,
+    );
 
     let spec = (|| {
         if !(valid && working_dir_ok && health_ok) {
@@ -578,7 +674,10 @@ fn command(table: &Table<'_>, problems: &mut Problems) -> Option<Option<Vec<Stri
     match command.first() {
         Some(program) if !program.is_empty() => Some(Some(command)),
         Some(_) => {
-            problems.push(table.key_path("command"), "the program (first element) is an empty string");
+            problems.push(
+                table.key_path("command"),
+                "the program (first element) is an empty string",
+            );
             None
         }
         None => {
@@ -627,7 +726,10 @@ fn probe(table: Option<&Table<'_>>, problems: &mut Problems) -> Option<Option<Pr
     if set.len() > 1 {
         problems.push(
             table.path(),
-            format!("more than one probe ({}): a service has exactly one probe, or none", set.join(", ")),
+            format!(
+                "more than one probe ({}): a service has exactly one probe, or none",
+                set.join(", ")
+            ),
         );
         return None;
     }
@@ -636,8 +738,12 @@ fn probe(table: Option<&Table<'_>>, problems: &mut Problems) -> Option<Option<Pr
     };
     let path = table.key_path(kind);
     let probe = match kind {
-        "http" => table.string("http", problems).and_then(|url| http_probe(&path, url, problems)),
-        "tcp" => table.string("tcp", problems).and_then(|address| tcp_probe(&path, address, problems)),
+        "http" => table
+            .string("http", problems)
+            .and_then(|url| http_probe(&path, url, problems)),
+        "tcp" => table
+            .string("tcp", problems)
+            .and_then(|address| tcp_probe(&path, address, problems)),
         "exec" => table.string_list("exec", problems).and_then(|command| {
             if command.first().is_some_and(|program| !program.is_empty()) {
                 Some(Probe::Exec(command))
@@ -677,7 +783,10 @@ fn tcp_probe(path: &str, address: String, problems: &mut Problems) -> Option<Pro
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
     if !valid {
-        problems.push(path, format!("{} is not a host:port address", show(&Value::String(address))));
+        problems.push(
+            path,
+            format!("{} is not a host:port address", show(&Value::String(address))),
+        );
         return None;
     }
     Some(Probe::Tcp(address))

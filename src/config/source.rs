@@ -120,6 +120,10 @@ impl Source {
         for (key, value) in &self.overrides {
             builder = builder.set_override(key, value.as_str()).map_err(load_error)?;
         }
-        builder.build().map_err(load_error)?.try_deserialize().map_err(load_error)
+        builder
+            .build()
+            .map_err(load_error)?
+            .try_deserialize()
+            .map_err(load_error)
     }
 }

@@ -118,12 +118,15 @@ impl DependencyGraph {
         let mut errors = Vec::new();
         let mut index = HashMap::with_capacity(nodes.len());
         for (position, node) in nodes.iter().enumerate() {
-            if index.insert(node.name.clone(), position).is_some() {
+            if index.contains_key(&node.name) {
                 errors.push(GraphError::DuplicateService(node.name.clone()));
+            } else {
+                index.insert(node.name.clone(), position);
             }
         }
 
-        let mut graph: DiGraph<(), DependencyKind, u32> = DiGraph::with_capacity(nodes.len(), nodes.len() * 3);
+        let mut graph: DiGraph<(), DependencyKind, u32> =
+            DiGraph::with_capacity(nodes.len(), nodes.len() * 3);
         for _ in &nodes {
             graph.add_node(());
         }
@@ -170,7 +173,9 @@ impl DependencyGraph {
         let topological = toposort(&graph, None).map_err(|cycle| {
             // find_cycles reports every cycle toposort can meet; this only guards the invariant.
             let name = entries[cycle.node_id().index()].name.clone();
-            vec![GraphError::Cycle { path: vec![name.clone(), name] }]
+            vec![GraphError::Cycle {
+                path: vec![name.clone(), name],
+            }]
         })?;
 
         for node in topological {
@@ -182,8 +187,12 @@ impl DependencyGraph {
             }
         }
         for position in 0..entries.len() {
-            let dependencies: Vec<usize> =
-                entries[position].required.iter().chain(&entries[position].optional).copied().collect();
+            let dependencies: Vec<usize> = entries[position]
+                .required
+                .iter()
+                .chain(&entries[position].optional)
+                .copied()
+                .collect();
             for dependency in dependencies {
                 entries[dependency].dependents.push(position);
             }
@@ -229,7 +238,11 @@ impl DependencyGraph {
 
     /// Number of layers (highest layer + 1; layers may be empty when priorities leave gaps).
     pub fn layer_count(&self) -> u32 {
-        self.entries.iter().map(|entry| entry.layer + 1).max().unwrap_or(0)
+        self.entries
+            .iter()
+            .map(|entry| entry.layer + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The service type of `name`.
@@ -239,12 +252,19 @@ impl DependencyGraph {
 
     /// Startup order: by layer, then by declaration order.
     pub fn startup_order(&self) -> Vec<&str> {
-        self.startup.iter().map(|&position| self.entries[position].name.as_str()).collect()
+        self.startup
+            .iter()
+            .map(|&position| self.entries[position].name.as_str())
+            .collect()
     }
 
     /// Shutdown order: exactly the reverse of the startup order.
     pub fn shutdown_order(&self) -> Vec<&str> {
-        self.startup.iter().rev().map(|&position| self.entries[position].name.as_str()).collect()
+        self.startup
+            .iter()
+            .rev()
+            .map(|&position| self.entries[position].name.as_str())
+            .collect()
     }
 
     /// Required dependencies of `name`, in declaration order.
@@ -281,7 +301,12 @@ impl DependencyGraph {
 
     fn names_of(&self, name: &str, pick: impl Fn(&Entry) -> &Vec<usize>) -> Vec<&str> {
         self.entry(name)
-            .map(|entry| pick(entry).iter().map(|&p| self.entries[p].name.as_str()).collect())
+            .map(|entry| {
+                pick(entry)
+                    .iter()
+                    .map(|&p| self.entries[p].name.as_str())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -316,7 +341,12 @@ fn cycle_through(start: usize, members: &[usize], entries: &[Entry]) -> Vec<usiz
     let inside: HashSet<usize> = members.iter().copied().collect();
     let dependencies = |position: usize| {
         let entry = &entries[position];
-        entry.required.iter().chain(&entry.optional).copied().filter(|d| inside.contains(d))
+        entry
+            .required
+            .iter()
+            .chain(&entry.optional)
+            .copied()
+            .filter(|d| inside.contains(d))
     };
     let mut parent: HashMap<usize, usize> = HashMap::new();
     let mut queue = VecDeque::from([start]);
@@ -325,8 +355,8 @@ fn cycle_through(start: usize, members: &[usize], entries: &[Entry]) -> Vec<usiz
             if next == start {
                 return walk_order(start, current, &parent);
             }
-            if !parent.contains_key(&next) {
-                parent.insert(next, current);
+            if let std::collections::hash_map::Entry::Vacant(slot) = parent.entry(next) {
+                slot.insert(current);
                 queue.push_back(next);
             }
         }

@@ -59,7 +59,10 @@ impl DependencyGraph {
                 let _ = writeln!(dot, "  \"{name}\" -> \"{dependency}\";");
             }
             for dependency in self.optional_dependencies(name) {
-                let _ = writeln!(dot, "  \"{name}\" -> \"{dependency}\" [style=dashed, label=\"optional\"];");
+                let _ = writeln!(
+                    dot,
+                    "  \"{name}\" -> \"{dependency}\" [style=dashed, label=\"optional\"];"
+                );
             }
         }
         dot.push_str("}\n");

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every check and every test of fog-orchestrator, installing what the tests need on a fresh Debian
+# machine first. This is the README's test command; .ci/run calls it. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== formatting"
+cargo fmt --check
+
+echo "== lints"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== tests"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked 2>&1 | tee "$log"
+
+# One closing line for all test binaries together (cargo prints one per binary, the last often doc-tests).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"

@@ -1,0 +1,3 @@
+//! Integration tests: the built binary and the engine driven from outside, as users meet them.
+
+mod cli;
