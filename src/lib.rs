@@ -36,5 +36,8 @@
 //! down in the project's DESIGN.md.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod graph;
+pub mod health;
+pub mod supervisor;

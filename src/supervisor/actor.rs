@@ -1,0 +1,834 @@
+//! One actor per service: it owns the service's instance, health record and restart counters, runs one
+//! async fn per lifecycle phase, and publishes a [`Snapshot`] on every change.
+//!
+//! Phases: `pending` (waiting for dependencies) → `starting` (launched, probed every startup_interval until
+//! the first pass) → `running` (probed every check_interval; a crash or turning unhealthy leads to
+//! `recover`) → `backoff` → `pending` again, or `failed` when the attempts are spent. `stopped` is a manual
+//! stop. On shutdown every phase returns [`Phase::Exit`] and the actor stops its instance once every
+//! dependent has stopped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::gate::{self, Gate};
+use super::launcher::{Instance, Launcher, Service};
+use super::state::{Exit, RestartReason, ServiceState, Snapshot};
+use super::{Command, ControlError, Reply};
+use crate::clock::Clock;
+use crate::config::{Probe, ServiceSpec};
+use crate::health::probe::Prober;
+use crate::health::{CheckResult, FailureReason, HealthStatus, HealthTracker, ProbeOutcome};
+
+/// How long to wait for a process to disappear after SIGKILL before giving up on it.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Where the actor goes next.
+#[derive(Debug)]
+pub(super) enum Phase {
+    Pending(Option<RestartReason>),
+    Starting(Option<RestartReason>),
+    Running,
+    Backoff(Duration, RestartReason),
+    Stopped,
+    Failed,
+    Exit,
+}
+
+/// A health check in flight: the outcome and how long it took.
+type CheckFuture = Pin<Box<dyn Future<Output = (ProbeOutcome, Duration)> + Send>>;
+
+/// Another service's published snapshot.
+pub(super) struct Peer {
+    pub name: String,
+    pub snapshot: watch::Receiver<Snapshot>,
+}
+
+/// Everything an actor is given when it is spawned.
+pub(super) struct ActorParts {
+    pub spec: Arc<ServiceSpec>,
+    pub layer: u32,
+    pub launcher: Option<Arc<dyn Launcher>>,
+    pub prober: Arc<dyn Prober>,
+    pub clock: Clock,
+    pub heartbeat_timeout: Duration,
+    pub commands: mpsc::Receiver<Command>,
+    pub publish: watch::Sender<Snapshot>,
+    pub changes: Arc<watch::Sender<u64>>,
+    pub required: Vec<Peer>,
+    pub optional: Vec<Peer>,
+    pub dependents: Vec<Peer>,
+    pub shutdown: CancellationToken,
+    pub force: CancellationToken,
+    pub boot: Instant,
+}
+
+pub(super) struct Actor {
+    parts: ActorParts,
+    changes: watch::Receiver<u64>,
+    snapshot: Snapshot,
+    instance: Option<Instance>,
+    health: HealthTracker,
+    backoff: Backoff,
+    check: Option<CheckFuture>,
+    check_waiters: Vec<oneshot::Sender<CheckResult>>,
+    start_waiters: Vec<Reply>,
+    healthy_since: Option<Instant>,
+    last_heartbeat: Option<Instant>,
+    launched_at: Instant,
+}
+
+impl Actor {
+    pub(super) fn new(parts: ActorParts) -> Self {
+        let now = Instant::now();
+        Self {
+            changes: parts.changes.subscribe(),
+            snapshot: Snapshot::initial(),
+            instance: None,
+            health: HealthTracker::new(&parts.spec.health, now),
+            backoff: Backoff::new(&parts.spec.restart),
+            check: None,
+            check_waiters: Vec::new(),
+            start_waiters: Vec::new(),
+            healthy_since: None,
+            last_heartbeat: None,
+            launched_at: now,
+            parts,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.parts.spec.name
+    }
+
+    fn is_external(&self) -> bool {
+        self.parts.launcher.is_none()
+    }
+
+    /// Runs the service until shutdown.
+    pub(super) async fn run(mut self) {
+        let mut phase = Phase::Pending(None);
+        loop {
+            phase = match phase {
+                Phase::Pending(reason) => self.pending(reason).await,
+                Phase::Starting(reason) => self.starting(reason).await,
+                Phase::Running => self.running().await,
+                Phase::Backoff(delay, reason) => self.backoff(delay, reason).await,
+                Phase::Stopped => self.stopped().await,
+                Phase::Failed => self.failed().await,
+                Phase::Exit => break,
+            };
+        }
+        self.shut_down().await;
+    }
+
+    // ---- phases ----------------------------------------------------------------------------------------
+
+    async fn pending(&mut self, reason: Option<RestartReason>) -> Phase {
+        loop {
+            match self.gate() {
+                Gate::Open => return Phase::Starting(reason),
+                Gate::Waiting(dependency) => self.snapshot.waiting_on = Some(dependency),
+                Gate::Blocked(dependency) => {
+                    self.fail_start_waiters(ControlError::Blocked {
+                        service: self.name().to_owned(),
+                        dependency: dependency.clone(),
+                    });
+                    self.snapshot.waiting_on = Some(dependency);
+                    self.snapshot.settled = true;
+                }
+            }
+            self.set_state(ServiceState::Pending);
+            tokio::select! {
+                biased;
+                () = self.parts.shutdown.cancelled() => return Phase::Exit,
+                command = self.parts.commands.recv() => {
+                    if let Some(next) = self.on_command(command).await {
+                        return next;
+                    }
+                }
+                _ = self.changes.changed() => {}
+            }
+        }
+    }
+
+    async fn starting(&mut self, reason: Option<RestartReason>) -> Phase {
+        self.snapshot.waiting_on = None;
+        self.snapshot.backoff = None;
+        if let Some(reason) = reason {
+            self.snapshot.restart_count += 1;
+            self.snapshot.last_restart = Some(self.parts.clock.now());
+            self.snapshot.last_restart_reason = Some(reason);
+            tracing::info!(service = self.name(), %reason, restart_count = self.snapshot.restart_count, "restarting service");
+        }
+        self.health.reset(Instant::now());
+        self.launched_at = Instant::now();
+        self.set_state(ServiceState::Starting);
+
+        if let Some(launcher) = self.parts.launcher.clone() {
+            match launcher.launch(&self.parts.spec).await {
+                Ok(instance) => {
+                    self.snapshot.pid = instance.pid();
+                    self.instance = Some(instance);
+                    self.publish();
+                }
+                Err(error) => {
+                    let message = format!("start failed: {error}");
+                    self.record_down(FailureReason::ProcessDown, message.clone());
+                    return self.recover(RestartReason::Crashed, message);
+                }
+            }
+        }
+        if !self.has_health_check() {
+            return self.became_ready();
+        }
+        self.await_first_pass().await
+    }
+
+    /// Probes every startup_interval until the first pass, the instance exits, or startup_timeout passes.
+    async fn await_first_pass(&mut self) -> Phase {
+        let settings = &self.parts.spec.health;
+        let deadline = self.launched_at + settings.startup_timeout;
+        let mut tick = interval(settings.startup_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut exit = self.instance.as_ref().map(Instance::exit_watch);
+        let mut timed_out = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.parts.shutdown.cancelled() => return Phase::Exit,
+                status = wait_exit(exit.as_mut()) => return self.on_exit(status).await,
+                command = self.parts.commands.recv() => {
+                    if let Some(next) = self.on_command(command).await {
+                        return next;
+                    }
+                }
+                () = sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    if let Some(next) = self.on_startup_timeout().await {
+                        return next;
+                    }
+                    tick = interval(self.parts.spec.health.check_interval);
+                }
+                _ = tick.tick() => {
+                    let (outcome, elapsed) = self.check_future().await;
+                    if outcome.passed {
+                        self.record(outcome, elapsed);
+                        return self.became_ready();
+                    }
+                    self.snapshot.last_error = Some(outcome.message);
+                }
+            }
+        }
+    }
+
+    async fn running(&mut self) -> Phase {
+        let interval_length = self.parts.spec.health.check_interval;
+        let mut tick = interval_at(Instant::now() + interval_length, interval_length);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut exit = self.instance.as_ref().map(Instance::exit_watch);
+        let checks = self.has_health_check();
+        loop {
+            let reset_at = self.reset_deadline();
+            tokio::select! {
+                biased;
+                () = self.parts.shutdown.cancelled() => return Phase::Exit,
+                status = wait_exit(exit.as_mut()) => return self.on_exit(status).await,
+                command = self.parts.commands.recv() => {
+                    if let Some(next) = self.on_command(command).await {
+                        return next;
+                    }
+                }
+                (outcome, elapsed) = poll_check(&mut self.check) => {
+                    self.check = None;
+                    if let Some(next) = self.on_check(outcome, elapsed).await {
+                        return next;
+                    }
+                }
+                _ = tick.tick(), if checks && self.check.is_none() => self.check = Some(self.check_future()),
+                () = sleep_until(reset_at.unwrap_or_else(Instant::now)), if reset_at.is_some() => {
+                    tracing::info!(service = self.name(), attempts = self.snapshot.attempts, "healthy long enough: restart attempts reset");
+                    self.snapshot.attempts = 0;
+                    self.publish();
+                }
+            }
+        }
+    }
+
+    async fn backoff(&mut self, delay: Duration, reason: RestartReason) -> Phase {
+        self.snapshot.backoff = Some(delay);
+        self.set_state(ServiceState::Backoff);
+        tracing::info!(
+            service = self.name(),
+            %reason,
+            attempt = self.snapshot.attempts,
+            max_attempts = self.parts.spec.restart.max_attempts,
+            delay_ms = delay.as_millis() as u64,
+            "restart scheduled"
+        );
+        let wake = sleep(delay);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.parts.shutdown.cancelled() => return Phase::Exit,
+                command = self.parts.commands.recv() => {
+                    if let Some(next) = self.on_command(command).await {
+                        return next;
+                    }
+                }
+                () = &mut wake => return Phase::Pending(Some(reason)),
+            }
+        }
+    }
+
+    async fn stopped(&mut self) -> Phase {
+        self.health.reset(Instant::now());
+        self.set_state(ServiceState::Stopped);
+        self.idle().await
+    }
+
+    async fn failed(&mut self) -> Phase {
+        tracing::error!(
+            service = self.name(),
+            attempts = self.snapshot.attempts,
+            last_error = self.snapshot.last_error.as_deref().unwrap_or(""),
+            "service failed: automatic restarts exhausted; restart it with force=true"
+        );
+        self.set_state(ServiceState::Failed);
+        self.idle().await
+    }
+
+    /// Waits for a command or shutdown (stopped and failed services).
+    async fn idle(&mut self) -> Phase {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.parts.shutdown.cancelled() => return Phase::Exit,
+                command = self.parts.commands.recv() => {
+                    if let Some(next) = self.on_command(command).await {
+                        return next;
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- events ----------------------------------------------------------------------------------------
+
+    fn became_ready(&mut self) -> Phase {
+        let now = Instant::now();
+        self.snapshot.settled = true;
+        self.snapshot.ready_since = Some(self.parts.clock.now());
+        self.healthy_since = (self.health.status() != HealthStatus::Unhealthy).then_some(now);
+        self.last_heartbeat.get_or_insert(now);
+        tracing::info!(
+            service = self.name(),
+            layer = self.parts.layer,
+            ready_in_ms = now.duration_since(self.launched_at).as_millis() as u64,
+            since_launch_ms = now.duration_since(self.parts.boot).as_millis() as u64,
+            "service ready"
+        );
+        self.set_state(ServiceState::Running);
+        let snapshot = self.snapshot.clone();
+        for waiter in self.start_waiters.drain(..) {
+            let _ = waiter.send(Ok(snapshot.clone()));
+        }
+        Phase::Running
+    }
+
+    /// The instance exited on its own.
+    async fn on_exit(&mut self, status: Exit) -> Phase {
+        self.instance = None;
+        self.snapshot.pid = None;
+        let message = format!("process {status}");
+        tracing::warn!(service = self.name(), %status, "service exited unexpectedly");
+        self.record_down(FailureReason::ProcessDown, message.clone());
+        self.recover(RestartReason::Crashed, message)
+    }
+
+    /// The first check did not pass within startup_timeout: a managed service's start failed; an external
+    /// service keeps being probed (at check_interval) and its dependents stop waiting for it.
+    async fn on_startup_timeout(&mut self) -> Option<Phase> {
+        let message = format!(
+            "not ready within {}: {}",
+            humantime::format_duration(self.parts.spec.health.startup_timeout),
+            self.snapshot.last_error.as_deref().unwrap_or("no check passed")
+        );
+        tracing::warn!(service = self.name(), "{message}");
+        self.record_down(FailureReason::Timeout, message.clone());
+        if self.is_external() {
+            self.snapshot.settled = true;
+            self.publish();
+            return None;
+        }
+        self.stop_instance().await;
+        Some(self.recover(RestartReason::Crashed, message))
+    }
+
+    async fn on_check(&mut self, outcome: ProbeOutcome, elapsed: Duration) -> Option<Phase> {
+        let result = self.record(outcome, elapsed);
+        for waiter in self.check_waiters.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+        if self.health.status() != HealthStatus::Unhealthy {
+            return None;
+        }
+        if !self.parts.spec.health.auto_recovery || self.is_external() {
+            return None;
+        }
+        if let Some(dependency) = self.required_dependency_down() {
+            // Its own failures are the dependency's fault: no restart, no budget spent.
+            if self.snapshot.waiting_on.as_deref() != Some(&dependency) {
+                tracing::info!(service = self.name(), %dependency, "unhealthy while a required dependency is down: not restarting");
+                self.snapshot.waiting_on = Some(dependency);
+                self.publish();
+            }
+            return None;
+        }
+        let reason = match self.parts.spec.probe {
+            Some(Probe::Heartbeat) => RestartReason::HeartbeatTimeout,
+            _ => RestartReason::Unhealthy,
+        };
+        tracing::warn!(service = self.name(), %reason, failures = self.health.consecutive_failures(), "service unhealthy: restarting");
+        self.stop_instance().await;
+        Some(self.recover(reason, result.message))
+    }
+
+    /// After a crash, a failed start or turning unhealthy: wait for a down dependency (spending nothing),
+    /// or back off and retry, or give up when the attempts are spent.
+    fn recover(&mut self, reason: RestartReason, error: String) -> Phase {
+        self.snapshot.last_error = Some(error.clone());
+        self.snapshot.settled = true;
+        self.healthy_since = None;
+        self.fail_start_waiters(ControlError::StartFailed {
+            service: self.name().to_owned(),
+            error,
+        });
+        if let Some(dependency) = self.required_dependency_down() {
+            self.snapshot.waiting_on = Some(dependency);
+            return Phase::Pending(Some(reason));
+        }
+        let policy = &self.parts.spec.restart;
+        if self.snapshot.attempts >= policy.max_attempts {
+            return Phase::Failed;
+        }
+        self.snapshot.attempts += 1;
+        Phase::Backoff(
+            self.backoff.delay(self.snapshot.attempts, fastrand::f64()),
+            reason,
+        )
+    }
+
+    // ---- commands ----------------------------------------------------------------------------------------
+
+    /// Handles one command; returns the next phase when it changes. A closed channel means the supervisor
+    /// is gone: shut down.
+    async fn on_command(&mut self, command: Option<Command>) -> Option<Phase> {
+        let Some(command) = command else {
+            return Some(Phase::Exit);
+        };
+        match command {
+            Command::Heartbeat => {
+                self.last_heartbeat = Some(Instant::now());
+                None
+            }
+            Command::CheckNow(reply) => {
+                self.check_now(reply);
+                None
+            }
+            Command::Report(reply) => {
+                let _ = reply.send(self.report());
+                None
+            }
+            Command::Restart { force, reply } => self.restart(force, reply).await,
+            Command::Start { force, reply } => self.start(force, reply),
+            Command::Stop { force, reply } => self.stop(force, reply).await,
+        }
+    }
+
+    /// Passes the reply back when the command may go ahead; answers it with the refusal otherwise:
+    /// external services are not managed, and a failed service needs `force`.
+    fn admit(&self, force: bool, reply: Reply) -> Option<Reply> {
+        if self.is_external() {
+            let _ = reply.send(Err(ControlError::NotManaged(self.name().to_owned())));
+            return None;
+        }
+        if self.snapshot.state == ServiceState::Failed && !force {
+            let _ = reply.send(Err(ControlError::Refused {
+                service: self.name().to_owned(),
+                attempts: self.snapshot.attempts,
+            }));
+            return None;
+        }
+        Some(reply)
+    }
+
+    async fn restart(&mut self, force: bool, reply: Reply) -> Option<Phase> {
+        let reply = self.admit(force, reply)?;
+        if force {
+            self.snapshot.attempts = 0;
+        }
+        let in_progress = !self.start_waiters.is_empty();
+        self.start_waiters.push(reply);
+        if in_progress {
+            // Concurrent restarts coalesce: this caller waits for the restart already under way.
+            return None;
+        }
+        match self.snapshot.state {
+            ServiceState::Starting | ServiceState::Running => {
+                self.stop_instance().await;
+                Some(Phase::Pending(Some(RestartReason::Manual)))
+            }
+            _ => Some(Phase::Pending(Some(RestartReason::Manual))),
+        }
+    }
+
+    fn start(&mut self, force: bool, reply: Reply) -> Option<Phase> {
+        let reply = self.admit(force, reply)?;
+        match self.snapshot.state {
+            ServiceState::Running => {
+                let _ = reply.send(Ok(self.snapshot.clone()));
+                None
+            }
+            ServiceState::Starting | ServiceState::Pending => {
+                self.start_waiters.push(reply);
+                None
+            }
+            ServiceState::Backoff => {
+                self.start_waiters.push(reply);
+                Some(Phase::Pending(Some(RestartReason::Manual)))
+            }
+            ServiceState::Stopped | ServiceState::Failed | ServiceState::Stopping => {
+                self.snapshot.attempts = 0;
+                self.start_waiters.push(reply);
+                Some(Phase::Pending(None))
+            }
+        }
+    }
+
+    async fn stop(&mut self, force: bool, reply: Reply) -> Option<Phase> {
+        let reply = self.admit(force, reply)?;
+        self.fail_start_waiters(ControlError::Stopped(self.name().to_owned()));
+        self.stop_instance().await;
+        self.health.reset(Instant::now());
+        self.set_state(ServiceState::Stopped);
+        let _ = reply.send(Ok(self.snapshot.clone()));
+        Some(Phase::Stopped)
+    }
+
+    fn check_now(&mut self, reply: oneshot::Sender<CheckResult>) {
+        let checkable = self.has_health_check() && self.snapshot.state == ServiceState::Running;
+        if checkable {
+            if self.check.is_none() {
+                self.check = Some(self.check_future());
+            }
+            self.check_waiters.push(reply);
+            return;
+        }
+        let message = if self.has_health_check() {
+            format!("service is {}", self.snapshot.state)
+        } else {
+            format!("service is {} and has no health probe", self.snapshot.state)
+        };
+        let _ = reply.send(CheckResult {
+            service_name: self.name().to_owned(),
+            status: self.health.status(),
+            passed: self.snapshot.ready,
+            reason: None,
+            timestamp: self.parts.clock.now(),
+            message,
+            details: Default::default(),
+            response_time_ms: 0.0,
+        });
+    }
+
+    fn report(&self) -> super::HealthReport {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        super::HealthReport {
+            snapshot: self.snapshot.clone(),
+            consecutive_successes: self.health.consecutive_successes(),
+            history: self.health.history().cloned().collect(),
+            uptime_1h: self.health.uptime_percent(hour, now),
+            uptime_24h: self.health.uptime_percent(24 * hour, now),
+            uptime_7d: self.health.uptime_percent(7 * 24 * hour, now),
+        }
+    }
+
+    // ---- shutdown ------------------------------------------------------------------------------------------
+
+    /// Stops the instance once every dependent has stopped (or at once when forced), then says so.
+    async fn shut_down(&mut self) {
+        self.fail_start_waiters(ControlError::ShuttingDown);
+        self.check = None;
+        if self.instance.is_some() {
+            self.await_dependents_down().await;
+            self.stop_instance().await;
+        }
+        self.set_state(ServiceState::Stopped);
+    }
+
+    async fn await_dependents_down(&mut self) {
+        loop {
+            let holding: Option<String> = self
+                .parts
+                .dependents
+                .iter()
+                .find(|peer| !peer.snapshot.borrow().is_down())
+                .map(|peer| peer.name.clone());
+            let Some(dependent) = holding else { return };
+            tracing::debug!(service = self.name(), %dependent, "waiting for dependent to stop first");
+            tokio::select! {
+                () = self.parts.force.cancelled() => return,
+                _ = self.changes.changed() => {}
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced).
+    async fn stop_instance(&mut self) {
+        let Some(mut instance) = self.instance.take() else {
+            return;
+        };
+        self.check = None;
+        self.set_state(ServiceState::Stopping);
+        let timeout_length = self.parts.spec.shutdown.timeout;
+        instance.terminate();
+        let graceful = tokio::select! {
+            status = instance.exited() => Some(status),
+            () = sleep(timeout_length) => {
+                tracing::warn!(service = self.name(), timeout_ms = timeout_length.as_millis() as u64, "did not stop in time: sending SIGKILL");
+                None
+            }
+            () = self.parts.force.cancelled() => None,
+        };
+        let status = match graceful {
+            Some(status) => status,
+            None => {
+                instance.kill();
+                match timeout(KILL_GRACE, instance.exited()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        tracing::error!(
+                            service = self.name(),
+                            pid = instance.pid(),
+                            "process survived SIGKILL; abandoning it"
+                        );
+                        Exit::Error("survived SIGKILL".into())
+                    }
+                }
+            }
+        };
+        tracing::info!(service = self.name(), %status, "service stopped");
+        self.snapshot.pid = None;
+    }
+
+    // ---- helpers -------------------------------------------------------------------------------------------
+
+    fn gate(&self) -> Gate {
+        let required: Vec<(String, Snapshot)> = peers(&self.parts.required);
+        let optional: Vec<(String, Snapshot)> = peers(&self.parts.optional);
+        gate::evaluate(
+            required.iter().map(|(n, s)| (n.as_str(), s)),
+            optional.iter().map(|(n, s)| (n.as_str(), s)),
+        )
+    }
+
+    /// The first required dependency that is not ready, if any.
+    fn required_dependency_down(&self) -> Option<String> {
+        self.parts
+            .required
+            .iter()
+            .find(|peer| !peer.snapshot.borrow().ready)
+            .map(|peer| peer.name.clone())
+    }
+
+    fn has_health_check(&self) -> bool {
+        self.parts.spec.probe.is_some()
+            || self
+                .instance
+                .as_ref()
+                .is_some_and(|i| i.health_source().is_some())
+    }
+
+    /// One check of the service, bounded by its timeout; owns what it needs so it can run inside `select!`.
+    fn check_future(&self) -> CheckFuture {
+        let limit = self.parts.spec.health.timeout;
+        let started = Instant::now();
+        let work: Pin<Box<dyn Future<Output = ProbeOutcome> + Send>> = match &self.parts.spec.probe {
+            Some(Probe::Heartbeat) => {
+                let outcome = heartbeat_outcome(self.last_heartbeat, self.parts.heartbeat_timeout);
+                Box::pin(async move { outcome })
+            }
+            Some(probe) => {
+                let prober = self.parts.prober.clone();
+                let (name, probe) = (self.name().to_owned(), probe.clone());
+                Box::pin(async move { prober.probe(&name, &probe).await })
+            }
+            None => match self.instance.as_ref().and_then(Instance::health_source) {
+                Some(service) => Box::pin(async move { in_process_health(service).await }),
+                None => Box::pin(async { ProbeOutcome::pass("no probe configured") }),
+            },
+        };
+        Box::pin(async move {
+            let outcome = match timeout(limit, work).await {
+                Ok(outcome) => outcome,
+                Err(_) => ProbeOutcome::fail(
+                    FailureReason::Timeout,
+                    format!("no answer within {}", humantime::format_duration(limit)),
+                ),
+            };
+            (outcome, started.elapsed())
+        })
+    }
+
+    fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration) -> CheckResult {
+        let now = Instant::now();
+        let passed = outcome.passed;
+        let (result, transition) = self.health.record(
+            &self.parts.spec.name,
+            outcome,
+            elapsed,
+            self.parts.clock.at(now),
+            now,
+        );
+        if !passed {
+            self.snapshot.last_error = Some(result.message.clone());
+        }
+        if passed && self.parts.spec.probe != Some(Probe::Heartbeat) {
+            self.last_heartbeat = Some(now);
+        }
+        match self.health.status() {
+            HealthStatus::Healthy => {
+                self.healthy_since.get_or_insert(now);
+            }
+            _ => self.healthy_since = None,
+        }
+        if let Some(transition) = transition {
+            tracing::info!(service = self.name(), from = %transition.from, to = %transition.to, message = %result.message, "health changed");
+        }
+        self.snapshot.last_check = Some(result.clone());
+        self.publish();
+        result
+    }
+
+    fn record_down(&mut self, reason: FailureReason, message: String) {
+        let now = Instant::now();
+        let (result, _) = self.health.record_down(
+            &self.parts.spec.name,
+            reason,
+            message,
+            self.parts.clock.at(now),
+            now,
+        );
+        self.snapshot.last_check = Some(result);
+        self.healthy_since = None;
+        self.publish();
+    }
+
+    /// When continuous health resets the attempt counter, if it will.
+    fn reset_deadline(&self) -> Option<Instant> {
+        let reset_after = self.parts.spec.restart.reset_after;
+        if self.snapshot.attempts == 0 || reset_after.is_zero() {
+            return None;
+        }
+        self.healthy_since.map(|since| since + reset_after)
+    }
+
+    fn fail_start_waiters(&mut self, error: ControlError) {
+        for waiter in self.start_waiters.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+
+    fn set_state(&mut self, state: ServiceState) {
+        self.snapshot.state = state;
+        self.publish();
+    }
+
+    /// Publishes the snapshot; wakes the other actors only when what gates them changed.
+    fn publish(&mut self) {
+        self.snapshot.health = self.health.status();
+        self.snapshot.consecutive_failures = self.health.consecutive_failures();
+        self.snapshot.ready =
+            self.snapshot.state == ServiceState::Running && self.health.status() != HealthStatus::Unhealthy;
+        let mut gating_changed = false;
+        let snapshot = &self.snapshot;
+        self.parts.publish.send_if_modified(|current| {
+            if current == snapshot {
+                return false;
+            }
+            gating_changed = current.ready != snapshot.ready
+                || current.settled != snapshot.settled
+                || current.is_down() != snapshot.is_down();
+            *current = snapshot.clone();
+            true
+        });
+        if gating_changed {
+            self.parts
+                .changes
+                .send_modify(|generation| *generation = generation.wrapping_add(1));
+        }
+    }
+}
+
+fn peers(list: &[Peer]) -> Vec<(String, Snapshot)> {
+    list.iter()
+        .map(|peer| (peer.name.clone(), peer.snapshot.borrow().clone()))
+        .collect()
+}
+
+/// Resolves when the watched instance exits; never, when there is no instance.
+async fn wait_exit(exit: Option<&mut watch::Receiver<Option<Exit>>>) -> Exit {
+    let Some(exit) = exit else {
+        return std::future::pending().await;
+    };
+    let status = exit
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|status| status.clone());
+    match status {
+        Some(status) => status,
+        // The watcher is gone without a status: nothing more will be learnt from it.
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the check in flight; never, when there is none.
+async fn poll_check(check: &mut Option<CheckFuture>) -> (ProbeOutcome, Duration) {
+    match check.as_mut() {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn heartbeat_outcome(last: Option<Instant>, limit: Duration) -> ProbeOutcome {
+    match last {
+        Some(at) if at.elapsed() <= limit => ProbeOutcome::pass("heartbeat received")
+            .with_detail("heartbeat_age_seconds", at.elapsed().as_secs_f64()),
+        Some(at) => ProbeOutcome::fail(
+            FailureReason::Heartbeat,
+            format!(
+                "no heartbeat for {}",
+                humantime::format_duration(round_seconds(at.elapsed()))
+            ),
+        ),
+        None => ProbeOutcome::fail(FailureReason::Heartbeat, "no heartbeat received yet"),
+    }
+}
+
+fn round_seconds(duration: Duration) -> Duration {
+    Duration::from_secs(duration.as_secs())
+}
+
+async fn in_process_health(service: Arc<dyn Service>) -> ProbeOutcome {
+    service.health().await
+}

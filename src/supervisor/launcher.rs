@@ -1,0 +1,329 @@
+//! Launching service instances: real child processes, in-process services, and the [`Instance`] handle the
+//! actor keeps for either.
+//!
+//! A child process is spawned in its own process group (so SIGTERM and SIGKILL reach everything it started),
+//! with the kernel's parent-death signal set to SIGKILL (so it never outlives the orchestrator, even one
+//! killed with SIGKILL), its output forwarded line by line into our logs, and a task that reaps it.
+
+use std::fmt;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use super::state::Exit;
+use crate::config::ServiceSpec;
+use crate::health::ProbeOutcome;
+
+/// Placeholder in commands for the running orchestrator binary.
+pub const EXE_PLACEHOLDER: &str = "${ORCHESTRATOR_EXE}";
+
+/// Why an instance could not be launched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LaunchError(pub String);
+
+/// Ends a running instance: gracefully, or at once.
+pub trait Control: Send + Sync {
+    /// Asks the instance to stop (SIGTERM to the process group).
+    fn terminate(&self);
+    /// Stops the instance at once (SIGKILL to the process group).
+    fn kill(&self);
+}
+
+/// One running instance of a service: its pid, a way to end it, and its exit when it comes.
+pub struct Instance {
+    pid: Option<u32>,
+    exit: watch::Receiver<Option<Exit>>,
+    control: Box<dyn Control>,
+    health: Option<Arc<dyn Service>>,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    /// An instance whose exit will be sent on `exit` (by whoever waits for it).
+    pub fn new(pid: Option<u32>, exit: watch::Receiver<Option<Exit>>, control: Box<dyn Control>) -> Self {
+        Self {
+            pid,
+            exit,
+            control,
+            health: None,
+        }
+    }
+
+    /// The process id, for processes.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Sends SIGTERM (or the in-process equivalent).
+    pub fn terminate(&self) {
+        if !self.has_exited() {
+            self.control.terminate();
+        }
+    }
+
+    /// Sends SIGKILL (or the in-process equivalent).
+    pub fn kill(&self) {
+        if !self.has_exited() {
+            self.control.kill();
+        }
+    }
+
+    /// Whether the instance has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    /// Resolves when the instance exits. Cancel-safe: dropping it early loses nothing.
+    pub async fn exited(&mut self) -> Exit {
+        match self.exit.wait_for(Option::is_some).await {
+            Ok(exit) => exit
+                .clone()
+                .unwrap_or_else(|| Exit::Error("no exit status".into())),
+            Err(_) => Exit::Error("the task watching the instance ended".into()),
+        }
+    }
+
+    /// A receiver of the instance's exit, for waiting on it alongside other work.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.clone()
+    }
+
+    /// The in-process service whose `health` answers checks when the spec has no probe.
+    pub fn health_source(&self) -> Option<Arc<dyn Service>> {
+        self.health.clone()
+    }
+}
+
+/// Starts instances of services.
+#[async_trait]
+pub trait Launcher: Send + Sync + 'static {
+    /// Starts one instance of `spec`.
+    async fn launch(&self, spec: &ServiceSpec) -> Result<Instance, LaunchError>;
+}
+
+/// A service that runs inside the orchestrator's process, registered from Rust code.
+#[async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// Starts the service; returning `Ok` means it started.
+    async fn start(&self) -> Result<(), String>;
+    /// Stops the service gracefully.
+    async fn stop(&self) -> Result<(), String>;
+    /// Checks the service's health (used when its config names no probe).
+    async fn health(&self) -> ProbeOutcome;
+}
+
+/// Launches an in-process [`Service`]: `start` on launch; terminating calls `stop`; killing abandons it.
+pub struct InProcessLauncher {
+    service: Arc<dyn Service>,
+}
+
+impl InProcessLauncher {
+    /// A launcher for one in-process service.
+    pub fn new(service: Arc<dyn Service>) -> Self {
+        Self { service }
+    }
+}
+
+#[async_trait]
+impl Launcher for InProcessLauncher {
+    async fn launch(&self, _spec: &ServiceSpec) -> Result<Instance, LaunchError> {
+        self.service.start().await.map_err(LaunchError)?;
+        let (sender, exit) = watch::channel(None);
+        let control = InProcessControl {
+            service: self.service.clone(),
+            exit: Arc::new(sender),
+        };
+        let mut instance = Instance::new(None, exit, Box::new(control));
+        instance.health = Some(self.service.clone());
+        Ok(instance)
+    }
+}
+
+struct InProcessControl {
+    service: Arc<dyn Service>,
+    exit: Arc<watch::Sender<Option<Exit>>>,
+}
+
+impl Control for InProcessControl {
+    fn terminate(&self) {
+        let service = self.service.clone();
+        let exit = self.exit.clone();
+        tokio::spawn(async move {
+            let result = match service.stop().await {
+                Ok(()) => Exit::Code(0),
+                Err(error) => Exit::Error(error),
+            };
+            exit.send_if_modified(|current| current.is_none().then(|| *current = Some(result)).is_some());
+        });
+    }
+
+    fn kill(&self) {
+        self.exit.send_if_modified(|current| {
+            current
+                .is_none()
+                .then(|| *current = Some(Exit::Signal(libc::SIGKILL)))
+                .is_some()
+        });
+    }
+}
+
+/// Spawns services as child processes.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessLauncher;
+
+#[async_trait]
+impl Launcher for ProcessLauncher {
+    async fn launch(&self, spec: &ServiceSpec) -> Result<Instance, LaunchError> {
+        let Some(command) = &spec.command else {
+            return Err(LaunchError(format!("service {:?} has no command", spec.name)));
+        };
+        let command = expand(command)?;
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| LaunchError("empty command".into()))?;
+        let mut process = Command::new(program);
+        process
+            .args(args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(dir) = &spec.working_dir {
+            process.current_dir(dir);
+        }
+        set_parent_death_signal(&mut process);
+        let mut child = process
+            .spawn()
+            .map_err(|error| LaunchError(format!("cannot start {program}: {error}")))?;
+        let pid = child.id();
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(forward(spec.name.clone(), "stdout", stdout));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(forward(spec.name.clone(), "stderr", stderr));
+        }
+        let (sender, exit) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(signal)) => Exit::Signal(signal),
+                    (None, None) => Exit::Error(format!("unknown exit status {status}")),
+                },
+                Err(error) => Exit::Error(format!("cannot wait for the process: {error}")),
+            };
+            let _ = sender.send(Some(status));
+        });
+        let control = ProcessGroup {
+            pid: pid.unwrap_or(0),
+        };
+        Ok(Instance::new(pid, exit, Box::new(control)))
+    }
+}
+
+/// `${ORCHESTRATOR_EXE}` → the running binary, in every element of the command.
+fn expand(command: &[String]) -> Result<Vec<String>, LaunchError> {
+    if !command.iter().any(|part| part.contains(EXE_PLACEHOLDER)) {
+        return Ok(command.to_vec());
+    }
+    let exe = std::env::current_exe()
+        .map_err(|error| LaunchError(format!("cannot find the orchestrator's own binary: {error}")))?;
+    let exe = exe.to_string_lossy();
+    Ok(command
+        .iter()
+        .map(|part| part.replace(EXE_PLACEHOLDER, &exe))
+        .collect())
+}
+
+/// Makes the kernel SIGKILL the child when the orchestrator dies, however it dies.
+fn set_parent_death_signal(process: &mut Command) {
+    // SAFETY: getpid is async-signal-safe and called before fork.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the child between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid), touching no memory shared with the parent.
+    unsafe {
+        process.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then no signal will ever come.
+            if libc::getppid() != parent {
+                return Err(io::Error::other(
+                    "the orchestrator exited while starting the service",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Signals a child's whole process group.
+struct ProcessGroup {
+    pid: u32,
+}
+
+impl ProcessGroup {
+    fn signal(&self, signal: i32) {
+        let Ok(group) = i32::try_from(self.pid) else {
+            return;
+        };
+        if group <= 1 {
+            return;
+        }
+        // SAFETY: kill has no memory-safety preconditions; a negative pid addresses the process group the
+        // child leads (it was spawned with process_group(0)).
+        unsafe {
+            libc::kill(-group, signal);
+        }
+    }
+}
+
+impl Control for ProcessGroup {
+    fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// Longest line forwarded as one log event; longer lines are split.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Forwards a child's output into our logs, one event per line, tagged with the service name. Invalid
+/// UTF-8 is replaced rather than ending the forwarding (which would block the child on a full pipe).
+async fn forward(service: String, stream: &'static str, output: impl AsyncRead + Unpin) {
+    let mut reader = BufReader::new(output);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                tracing::info!(target: "fog_orchestrator::service_output", service = %service, stream, "{text}");
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! What the supervisor says about a service: its lifecycle state, why it restarted, and the snapshot each
+//! service's actor publishes on every change.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::health::{CheckResult, HealthStatus};
+
+/// A service's lifecycle state (`status` in the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    /// Waiting for its dependencies.
+    Pending,
+    /// Launched (or, for an external service, being probed) and not yet ready.
+    Starting,
+    /// Ready: its first check passed, or it started and has no probe.
+    Running,
+    /// Being stopped: SIGTERM sent, SIGKILL after the shutdown timeout.
+    Stopping,
+    /// Stopped on purpose.
+    Stopped,
+    /// Waiting out the backoff delay before a restart.
+    Backoff,
+    /// Automatic restarts exhausted; only a forced manual restart brings it back.
+    Failed,
+}
+
+impl ServiceState {
+    /// Every state, in the order metrics export them.
+    pub const ALL: [ServiceState; 7] = [
+        ServiceState::Pending,
+        ServiceState::Starting,
+        ServiceState::Running,
+        ServiceState::Stopping,
+        ServiceState::Stopped,
+        ServiceState::Backoff,
+        ServiceState::Failed,
+    ];
+
+    /// The lowercase name used in the API, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Pending => "pending",
+            ServiceState::Starting => "starting",
+            ServiceState::Running => "running",
+            ServiceState::Stopping => "stopping",
+            ServiceState::Stopped => "stopped",
+            ServiceState::Backoff => "backoff",
+            ServiceState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a service was restarted: a small, fixed set (safe as a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartReason {
+    /// Its process exited, or a start attempt failed.
+    Crashed,
+    /// failure_threshold consecutive failed checks.
+    Unhealthy,
+    /// Its heartbeats stopped (the `heartbeat` probe failed).
+    HeartbeatTimeout,
+    /// Someone asked for it.
+    Manual,
+}
+
+impl RestartReason {
+    /// Every reason, in the order metrics export them.
+    pub const ALL: [RestartReason; 4] = [
+        RestartReason::Crashed,
+        RestartReason::Unhealthy,
+        RestartReason::HeartbeatTimeout,
+        RestartReason::Manual,
+    ];
+
+    /// The snake_case name used in the API, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Crashed => "crashed",
+            RestartReason::Unhealthy => "unhealthy",
+            RestartReason::HeartbeatTimeout => "heartbeat_timeout",
+            RestartReason::Manual => "manual",
+        }
+    }
+}
+
+impl fmt::Display for RestartReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a service instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this status code.
+    Code(i32),
+    /// It was ended by this signal.
+    Signal(i32),
+    /// It could not be waited for, or an in-process service's task ended with this error.
+    Error(String),
+}
+
+impl Exit {
+    /// Whether this is a clean exit (code 0).
+    pub fn is_success(&self) -> bool {
+        *self == Exit::Code(0)
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited with code {code}"),
+            Exit::Signal(signal) => write!(f, "killed by signal {signal} ({})", signal_name(*signal)),
+            Exit::Error(error) => write!(f, "ended: {error}"),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "other",
+    }
+}
+
+/// Everything the rest of the program may know about one service, published on every change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Lifecycle state.
+    pub state: ServiceState,
+    /// Health status.
+    pub health: HealthStatus,
+    /// Running and not unhealthy: required dependents may start.
+    pub ready: bool,
+    /// The first start attempt has concluded (ready, failed, or blocked by a failed required dependency):
+    /// optional dependents may start.
+    pub settled: bool,
+    /// Every restart so far, manual ones included.
+    pub restart_count: u32,
+    /// Automatic restart attempts spent since the last reset.
+    pub attempts: u32,
+    /// When the last restart began.
+    pub last_restart: Option<SystemTime>,
+    /// Why the last restart happened.
+    pub last_restart_reason: Option<RestartReason>,
+    /// The last error: a crash, a failed start, a failed check.
+    pub last_error: Option<String>,
+    /// The required dependency this service waits on, if any.
+    pub waiting_on: Option<String>,
+    /// Process id of the running instance.
+    pub pid: Option<u32>,
+    /// Consecutive failed checks.
+    pub consecutive_failures: u32,
+    /// The most recent check.
+    pub last_check: Option<CheckResult>,
+    /// The delay being waited out, in the backoff state.
+    pub backoff: Option<Duration>,
+    /// When the current instance became ready.
+    pub ready_since: Option<SystemTime>,
+}
+
+impl Snapshot {
+    /// The snapshot of a service that has not done anything yet.
+    pub fn initial() -> Self {
+        Self {
+            state: ServiceState::Pending,
+            health: HealthStatus::Unknown,
+            ready: false,
+            settled: false,
+            restart_count: 0,
+            attempts: 0,
+            last_restart: None,
+            last_restart_reason: None,
+            last_error: None,
+            waiting_on: None,
+            pid: None,
+            consecutive_failures: 0,
+            last_check: None,
+            backoff: None,
+            ready_since: None,
+        }
+    }
+
+    /// No instance of the service is running (nothing to stop for it).
+    pub fn is_down(&self) -> bool {
+        matches!(
+            self.state,
+            ServiceState::Pending | ServiceState::Stopped | ServiceState::Backoff | ServiceState::Failed
+        )
+    }
+}
