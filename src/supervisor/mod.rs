@@ -336,7 +336,10 @@ impl SupervisorBuilder {
                 changes: changes.clone(),
                 required: graph.dependencies(name).into_iter().map(peer).collect(),
                 optional,
-                dependents: graph.dependents(name).into_iter().map(peer).collect(),
+                dependents: stop_first(handle, &handles, graph.dependents(name))
+                    .into_iter()
+                    .map(peer)
+                    .collect(),
                 shutdown: shutdown.clone(),
                 force: force.clone(),
                 boot,
@@ -357,6 +360,22 @@ impl SupervisorBuilder {
         tokio::spawn(supervisor.clone().log_startup_summary());
         Ok(supervisor)
     }
+}
+
+/// The services that must stop before `service` does: its dependents, and every service whose `priority`
+/// made it wait for `service` at startup (shutdown mirrors startup).
+fn stop_first<'a>(
+    service: &ServiceHandle,
+    all: &'a [ServiceHandle],
+    dependents: Vec<&'a str>,
+) -> Vec<&'a str> {
+    let mut names = dependents;
+    for other in all {
+        if service.layer < other.spec.priority && !names.contains(&other.name()) {
+            names.push(other.name());
+        }
+    }
+    names
 }
 
 /// The running engine: every service's actor, and the way to stop them all. Cheap to clone.

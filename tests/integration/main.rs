@@ -1,3 +1,5 @@
 //! Integration tests: the built binary and the engine driven from outside, as users meet them.
 
 mod cli;
+mod harness;
+mod supervision;
