@@ -39,6 +39,8 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
     },
+    /// A tiny HTTP service with fault injection (GET /health, POST /fault), used by the FOG demo.
+    DemoService(crate::demo::DemoArgs),
 }
 
 /// Flags of `run`; each overrides the config file and environment.
@@ -83,6 +85,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => check(Source::new(file)),
         Command::Graph { format } => graph(Source::new(file), format),
         Command::Run(args) => run(run_source(file, args)),
+        Command::DemoService(args) => {
+            runtime()?.block_on(crate::demo::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -127,12 +133,19 @@ fn graph(source: Source, format: GraphFormat) -> anyhow::Result<ExitCode> {
 
 fn run(source: Source) -> anyhow::Result<ExitCode> {
     let config = Config::load(&source)?;
-    print_warnings(&config);
-    anyhow::bail!(
-        "`run` is not built yet: the configuration ({} services) is valid, but supervision lands with the \
-         supervision issue; use `check` or `graph` meanwhile",
-        config.services.len()
-    )
+    crate::telemetry::init_logging(config.telemetry.log_format);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = runtime()?;
+    // Signal handlers go in before any service starts, so no signal is lost.
+    let signals = runtime.block_on(async { crate::signal::ShutdownSignals::install() })?;
+    runtime.block_on(crate::app::run(config, signals))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
 fn print_warnings(config: &Config) {

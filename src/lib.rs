@@ -10,7 +10,17 @@
 //!   flags) and validation into types that cannot be invalid, reporting every problem at once.
 //! - [`graph`]: the [`DependencyGraph`](graph::DependencyGraph) on petgraph: layers, startup and shutdown
 //!   orders, cycle detection, and its renderings (the seed's text, Graphviz DOT, the `/dependencies` JSON).
-//! - [`cli`]: the command line: `run`, `check`, `graph`.
+//! - [`supervisor`]: the engine. One actor per service owns its instance, health record and restart
+//!   counters; services start as soon as their dependencies allow, are restarted with backoff, and stop in
+//!   reverse dependency order. [`supervisor::launcher`] spawns real processes (own process group,
+//!   parent-death signal) or runs in-process [`Service`](supervisor::Service)s.
+//! - [`health`]: probes (`http`, `tcp`, `exec`; `heartbeat` and in-process health are answered by the
+//!   actor) and the pure threshold, history and uptime logic.
+//! - [`app`] and [`signal`]: `run` wiring: signals, ordered shutdown, a second signal kills at once.
+//! - [`demo`]: `demo-service`, the tiny HTTP service the FOG demo runs, with fault injection.
+//! - [`telemetry`]: log output.
+//! - [`clock`]: wall-clock timestamps derived from tokio time (deterministic under paused time).
+//! - [`cli`]: the command line: `run`, `check`, `graph`, `demo-service`.
 //!
 //! # Example
 //!
@@ -35,9 +45,13 @@
 //! The contracts these modules implement (config keys, graph rules, API shapes, metric names) are written
 //! down in the project's DESIGN.md.
 
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod graph;
 pub mod health;
+pub mod signal;
 pub mod supervisor;
+pub mod telemetry;

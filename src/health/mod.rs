@@ -259,9 +259,9 @@ impl HealthTracker {
         } else {
             self.consecutive_successes = 0;
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-            self.status = if self.consecutive_failures >= self.failure_threshold {
-                HealthStatus::Unhealthy
-            } else if from == HealthStatus::Unhealthy {
+            // Below the threshold a healthy service is degraded; an unhealthy one stays unhealthy.
+            let at_threshold = self.consecutive_failures >= self.failure_threshold;
+            self.status = if at_threshold || from == HealthStatus::Unhealthy {
                 HealthStatus::Unhealthy
             } else {
                 HealthStatus::Degraded

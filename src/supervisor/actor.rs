@@ -331,6 +331,7 @@ impl Actor {
         tracing::info!(
             service = self.name(),
             layer = self.parts.layer,
+            pid = self.snapshot.pid,
             ready_in_ms = now.duration_since(self.launched_at).as_millis() as u64,
             since_launch_ms = now.duration_since(self.parts.boot).as_millis() as u64,
             "service ready"

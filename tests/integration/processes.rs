@@ -1,0 +1,297 @@
+//! The real thing: the built binary running the FOG demo topology as child processes (each a
+//! `demo-service` with real HTTP health checks), on ports picked at run time. Tests wait on the
+//! orchestrator's own JSON log lines and on process exits, never on fixed sleeps.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A running orchestrator with its log lines.
+struct Orchestrator {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<Value>,
+    seen: Vec<Value>,
+    _dir: tempfile::TempDir,
+}
+
+impl Orchestrator {
+    fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orchestrator.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env_remove("ORCHESTRATOR_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    let _ = sender.send(value);
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
+    /// Waits for the next log line matching `wanted` and returns its fields.
+    async fn wait_for(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let found = timeout(LIMIT, async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if wanted(&line["fields"]) {
+                    return Some(line["fields"].clone());
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(fields)) => fields,
+            _ => panic!("no log line for {what}; saw:\n{}", self.transcript()),
+        }
+    }
+
+    fn transcript(&self) -> String {
+        self.seen
+            .iter()
+            .map(|l| l["fields"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn message(fields: &Value) -> &str {
+    fields["message"].as_str().unwrap_or_default()
+}
+
+fn is_ready_line(fields: &Value, service: &str) -> bool {
+    message(fields) == "service ready" && fields["service"] == service
+}
+
+/// Ten free ports on 127.0.0.1, picked by the kernel.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// examples/fog.toml with its ports replaced by free ones, restarts after 100 ms.
+fn fog_config() -> String {
+    let mut text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fog.toml")).unwrap();
+    for (offset, port) in free_ports(10).into_iter().enumerate() {
+        text = text.replace(
+            &format!("127.0.0.1:{}", 7100 + offset),
+            &format!("127.0.0.1:{port}"),
+        );
+    }
+    let state_dir = tempfile::tempdir().unwrap().keep();
+    text = text.replace(
+        "\"demo-service\",",
+        &format!("\"demo-service\", \"--state-dir\", \"{}\",", state_dir.display()),
+    );
+    text + "\n[defaults.restart]\ninitial_delay = \"100ms\"\n"
+}
+
+/// Direct children of `parent` with their state letter (R, S, Z, ...), from /proc.
+fn children_of(parent: u32) -> Vec<(u32, char)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may contain spaces; the fields after its closing parenthesis are fixed.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            children.push((pid, fields[0].chars().next().unwrap_or('?')));
+        }
+    }
+    children
+}
+
+/// Resolves when process `pid` has exited (works for processes that are not our children).
+async fn exited(pid: u32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return; // already gone
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the descriptor is owned by the AsyncFd for as long as it is registered.
+    let Ok(fd) = (unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }) else {
+        panic!("cannot watch pid {pid}");
+    };
+    let _ = fd.readable().await.unwrap();
+}
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+#[tokio::test]
+async fn the_demo_topology_starts_and_a_killed_child_is_restarted_without_zombies() {
+    let mut orchestrator = Orchestrator::start(&fog_config());
+    orchestrator
+        .wait_for("the startup summary", |f| {
+            message(f).starts_with("10 services ready in")
+        })
+        .await;
+
+    let ready = orchestrator
+        .seen
+        .iter()
+        .filter(|l| message(&l["fields"]) == "service ready")
+        .count();
+    assert_eq!(ready, 10);
+    let children = children_of(orchestrator.pid());
+    assert_eq!(children.len(), 10, "{children:?}");
+
+    let onion = orchestrator
+        .seen
+        .iter()
+        .find(|l| is_ready_line(&l["fields"], "onion"))
+        .and_then(|l| l["fields"]["pid"].as_u64())
+        .unwrap() as u32;
+    signal(onion, libc::SIGKILL);
+    let exit = orchestrator
+        .wait_for("the crash", |f| {
+            message(f) == "service exited unexpectedly" && f["service"] == "onion"
+        })
+        .await;
+    assert_eq!(exit["status"], "killed by signal 9 (SIGKILL)");
+    let again = orchestrator
+        .wait_for("onion ready again", |f| is_ready_line(f, "onion"))
+        .await;
+    let replacement = again["pid"].as_u64().unwrap() as u32;
+    assert_ne!(replacement, onion);
+
+    let children = children_of(orchestrator.pid());
+    assert!(
+        children.iter().all(|(_, state)| *state != 'Z'),
+        "zombies: {children:?}"
+    );
+    assert_eq!(children.len(), 10);
+    assert!(children.iter().any(|(pid, _)| *pid == replacement));
+    assert!(!children.iter().any(|(pid, _)| *pid == onion));
+
+    signal(orchestrator.pid(), libc::SIGTERM);
+    let status = timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_stops_services_in_reverse_order_and_exits_zero() {
+    let mut orchestrator = Orchestrator::start(&fog_config());
+    orchestrator
+        .wait_for("the startup summary", |f| {
+            message(f).starts_with("10 services ready in")
+        })
+        .await;
+    let children: Vec<u32> = children_of(orchestrator.pid())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+
+    signal(orchestrator.pid(), libc::SIGTERM);
+    let status = timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+    while orchestrator
+        .lines
+        .recv()
+        .await
+        .map(|l| orchestrator.seen.push(l))
+        .is_some()
+    {}
+
+    let stopped: Vec<String> = orchestrator
+        .seen
+        .iter()
+        .filter(|l| message(&l["fields"]) == "service stopped")
+        .map(|l| l["fields"]["service"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stopped.len(), 10, "{}", orchestrator.transcript());
+    let position = |name: &str| stopped.iter().position(|n| n == name).unwrap();
+    for (dependent, dependency) in [
+        ("harvest", "edge"),
+        ("onion", "fog_coordinator"),
+        ("vpn_coordinator", "onion"),
+        ("betanet", "p2p"),
+        ("bitchat", "p2p"),
+        ("edge", "dao"),
+        ("scheduler", "dao"),
+    ] {
+        assert!(
+            position(dependent) < position(dependency),
+            "{dependent} after {dependency}: {stopped:?}"
+        );
+    }
+    assert_eq!(stopped.last().map(String::as_str), Some("dao"));
+    for pid in children {
+        timeout(LIMIT, exited(pid)).await.expect("every child stopped");
+    }
+}
+
+#[tokio::test]
+async fn no_child_survives_a_sigkill_of_the_orchestrator() {
+    let mut orchestrator = Orchestrator::start(&fog_config());
+    orchestrator
+        .wait_for("the startup summary", |f| {
+            message(f).starts_with("10 services ready in")
+        })
+        .await;
+    let children: HashSet<u32> = children_of(orchestrator.pid())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(children.len(), 10);
+
+    orchestrator.child.start_kill().unwrap();
+    orchestrator.child.wait().await.unwrap();
+    for pid in children {
+        timeout(LIMIT, exited(pid))
+            .await
+            .unwrap_or_else(|_| panic!("child {pid} outlived the orchestrator"));
+    }
+}
