@@ -305,12 +305,15 @@ impl Control for ProcessGroup {
 
 /// Longest line forwarded as one log event; longer lines are split.
 const MAX_LINE: usize = 16 * 1024;
+/// Read buffer of each forwarded stream.
+const READ_BUFFER: usize = 512;
 
 /// Forwards a child's output into our logs, one event per line, tagged with the service name. Invalid
 /// UTF-8 is replaced rather than ending the forwarding (which would block the child on a full pipe).
 async fn forward(service: String, stream: &'static str, output: impl AsyncRead + Unpin) {
-    let mut reader = BufReader::new(output);
-    let mut line = Vec::with_capacity(256);
+    // Small buffers: a thousand idle children keep two of these each.
+    let mut reader = BufReader::with_capacity(READ_BUFFER, output);
+    let mut line = Vec::new();
     loop {
         line.clear();
         match (&mut reader)

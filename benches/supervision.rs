@@ -1,0 +1,255 @@
+//! Supervision with real processes and real time. Run with `cargo bench --bench supervision`, or name
+//! one or more of `startup`, `restart`, `checks`, `idle` after `--` to run only those.
+//!
+//! - startup: the FOG graph, each service a `demo-service` with a 200 ms start-up delay: launch to all-ready.
+//! - restart: SIGKILL of a child to its replacement running, restart delay 0.
+//! - checks: orchestrator CPU per 1,000 HTTP health checks, 100 services checked every second.
+//! - idle: 1,000 idle children supervised: orchestrator CPU per minute and resident memory.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fog_orchestrator::config::Config;
+use fog_orchestrator::supervisor::{ServiceState, Supervisor};
+
+const DEMO: &str = env!("CARGO_BIN_EXE_fog-orchestrator");
+
+fn main() {
+    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let runs = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    if runs("startup") {
+        runtime.block_on(startup());
+    }
+    if runs("restart") {
+        runtime.block_on(restart());
+    }
+    if runs("checks") {
+        runtime.block_on(checks());
+    }
+    if runs("idle") {
+        runtime.block_on(idle());
+    }
+}
+
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+fn config(text: &str) -> Config {
+    Config::from_toml(text).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// CPU time (user + system) this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Resident memory of this process, in MiB.
+fn resident_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn startup() {
+    let fog =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fog.toml")).unwrap();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let mut text = fog.replace("${ORCHESTRATOR_EXE}", DEMO).replace(
+            "\"demo-service\",",
+            "\"demo-service\", \"--startup-delay\", \"200ms\",",
+        );
+        for (offset, port) in free_ports(10).into_iter().enumerate() {
+            text = text.replace(
+                &format!("127.0.0.1:{}", 7100 + offset),
+                &format!("127.0.0.1:{port}"),
+            );
+        }
+        let config = config(&text);
+        let graph = config.graph.clone();
+        let start = Instant::now();
+        let supervisor = Supervisor::builder(config).start().unwrap();
+        supervisor.initialized().await;
+        let elapsed = start.elapsed();
+        assert!(
+            supervisor.services().iter().all(|s| s.snapshot().ready),
+            "every service ready"
+        );
+        // Never before its dependencies allowed: each started after its dependencies were ready, so it
+        // became ready at least 200 ms after each of them.
+        for service in supervisor.services() {
+            let ready = service.snapshot().ready_since.unwrap();
+            for dependency in graph
+                .dependencies(service.name())
+                .into_iter()
+                .chain(graph.optional_dependencies(service.name()))
+            {
+                let before = supervisor
+                    .service(dependency)
+                    .unwrap()
+                    .snapshot()
+                    .ready_since
+                    .unwrap();
+                assert!(ready.duration_since(before).unwrap_or_default() >= Duration::from_millis(200));
+            }
+        }
+        times.push(elapsed);
+        supervisor.shutdown(Duration::from_secs(5)).await;
+    }
+    times.sort_unstable();
+    println!(
+        "startup  FOG graph, 200 ms start-up delay each: launch to all-ready median {:.0} ms, worst {:.0} ms \
+         (5 runs; critical path 6 layers x 200 ms = 1200 ms)",
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3
+    );
+}
+
+async fn restart() {
+    let supervisor = Supervisor::builder(config(
+        "[services.sleeper]\ncommand = [\"sleep\", \"3600\"]\n\
+         [services.sleeper.restart]\ninitial_delay = \"0s\"\nmax_attempts = 100000\n",
+    ))
+    .start()
+    .unwrap();
+    let sleeper = supervisor.service("sleeper").unwrap().clone();
+    let mut times = Vec::new();
+    for _ in 0..300 {
+        let running = sleeper
+            .wait_for(|s| s.state == ServiceState::Running && s.pid.is_some())
+            .await;
+        let pid = running.pid.unwrap();
+        let start = Instant::now();
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        sleeper
+            .wait_for(|s| s.state == ServiceState::Running && s.pid.is_some_and(|p| p != pid))
+            .await;
+        times.push(start.elapsed());
+    }
+    times.sort_unstable();
+    println!(
+        "restart  SIGKILL to replacement running (restart delay 0): median {:.2} ms, p90 {:.2} ms, worst {:.2} ms \
+         (300 kills)",
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.9).as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3
+    );
+    supervisor.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn checks() {
+    const SERVICES: usize = 100;
+    const SECONDS: u64 = 20;
+    let port = free_ports(1)[0];
+    let mut target = tokio::process::Command::new(DEMO)
+        .args([
+            "demo-service",
+            "--name",
+            "target",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    for i in 0..SERVICES {
+        text.push_str(&format!(
+            "[services.s{i}]\nhealth.http = \"http://127.0.0.1:{port}/health\"\nhealth.check_interval = \"1s\"\n\
+             health.timeout = \"500ms\"\nhealth.startup_interval = \"50ms\"\n"
+        ));
+    }
+    let supervisor = Supervisor::builder(config(&text)).start().unwrap();
+    supervisor.initialized().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu_before, checks_before) = (cpu_time(), checks_recorded(&supervisor).await);
+    tokio::time::sleep(Duration::from_secs(SECONDS)).await;
+    let (cpu_after, checks_after) = (cpu_time(), checks_recorded(&supervisor).await);
+    let checks = checks_after - checks_before;
+    let cpu = cpu_after - cpu_before;
+    let failures: usize = {
+        let mut failed = 0;
+        for service in supervisor.services() {
+            failed += service
+                .report()
+                .await
+                .unwrap()
+                .history
+                .iter()
+                .filter(|r| !r.passed)
+                .count();
+        }
+        failed
+    };
+    println!(
+        "checks   {SERVICES} services checked every second over HTTP: {checks} checks in {SECONDS} s, \
+         orchestrator CPU {:.1} ms per 1,000 checks ({failures} failed)",
+        cpu.as_secs_f64() * 1e3 / checks as f64 * 1000.0
+    );
+    supervisor.shutdown(Duration::from_secs(5)).await;
+    let _ = target.kill().await;
+}
+
+/// Checks recorded so far (history is capped at 100 per service, so read it within 100 checks).
+async fn checks_recorded(supervisor: &Supervisor) -> usize {
+    let mut total = 0;
+    for service in supervisor.services() {
+        total += service.report().await.unwrap().history.len();
+    }
+    total
+}
+
+async fn idle() {
+    const CHILDREN: usize = 1000;
+    const SECONDS: u64 = 60;
+    let mut text = String::new();
+    for i in 0..CHILDREN {
+        text.push_str(&format!("[services.idle{i}]\ncommand = [\"sleep\", \"3600\"]\n"));
+    }
+    let base = resident_mib();
+    let supervisor = Supervisor::builder(config(&text)).start().unwrap();
+    supervisor.initialized().await;
+    let running = supervisor
+        .services()
+        .iter()
+        .filter(|s| s.snapshot().state == ServiceState::Running)
+        .count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_before = cpu_time();
+    tokio::time::sleep(Duration::from_secs(SECONDS)).await;
+    let cpu = cpu_time() - cpu_before;
+    println!(
+        "idle     {running} idle children supervised: orchestrator CPU {:.1} ms per minute, resident memory \
+         {:.1} MiB ({:.1} MiB before starting them)",
+        cpu.as_secs_f64() * 1e3 * 60.0 / SECONDS as f64,
+        resident_mib(),
+        base
+    );
+    supervisor.shutdown(Duration::from_secs(5)).await;
+}
