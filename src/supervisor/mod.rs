@@ -523,9 +523,10 @@ impl Supervisor {
             .collect();
         let ready = total - not_ready.len();
         if not_ready.is_empty() {
+            let noun = if ready == 1 { "service" } else { "services" };
             tracing::info!(
                 elapsed_ms = elapsed.as_millis() as u64,
-                "{ready} services ready in {} ms",
+                "{ready} {noun} ready in {} ms",
                 elapsed.as_millis()
             );
         } else {

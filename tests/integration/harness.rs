@@ -3,6 +3,7 @@
 //! (paused) time, so tests assert exact schedules.
 
 use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use fog_orchestrator::supervisor::launcher::Control;
 use fog_orchestrator::supervisor::{
     Exit, Instance, LaunchError, Launcher, ServiceHandle, ServiceState, Snapshot, Supervisor,
 };
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -311,3 +313,19 @@ optional_depends_on = ["p2p"]
 command = ["fake"]
 health.http = "http://fake/health"
 "#;
+
+/// Resolves when process `pid` has exited (works for processes that are not our children).
+pub async fn exited(pid: u32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return; // already gone
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the descriptor is owned by the AsyncFd for as long as it is registered.
+    let Ok(fd) = (unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }) else {
+        panic!("cannot watch pid {pid}");
+    };
+    let _ = fd.readable().await.unwrap();
+}

@@ -2,5 +2,6 @@
 
 mod cli;
 mod harness;
+mod probes;
 mod processes;
 mod supervision;

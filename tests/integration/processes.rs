@@ -4,14 +4,14 @@
 
 use std::collections::HashSet;
 use std::net::TcpListener;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::harness::exited;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -147,22 +147,6 @@ fn children_of(parent: u32) -> Vec<(u32, char)> {
     children
 }
 
-/// Resolves when process `pid` has exited (works for processes that are not our children).
-async fn exited(pid: u32) {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if fd < 0 {
-        return; // already gone
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // SAFETY: the descriptor is owned by the AsyncFd for as long as it is registered.
-    let Ok(fd) = (unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }) else {
-        panic!("cannot watch pid {pid}");
-    };
-    let _ = fd.readable().await.unwrap();
-}
-
 fn signal(pid: u32, signal: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe {
@@ -294,4 +278,134 @@ async fn no_child_survives_a_sigkill_of_the_orchestrator() {
             .await
             .unwrap_or_else(|_| panic!("child {pid} outlived the orchestrator"));
     }
+}
+
+#[tokio::test]
+async fn a_second_sigterm_kills_a_service_that_ignores_the_first() {
+    let mut orchestrator = Orchestrator::start(
+        "[services.stubborn]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; exec sleep 1000\"]\n\
+         shutdown.timeout = \"1h\"\n",
+    );
+    orchestrator
+        .wait_for("the startup summary", |f| {
+            message(f).starts_with("1 service ready in")
+        })
+        .await;
+    let children: Vec<u32> = children_of(orchestrator.pid())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(children.len(), 1);
+
+    signal(orchestrator.pid(), libc::SIGTERM);
+    orchestrator
+        .wait_for("the shutdown", |f| message(f).starts_with("shutting down"))
+        .await;
+    assert!(
+        timeout(Duration::from_millis(300), exited(children[0]))
+            .await
+            .is_err(),
+        "SIGTERM is ignored"
+    );
+    signal(orchestrator.pid(), libc::SIGTERM);
+    let status = timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+    timeout(LIMIT, exited(children[0]))
+        .await
+        .expect("killed by the second signal");
+    while let Some(line) = orchestrator.lines.recv().await {
+        orchestrator.seen.push(line);
+    }
+    assert!(
+        orchestrator
+            .seen
+            .iter()
+            .any(|l| message(&l["fields"]).starts_with("second signal"))
+    );
+}
+
+/// Starts `demo-service` on a free port; returns the process and its base URL.
+async fn demo_service(state_dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
+        .args([
+            "demo-service",
+            "--name",
+            "probe-me",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(state_dir)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = timeout(LIMIT, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+async fn http(method: &str, url: &str, body: &str) -> (u16, Value) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = timeout(LIMIT, client.request(request)).await.unwrap().unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn demo_service_injects_faults_and_keeps_sticky_ones() {
+    let state = tempfile::tempdir().unwrap();
+    let (mut demo, url) = demo_service(state.path()).await;
+    let (status, body) = http("GET", &format!("{url}/health"), "").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("healthy")));
+
+    let (status, _) = http("POST", &format!("{url}/fault"), "{\"mode\": \"sideways\"}").await;
+    assert_eq!(status, 400);
+    let (status, _) = http("POST", &format!("{url}/fault"), "not json").await;
+    assert_eq!(status, 400);
+    let (status, _) = http("DELETE", &format!("{url}/fault"), "").await;
+    assert_eq!(status, 405);
+
+    http("POST", &format!("{url}/fault"), "{\"mode\": \"unhealthy\"}").await;
+    let (status, body) = http("GET", &format!("{url}/health"), "").await;
+    assert_eq!((status, body["status"].as_str()), (503, Some("unhealthy")));
+
+    let (status, _) = http(
+        "POST",
+        &format!("{url}/fault"),
+        "{\"mode\": \"crash\", \"sticky\": true}",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let exit = timeout(LIMIT, demo.wait()).await.unwrap().unwrap();
+    assert_eq!(exit.code(), Some(1));
+
+    // The sticky crash survives into the next instance, which exits at once.
+    let again = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
+        .args([
+            "demo-service",
+            "--name",
+            "probe-me",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .stderr(Stdio::null())
+        .status();
+    assert_eq!(timeout(LIMIT, again).await.unwrap().unwrap().code(), Some(1));
 }
