@@ -7,6 +7,9 @@
 //! stop. On shutdown every phase returns [`Phase::Exit`] and the actor stops its instance once every
 //! dependent has stopped.
 
+mod checks;
+mod commands;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,15 +19,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
-use super::gate::{self, Gate};
-use super::launcher::{Instance, Launcher, Service};
-use super::state::{Exit, RestartReason, ServiceState, Snapshot};
-use super::{Command, ControlError, Reply};
+use self::checks::poll_check;
+
 use crate::clock::Clock;
 use crate::config::{Probe, ServiceSpec};
 use crate::health::probe::Prober;
 use crate::health::{CheckResult, FailureReason, HealthStatus, HealthTracker, ProbeOutcome};
+use crate::supervisor::backoff::Backoff;
+use crate::supervisor::gate::{self, Gate};
+use crate::supervisor::launcher::{Instance, Launcher};
+use crate::supervisor::state::{Exit, RestartReason, ServiceState, Snapshot};
+use crate::supervisor::{Command, ControlError, Reply};
 
 /// How long to wait for a process to disappear after SIGKILL before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -427,142 +432,6 @@ impl Actor {
         )
     }
 
-    // ---- commands ----------------------------------------------------------------------------------------
-
-    /// Handles one command; returns the next phase when it changes. A closed channel means the supervisor
-    /// is gone: shut down.
-    async fn on_command(&mut self, command: Option<Command>) -> Option<Phase> {
-        let Some(command) = command else {
-            return Some(Phase::Exit);
-        };
-        match command {
-            Command::Heartbeat => {
-                self.last_heartbeat = Some(Instant::now());
-                None
-            }
-            Command::CheckNow(reply) => {
-                self.check_now(reply);
-                None
-            }
-            Command::Report(reply) => {
-                let _ = reply.send(self.report());
-                None
-            }
-            Command::Restart { force, reply } => self.restart(force, reply).await,
-            Command::Start { force, reply } => self.start(force, reply),
-            Command::Stop { force, reply } => self.stop(force, reply).await,
-        }
-    }
-
-    /// Passes the reply back when the command may go ahead; answers it with the refusal otherwise:
-    /// external services are not managed, and a failed service needs `force`.
-    fn admit(&self, force: bool, reply: Reply) -> Option<Reply> {
-        if self.is_external() {
-            let _ = reply.send(Err(ControlError::NotManaged(self.name().to_owned())));
-            return None;
-        }
-        if self.snapshot.state == ServiceState::Failed && !force {
-            let _ = reply.send(Err(ControlError::Refused {
-                service: self.name().to_owned(),
-                attempts: self.snapshot.attempts,
-            }));
-            return None;
-        }
-        Some(reply)
-    }
-
-    async fn restart(&mut self, force: bool, reply: Reply) -> Option<Phase> {
-        let reply = self.admit(force, reply)?;
-        if force {
-            self.snapshot.attempts = 0;
-        }
-        let in_progress = !self.start_waiters.is_empty();
-        self.start_waiters.push(reply);
-        if in_progress {
-            // Concurrent restarts coalesce: this caller waits for the restart already under way.
-            return None;
-        }
-        match self.snapshot.state {
-            ServiceState::Starting | ServiceState::Running => {
-                self.stop_instance().await;
-                Some(Phase::Pending(Some(RestartReason::Manual)))
-            }
-            _ => Some(Phase::Pending(Some(RestartReason::Manual))),
-        }
-    }
-
-    fn start(&mut self, force: bool, reply: Reply) -> Option<Phase> {
-        let reply = self.admit(force, reply)?;
-        match self.snapshot.state {
-            ServiceState::Running => {
-                let _ = reply.send(Ok(self.snapshot.clone()));
-                None
-            }
-            ServiceState::Starting | ServiceState::Pending => {
-                self.start_waiters.push(reply);
-                None
-            }
-            ServiceState::Backoff => {
-                self.start_waiters.push(reply);
-                Some(Phase::Pending(Some(RestartReason::Manual)))
-            }
-            ServiceState::Stopped | ServiceState::Failed | ServiceState::Stopping => {
-                self.snapshot.attempts = 0;
-                self.start_waiters.push(reply);
-                Some(Phase::Pending(None))
-            }
-        }
-    }
-
-    async fn stop(&mut self, force: bool, reply: Reply) -> Option<Phase> {
-        let reply = self.admit(force, reply)?;
-        self.fail_start_waiters(ControlError::Stopped(self.name().to_owned()));
-        self.stop_instance().await;
-        self.health.reset(Instant::now());
-        self.set_state(ServiceState::Stopped);
-        let _ = reply.send(Ok(self.snapshot.clone()));
-        Some(Phase::Stopped)
-    }
-
-    fn check_now(&mut self, reply: oneshot::Sender<CheckResult>) {
-        let checkable = self.has_health_check() && self.snapshot.state == ServiceState::Running;
-        if checkable {
-            if self.check.is_none() {
-                self.check = Some(self.check_future());
-            }
-            self.check_waiters.push(reply);
-            return;
-        }
-        let message = if self.has_health_check() {
-            format!("service is {}", self.snapshot.state)
-        } else {
-            format!("service is {} and has no health probe", self.snapshot.state)
-        };
-        let _ = reply.send(CheckResult {
-            service_name: self.name().to_owned(),
-            status: self.health.status(),
-            passed: self.snapshot.ready,
-            reason: None,
-            timestamp: self.parts.clock.now(),
-            message,
-            details: Default::default(),
-            response_time_ms: 0.0,
-        });
-    }
-
-    fn report(&self) -> super::HealthReport {
-        let now = Instant::now();
-        let hour = Duration::from_secs(3600);
-        super::HealthReport {
-            snapshot: self.snapshot.clone(),
-            consecutive_successes: self.health.consecutive_successes(),
-            history: self.health.history().cloned().collect(),
-            uptime_1h: self.health.uptime_percent(hour, now),
-            uptime_24h: self.health.uptime_percent(24 * hour, now),
-            uptime_7d: self.health.uptime_percent(7 * 24 * hour, now),
-        }
-    }
-
     // ---- shutdown ------------------------------------------------------------------------------------------
 
     /// Stops the instance once every dependent has stopped (or at once when forced), then says so.
@@ -651,89 +520,6 @@ impl Actor {
             .map(|peer| peer.name.clone())
     }
 
-    fn has_health_check(&self) -> bool {
-        self.parts.spec.probe.is_some()
-            || self
-                .instance
-                .as_ref()
-                .is_some_and(|i| i.health_source().is_some())
-    }
-
-    /// One check of the service, bounded by its timeout; owns what it needs so it can run inside `select!`.
-    fn check_future(&self) -> CheckFuture {
-        let limit = self.parts.spec.health.timeout;
-        let started = Instant::now();
-        let work: Pin<Box<dyn Future<Output = ProbeOutcome> + Send>> = match &self.parts.spec.probe {
-            Some(Probe::Heartbeat) => {
-                let outcome = heartbeat_outcome(self.last_heartbeat, self.parts.heartbeat_timeout);
-                Box::pin(async move { outcome })
-            }
-            Some(probe) => {
-                let prober = self.parts.prober.clone();
-                let (name, probe) = (self.name().to_owned(), probe.clone());
-                Box::pin(async move { prober.probe(&name, &probe).await })
-            }
-            None => match self.instance.as_ref().and_then(Instance::health_source) {
-                Some(service) => Box::pin(async move { in_process_health(service).await }),
-                None => Box::pin(async { ProbeOutcome::pass("no probe configured") }),
-            },
-        };
-        Box::pin(async move {
-            let outcome = match timeout(limit, work).await {
-                Ok(outcome) => outcome,
-                Err(_) => ProbeOutcome::fail(
-                    FailureReason::Timeout,
-                    format!("no answer within {}", humantime::format_duration(limit)),
-                ),
-            };
-            (outcome, started.elapsed())
-        })
-    }
-
-    fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration) -> CheckResult {
-        let now = Instant::now();
-        let passed = outcome.passed;
-        let (result, transition) = self.health.record(
-            &self.parts.spec.name,
-            outcome,
-            elapsed,
-            self.parts.clock.at(now),
-            now,
-        );
-        if !passed {
-            self.snapshot.last_error = Some(result.message.clone());
-        }
-        if passed && self.parts.spec.probe != Some(Probe::Heartbeat) {
-            self.last_heartbeat = Some(now);
-        }
-        match self.health.status() {
-            HealthStatus::Healthy => {
-                self.healthy_since.get_or_insert(now);
-            }
-            _ => self.healthy_since = None,
-        }
-        if let Some(transition) = transition {
-            tracing::info!(service = self.name(), from = %transition.from, to = %transition.to, message = %result.message, "health changed");
-        }
-        self.snapshot.last_check = Some(result.clone());
-        self.publish();
-        result
-    }
-
-    fn record_down(&mut self, reason: FailureReason, message: String) {
-        let now = Instant::now();
-        let (result, _) = self.health.record_down(
-            &self.parts.spec.name,
-            reason,
-            message,
-            self.parts.clock.at(now),
-            now,
-        );
-        self.snapshot.last_check = Some(result);
-        self.healthy_since = None;
-        self.publish();
-    }
-
     /// When continuous health resets the attempt counter, if it will.
     fn reset_deadline(&self) -> Option<Instant> {
         let reset_after = self.parts.spec.restart.reset_after;
@@ -801,35 +587,4 @@ async fn wait_exit(exit: Option<&mut watch::Receiver<Option<Exit>>>) -> Exit {
         // The watcher is gone without a status: nothing more will be learnt from it.
         None => std::future::pending().await,
     }
-}
-
-/// Resolves with the check in flight; never, when there is none.
-async fn poll_check(check: &mut Option<CheckFuture>) -> (ProbeOutcome, Duration) {
-    match check.as_mut() {
-        Some(future) => future.await,
-        None => std::future::pending().await,
-    }
-}
-
-fn heartbeat_outcome(last: Option<Instant>, limit: Duration) -> ProbeOutcome {
-    match last {
-        Some(at) if at.elapsed() <= limit => ProbeOutcome::pass("heartbeat received")
-            .with_detail("heartbeat_age_seconds", at.elapsed().as_secs_f64()),
-        Some(at) => ProbeOutcome::fail(
-            FailureReason::Heartbeat,
-            format!(
-                "no heartbeat for {}",
-                humantime::format_duration(round_seconds(at.elapsed()))
-            ),
-        ),
-        None => ProbeOutcome::fail(FailureReason::Heartbeat, "no heartbeat received yet"),
-    }
-}
-
-fn round_seconds(duration: Duration) -> Duration {
-    Duration::from_secs(duration.as_secs())
-}
-
-async fn in_process_health(service: Arc<dyn Service>) -> ProbeOutcome {
-    service.health().await
 }

@@ -1,0 +1,357 @@
+//! One `[services.NAME]` table: name, dependencies, command, environment, probe and per-service overrides.
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use super::fields::{Problems, Table, scalar_text, show};
+use super::parse::{HEALTH, Inherited, PROBES, RESTART, SHUTDOWN, health, restart, shutdown};
+use super::schema::{Probe, ServiceSpec};
+use crate::graph::Node;
+
+const SERVICE: &[&str] = &[
+    "type",
+    "critical",
+    "priority",
+    "depends_on",
+    "optional_depends_on",
+    "command",
+    "env",
+    "working_dir",
+    "metadata",
+    "health",
+    "restart",
+    "shutdown",
+];
+
+/// Longest allowed service name (a DNS label, so names fit in hostnames and label values).
+pub const MAX_SERVICE_NAME_LEN: usize = 63;
+
+/// Whether `name` is a valid service name: 1 to 63 characters of `a-z`, `0-9`, `_` and `-`.
+pub fn is_valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SERVICE_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// One `[services.NAME]` table: the full spec when every key is valid, and the graph node in any case.
+pub(super) fn service(
+    name: &str,
+    table: &Table<'_>,
+    known: &[&str],
+    inherited: &Inherited,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> (Option<ServiceSpec>, Node) {
+    table.deny_unknown(SERVICE, problems);
+    let mut valid = true;
+    if !is_valid_service_name(name) {
+        problems.push(
+            table.path(),
+            format!(
+                "invalid service name {name:?}: use 1 to {MAX_SERVICE_NAME_LEN} characters of a-z, 0-9, _ and -"
+            ),
+        );
+        valid = false;
+    }
+    let service_type = table.string("type", problems);
+    if service_type.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        problems.push(
+            table.key_path("type"),
+            "must not be empty (remove it to use the service name)",
+        );
+        valid = false;
+    }
+    let priority = if table.has("priority") {
+        table.count("priority", problems)
+    } else {
+        Some(0)
+    };
+    let critical = if table.has("critical") {
+        table.boolean("critical", problems)
+    } else {
+        Some(false)
+    };
+
+    let (depends_on, optional_depends_on) = dependencies(name, table, known, problems, warnings);
+    let node = Node {
+        name: name.to_owned(),
+        service_type: service_type
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or_else(|| name.to_owned()),
+        priority: priority.unwrap_or(0),
+        depends_on: depends_on.clone().unwrap_or_default(),
+        optional_depends_on: optional_depends_on.clone().unwrap_or_default(),
+    };
+
+    let command = command(table, problems);
+    let env = env(table, problems);
+    let working_dir = table.string("working_dir", problems).and_then(|dir| {
+        if dir.is_empty() {
+            problems.push(table.key_path("working_dir"), "must not be empty");
+            return None;
+        }
+        Some(PathBuf::from(dir))
+    });
+    let working_dir_ok = !table.has("working_dir") || working_dir.is_some();
+    let metadata = match table.table("metadata", problems) {
+        Some(meta) => Some(
+            meta.entries()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Map<_, _>>(),
+        ),
+        None if table.has("metadata") => None,
+        None => Some(Map::new()),
+    };
+
+    let health_table = table.table("health", problems);
+    let health_ok = !table.has("health") || health_table.is_some();
+    if let Some(t) = &health_table {
+        let allowed: Vec<&str> = HEALTH.iter().chain(PROBES).copied().collect();
+        t.deny_unknown(&allowed, problems);
+    }
+    let probe = probe(health_table.as_ref(), problems);
+    let health = inherited
+        .health
+        .as_ref()
+        .and_then(|base| health(health_table.as_ref(), Some(base), problems));
+
+    let restart = section(
+        table,
+        "restart",
+        RESTART,
+        inherited.restart.as_ref(),
+        restart,
+        problems,
+    );
+    let shutdown = section(
+        table,
+        "shutdown",
+        SHUTDOWN,
+        inherited.shutdown.as_ref(),
+        shutdown,
+        problems,
+    );
+
+    let spec = (|| {
+        if !(valid && working_dir_ok && health_ok) {
+            return None;
+        }
+        Some(ServiceSpec {
+            name: name.to_owned(),
+            service_type: service_type.unwrap_or_else(|| name.to_owned()),
+            critical: critical?,
+            priority: priority?,
+            depends_on: depends_on?,
+            optional_depends_on: optional_depends_on?,
+            command: command?,
+            env: env?,
+            working_dir,
+            metadata: metadata?,
+            probe: probe?,
+            health: health?,
+            restart: restart?,
+            shutdown: shutdown?,
+        })
+    })();
+    (spec, node)
+}
+
+/// A per-service override section (`restart`, `shutdown`) over its inherited default.
+fn section<T>(
+    service: &Table<'_>,
+    key: &str,
+    allowed: &[&str],
+    inherited: Option<&T>,
+    read: fn(Option<&Table<'_>>, Option<&T>, &mut Problems) -> Option<T>,
+    problems: &mut Problems,
+) -> Option<T> {
+    let table = service.table(key, problems);
+    if service.has(key) && table.is_none() {
+        return None;
+    }
+    if let Some(t) = &table {
+        t.deny_unknown(allowed, problems);
+    }
+    read(table.as_ref(), Some(inherited?), problems)
+}
+
+/// `depends_on` and `optional_depends_on`: duplicates and overlaps are errors, unknown optional dependencies
+/// are dropped with a warning. Unknown required ones and self-dependencies are left to the graph.
+fn dependencies(
+    name: &str,
+    table: &Table<'_>,
+    known: &[&str],
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    let list = |key: &str, problems: &mut Problems| -> Option<Vec<String>> {
+        if !table.has(key) {
+            return Some(Vec::new());
+        }
+        let items = table.string_list(key, problems)?;
+        let mut seen: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            if seen.contains(&item) {
+                problems.push(table.key_path(key), format!("{item:?} is listed more than once"));
+            } else {
+                seen.push(item);
+            }
+        }
+        Some(seen)
+    };
+    let required = list("depends_on", problems);
+    let optional = list("optional_depends_on", problems).map(|optional| {
+        optional
+            .into_iter()
+            .filter(|dependency| {
+                if required.as_ref().is_some_and(|r| r.contains(dependency)) {
+                    problems.push(
+                        table.key_path("optional_depends_on"),
+                        format!("{dependency:?} is also in depends_on: a dependency is either required or optional"),
+                    );
+                    return false;
+                }
+                if !known.contains(&dependency.as_str()) {
+                    warnings.push(format!(
+                        "{}: service {name:?} optionally depends on unknown service {dependency:?}; ignored",
+                        table.key_path("optional_depends_on")
+                    ));
+                    return false;
+                }
+                true
+            })
+            .collect()
+    });
+    (required, optional)
+}
+
+/// `command`: absent for an external service; else a non-empty program and its arguments.
+fn command(table: &Table<'_>, problems: &mut Problems) -> Option<Option<Vec<String>>> {
+    if !table.has("command") {
+        return Some(None);
+    }
+    let command = table.string_list("command", problems)?;
+    match command.first() {
+        Some(program) if !program.is_empty() => Some(Some(command)),
+        Some(_) => {
+            problems.push(
+                table.key_path("command"),
+                "the program (first element) is an empty string",
+            );
+            None
+        }
+        None => {
+            problems.push(
+                table.key_path("command"),
+                "[] names no program (remove the key for an external, probe-only service)",
+            );
+            None
+        }
+    }
+}
+
+/// `env`: variable names to values; numbers and booleans are taken as their text.
+fn env(table: &Table<'_>, problems: &mut Problems) -> Option<Vec<(String, String)>> {
+    if !table.has("env") {
+        return Some(Vec::new());
+    }
+    let env = table.table("env", problems)?;
+    let mut vars = Vec::new();
+    let mut ok = true;
+    for (key, value) in env.entries() {
+        let path = env.key_path(key);
+        if key.is_empty() || key.contains(['=', '\0']) {
+            problems.push(&path, format!("{key:?} is not a valid environment variable name"));
+            ok = false;
+            continue;
+        }
+        match scalar_text(&path, value, problems) {
+            Some(text) if !text.contains('\0') => vars.push((key.clone(), text)),
+            Some(_) => {
+                problems.push(&path, "contains a NUL character");
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(vars)
+}
+
+/// The probe keys of a `[services.NAME.health]` table: at most one.
+fn probe(table: Option<&Table<'_>>, problems: &mut Problems) -> Option<Option<Probe>> {
+    let Some(table) = table else {
+        return Some(None);
+    };
+    let set: Vec<&str> = PROBES.iter().copied().filter(|key| table.has(key)).collect();
+    if set.len() > 1 {
+        problems.push(
+            table.path(),
+            format!(
+                "more than one probe ({}): a service has exactly one probe, or none",
+                set.join(", ")
+            ),
+        );
+        return None;
+    }
+    let Some(&kind) = set.first() else {
+        return Some(None);
+    };
+    let path = table.key_path(kind);
+    let probe = match kind {
+        "http" => table
+            .string("http", problems)
+            .and_then(|url| http_probe(&path, url, problems)),
+        "tcp" => table
+            .string("tcp", problems)
+            .and_then(|address| tcp_probe(&path, address, problems)),
+        "exec" => table.string_list("exec", problems).and_then(|command| {
+            if command.first().is_some_and(|program| !program.is_empty()) {
+                Some(Probe::Exec(command))
+            } else {
+                problems.push(&path, "names no program");
+                None
+            }
+        }),
+        _ => {
+            let on = table.boolean("heartbeat", problems)?;
+            return Some(on.then_some(Probe::Heartbeat));
+        }
+    };
+    probe.map(Some)
+}
+
+fn http_probe(path: &str, url: String, problems: &mut Problems) -> Option<Probe> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        let hint = if url.starts_with("https://") {
+            "https probes are not supported yet; probe a plain http:// health port"
+        } else {
+            "is not an http:// URL"
+        };
+        problems.bad_value(path, &Value::String(url), hint);
+        return None;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains(char::is_whitespace) {
+        problems.bad_value(path, &Value::String(url), "has no valid host");
+        return None;
+    }
+    Some(Probe::Http(url))
+}
+
+fn tcp_probe(path: &str, address: String, problems: &mut Problems) -> Option<Probe> {
+    let valid = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        problems.push(
+            path,
+            format!("{} is not a host:port address", show(&Value::String(address))),
+        );
+        return None;
+    }
+    Some(Probe::Tcp(address))
+}

@@ -1,0 +1,129 @@
+//! The actor's health checks: building one bounded check, and recording its outcome.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, timeout};
+
+use super::{Actor, CheckFuture};
+use crate::config::Probe;
+use crate::health::{CheckResult, FailureReason, HealthStatus, ProbeOutcome};
+use crate::supervisor::launcher::{Instance, Service};
+
+impl Actor {
+    pub(super) fn has_health_check(&self) -> bool {
+        self.parts.spec.probe.is_some()
+            || self
+                .instance
+                .as_ref()
+                .is_some_and(|i| i.health_source().is_some())
+    }
+
+    /// One check of the service, bounded by its timeout; owns what it needs so it can run inside `select!`.
+    pub(super) fn check_future(&self) -> CheckFuture {
+        let limit = self.parts.spec.health.timeout;
+        let started = Instant::now();
+        let work: Pin<Box<dyn Future<Output = ProbeOutcome> + Send>> = match &self.parts.spec.probe {
+            Some(Probe::Heartbeat) => {
+                let outcome = heartbeat_outcome(self.last_heartbeat, self.parts.heartbeat_timeout);
+                Box::pin(async move { outcome })
+            }
+            Some(probe) => {
+                let prober = self.parts.prober.clone();
+                let (name, probe) = (self.name().to_owned(), probe.clone());
+                Box::pin(async move { prober.probe(&name, &probe).await })
+            }
+            None => match self.instance.as_ref().and_then(Instance::health_source) {
+                Some(service) => Box::pin(async move { in_process_health(service).await }),
+                None => Box::pin(async { ProbeOutcome::pass("no probe configured") }),
+            },
+        };
+        Box::pin(async move {
+            let outcome = match timeout(limit, work).await {
+                Ok(outcome) => outcome,
+                Err(_) => ProbeOutcome::fail(
+                    FailureReason::Timeout,
+                    format!("no answer within {}", humantime::format_duration(limit)),
+                ),
+            };
+            (outcome, started.elapsed())
+        })
+    }
+
+    pub(super) fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration) -> CheckResult {
+        let now = Instant::now();
+        let passed = outcome.passed;
+        let (result, transition) = self.health.record(
+            &self.parts.spec.name,
+            outcome,
+            elapsed,
+            self.parts.clock.at(now),
+            now,
+        );
+        if !passed {
+            self.snapshot.last_error = Some(result.message.clone());
+        }
+        if passed && self.parts.spec.probe != Some(Probe::Heartbeat) {
+            self.last_heartbeat = Some(now);
+        }
+        match self.health.status() {
+            HealthStatus::Healthy => {
+                self.healthy_since.get_or_insert(now);
+            }
+            _ => self.healthy_since = None,
+        }
+        if let Some(transition) = transition {
+            tracing::info!(service = self.name(), from = %transition.from, to = %transition.to, message = %result.message, "health changed");
+        }
+        self.snapshot.last_check = Some(result.clone());
+        self.publish();
+        result
+    }
+
+    pub(super) fn record_down(&mut self, reason: FailureReason, message: String) {
+        let now = Instant::now();
+        let (result, _) = self.health.record_down(
+            &self.parts.spec.name,
+            reason,
+            message,
+            self.parts.clock.at(now),
+            now,
+        );
+        self.snapshot.last_check = Some(result);
+        self.healthy_since = None;
+        self.publish();
+    }
+}
+
+/// Resolves with the check in flight; never, when there is none.
+pub(super) async fn poll_check(check: &mut Option<CheckFuture>) -> (ProbeOutcome, Duration) {
+    match check.as_mut() {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn heartbeat_outcome(last: Option<Instant>, limit: Duration) -> ProbeOutcome {
+    match last {
+        Some(at) if at.elapsed() <= limit => ProbeOutcome::pass("heartbeat received")
+            .with_detail("heartbeat_age_seconds", at.elapsed().as_secs_f64()),
+        Some(at) => ProbeOutcome::fail(
+            FailureReason::Heartbeat,
+            format!(
+                "no heartbeat for {}",
+                humantime::format_duration(round_seconds(at.elapsed()))
+            ),
+        ),
+        None => ProbeOutcome::fail(FailureReason::Heartbeat, "no heartbeat received yet"),
+    }
+}
+
+fn round_seconds(duration: Duration) -> Duration {
+    Duration::from_secs(duration.as_secs())
+}
+
+async fn in_process_health(service: Arc<dyn Service>) -> ProbeOutcome {
+    service.health().await
+}
