@@ -52,6 +52,7 @@ pub mod config;
 pub mod demo;
 pub mod graph;
 pub mod health;
+pub mod registry;
 pub mod signal;
 pub mod supervisor;
 pub mod telemetry;

@@ -31,6 +31,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ServiceSpec};
 use crate::health::probe::{NetworkProber, Prober};
 use crate::health::{CheckResult, HealthStatus, composite};
+use crate::registry::{RegistryEntry, RegistryError, RegistryHandle};
 
 /// Commands each actor's channel holds before senders wait.
 const COMMAND_QUEUE: usize = 32;
@@ -64,8 +65,6 @@ pub enum Command {
     },
     /// Run a health check now.
     CheckNow(oneshot::Sender<CheckResult>),
-    /// The service is alive.
-    Heartbeat,
     /// History and uptime.
     Report(oneshot::Sender<HealthReport>),
 }
@@ -132,6 +131,7 @@ pub struct HealthReport {
 #[derive(Debug, Clone)]
 pub struct ServiceHandle {
     spec: Arc<ServiceSpec>,
+    registry: RegistryHandle,
     layer: u32,
     commands: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Snapshot>,
@@ -202,9 +202,9 @@ impl ServiceHandle {
         answer.await.map_err(|_| ControlError::ShuttingDown)
     }
 
-    /// Records a heartbeat from the service.
-    pub async fn heartbeat(&self) -> Result<(), ControlError> {
-        self.send(Command::Heartbeat).await
+    /// Records a heartbeat sent by the service itself (what `POST .../registry/{name}/heartbeat` does).
+    pub async fn heartbeat(&self) -> Result<RegistryEntry, RegistryError> {
+        self.registry.heartbeat(self.name()).await
     }
 
     async fn control(&self, command: impl FnOnce(Reply) -> Command) -> Result<Snapshot, ControlError> {
@@ -228,6 +228,7 @@ pub struct SupervisorBuilder {
     prober: Arc<dyn Prober>,
     clock: Clock,
     in_process: HashMap<String, Arc<dyn Service>>,
+    registry: Option<RegistryHandle>,
 }
 
 impl SupervisorBuilder {
@@ -249,6 +250,12 @@ impl SupervisorBuilder {
         self
     }
 
+    /// Uses an existing registry instead of starting one.
+    pub fn registry(mut self, registry: RegistryHandle) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
     /// Runs `name` (declared in the config without a `command`) in process, through `service`.
     pub fn in_process(mut self, name: impl Into<String>, service: Arc<dyn Service>) -> Self {
         self.in_process.insert(name.into(), service);
@@ -263,6 +270,7 @@ impl SupervisorBuilder {
             prober,
             clock,
             mut in_process,
+            registry,
         } = self;
         if let Some(name) = in_process
             .keys()
@@ -272,6 +280,7 @@ impl SupervisorBuilder {
                 "{name} (in-process services must be declared without a command)"
             )));
         }
+        let registry = registry.unwrap_or_else(|| RegistryHandle::start(&config, clock));
         let graph = &config.graph;
         let boot = Instant::now();
         let (changes, changes_receiver) = watch::channel(0u64);
@@ -288,6 +297,7 @@ impl SupervisorBuilder {
             senders.push((publish, receiver));
             handles.push(ServiceHandle {
                 spec: Arc::new(spec.clone()),
+                registry: registry.clone(),
                 layer: graph.layer(&spec.name).unwrap_or(0),
                 commands,
                 snapshot,
@@ -331,6 +341,7 @@ impl SupervisorBuilder {
                 prober: prober.clone(),
                 clock,
                 heartbeat_timeout: config.registry.heartbeat_timeout,
+                registry: registry.clone(),
                 commands,
                 publish,
                 changes: changes.clone(),
@@ -349,6 +360,7 @@ impl SupervisorBuilder {
         tasks.close();
 
         let supervisor = Supervisor {
+            registry,
             services: Arc::new(handles),
             index: Arc::new(index),
             changes: changes_receiver,
@@ -381,6 +393,7 @@ fn stop_first<'a>(
 /// The running engine: every service's actor, and the way to stop them all. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
+    registry: RegistryHandle,
     services: Arc<Vec<ServiceHandle>>,
     index: Arc<HashMap<String, usize>>,
     changes: watch::Receiver<u64>,
@@ -399,7 +412,13 @@ impl Supervisor {
             prober: Arc::new(NetworkProber::default()),
             clock: Clock::system(),
             in_process: HashMap::new(),
+            registry: None,
         }
+    }
+
+    /// The registry the services' heartbeats go to.
+    pub fn registry(&self) -> &RegistryHandle {
+        &self.registry
     }
 
     /// Every service, in declaration order.

@@ -27,8 +27,12 @@ impl Actor {
         let started = Instant::now();
         let work: Pin<Box<dyn Future<Output = ProbeOutcome> + Send>> = match &self.parts.spec.probe {
             Some(Probe::Heartbeat) => {
-                let outcome = heartbeat_outcome(self.last_heartbeat, self.parts.heartbeat_timeout);
-                Box::pin(async move { outcome })
+                let (registry, name) = (self.parts.registry.clone(), self.name().to_owned());
+                let limit = self.parts.heartbeat_timeout;
+                Box::pin(async move {
+                    let last = registry.last_heartbeat(&name).await.ok().flatten();
+                    heartbeat_outcome(last, limit)
+                })
             }
             Some(probe) => {
                 let prober = self.parts.prober.clone();
@@ -66,7 +70,8 @@ impl Actor {
             self.snapshot.last_error = Some(result.message.clone());
         }
         if passed && self.parts.spec.probe != Some(Probe::Heartbeat) {
-            self.last_heartbeat = Some(now);
+            // A passing check is the engine observing the service alive.
+            self.parts.registry.observed_alive(&self.parts.spec.name);
         }
         match self.health.status() {
             HealthStatus::Healthy => {

@@ -18,10 +18,6 @@ impl Actor {
             return Some(Phase::Exit);
         };
         match command {
-            Command::Heartbeat => {
-                self.last_heartbeat = Some(Instant::now());
-                None
-            }
             Command::CheckNow(reply) => {
                 self.check_now(reply);
                 None

@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::config::{Probe, ServiceSpec};
 use crate::health::probe::Prober;
 use crate::health::{CheckResult, FailureReason, HealthStatus, HealthTracker, ProbeOutcome};
+use crate::registry::RegistryHandle;
 use crate::supervisor::backoff::Backoff;
 use crate::supervisor::gate::{self, Gate};
 use crate::supervisor::launcher::{Instance, Launcher};
@@ -63,6 +64,7 @@ pub(super) struct ActorParts {
     pub prober: Arc<dyn Prober>,
     pub clock: Clock,
     pub heartbeat_timeout: Duration,
+    pub registry: RegistryHandle,
     pub commands: mpsc::Receiver<Command>,
     pub publish: watch::Sender<Snapshot>,
     pub changes: Arc<watch::Sender<u64>>,
@@ -85,7 +87,6 @@ pub(super) struct Actor {
     check_waiters: Vec<oneshot::Sender<CheckResult>>,
     start_waiters: Vec<Reply>,
     healthy_since: Option<Instant>,
-    last_heartbeat: Option<Instant>,
     launched_at: Instant,
 }
 
@@ -102,7 +103,6 @@ impl Actor {
             check_waiters: Vec::new(),
             start_waiters: Vec::new(),
             healthy_since: None,
-            last_heartbeat: None,
             launched_at: now,
             parts,
         }
@@ -256,7 +256,14 @@ impl Actor {
                         return next;
                     }
                 }
-                _ = tick.tick(), if checks && self.check.is_none() => self.check = Some(self.check_future()),
+                _ = tick.tick(), if self.check.is_none() => {
+                    if checks {
+                        self.check = Some(self.check_future());
+                    } else {
+                        // No probe: a process still running is a process observed alive.
+                        self.parts.registry.observed_alive(&self.parts.spec.name);
+                    }
+                }
                 () = sleep_until(reset_at.unwrap_or_else(Instant::now)), if reset_at.is_some() => {
                     tracing::info!(service = self.name(), attempts = self.snapshot.attempts, "healthy long enough: restart attempts reset");
                     self.snapshot.attempts = 0;
@@ -332,7 +339,9 @@ impl Actor {
         self.snapshot.settled = true;
         self.snapshot.ready_since = Some(self.parts.clock.now());
         self.healthy_since = (self.health.status() != HealthStatus::Unhealthy).then_some(now);
-        self.last_heartbeat.get_or_insert(now);
+        if !self.has_health_check() {
+            self.parts.registry.observed_alive(&self.parts.spec.name);
+        }
         tracing::info!(
             service = self.name(),
             layer = self.parts.layer,
@@ -547,17 +556,24 @@ impl Actor {
         self.snapshot.ready =
             self.snapshot.state == ServiceState::Running && self.health.status() != HealthStatus::Unhealthy;
         let mut gating_changed = false;
+        let mut state_changed = false;
         let snapshot = &self.snapshot;
         self.parts.publish.send_if_modified(|current| {
             if current == snapshot {
                 return false;
             }
+            state_changed = current.state != snapshot.state;
             gating_changed = current.ready != snapshot.ready
                 || current.settled != snapshot.settled
                 || current.is_down() != snapshot.is_down();
             *current = snapshot.clone();
             true
         });
+        if state_changed {
+            self.parts
+                .registry
+                .state_changed(&self.parts.spec.name, self.snapshot.state.as_str());
+        }
         if gating_changed {
             self.parts
                 .changes

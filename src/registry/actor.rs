@@ -1,0 +1,304 @@
+//! The registry's actor: the one owner of every entry and heartbeat deadline.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::time::{Duration, SystemTime};
+
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue::Key;
+
+use super::types::{Registration, RegistryEntry, RegistryError, RegistryStats};
+use super::{Notice, Request};
+use crate::clock::Clock;
+use crate::config::{Config, is_valid_service_name};
+
+/// One entry and its heartbeat bookkeeping.
+struct Record {
+    service_type: String,
+    address: Option<String>,
+    port: Option<u16>,
+    tags: Vec<String>,
+    metadata: Map<String, Value>,
+    managed: bool,
+    status: String,
+    registered_at: SystemTime,
+    last_heartbeat: Option<Instant>,
+    alive: bool,
+    heartbeats: u64,
+    timeouts: u64,
+    deadline: Option<Key>,
+}
+
+pub(super) struct RegistryActor {
+    records: IndexMap<String, Record>,
+    deadlines: DelayQueue<String>,
+    clock: Clock,
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Duration,
+    timeouts: u64,
+    requests: mpsc::Receiver<Request>,
+    notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+impl RegistryActor {
+    pub(super) fn new(
+        config: &Config,
+        clock: Clock,
+        requests: mpsc::Receiver<Request>,
+        notices: mpsc::UnboundedReceiver<Notice>,
+    ) -> Self {
+        let now = clock.now();
+        let records = config
+            .services
+            .iter()
+            .map(|spec| {
+                let record = Record {
+                    service_type: spec.service_type.clone(),
+                    address: None,
+                    port: None,
+                    tags: Vec::new(),
+                    metadata: spec.metadata.clone(),
+                    managed: true,
+                    status: "pending".to_owned(),
+                    registered_at: now,
+                    last_heartbeat: None,
+                    alive: false,
+                    heartbeats: 0,
+                    timeouts: 0,
+                    deadline: None,
+                };
+                (spec.name.clone(), record)
+            })
+            .collect();
+        Self {
+            records,
+            deadlines: DelayQueue::new(),
+            clock,
+            heartbeat_interval: config.registry.heartbeat_interval,
+            heartbeat_timeout: config.registry.heartbeat_timeout,
+            timeouts: 0,
+            requests,
+            notices,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                Some(notice) = self.notices.recv() => self.on_notice(notice),
+                request = self.requests.recv() => match request {
+                    Some(request) => self.on_request(request),
+                    None => return,
+                },
+                Some(expired) = poll_fn(|cx| self.deadlines.poll_expired(cx)), if !self.deadlines.is_empty() => {
+                    self.on_expired(expired.into_inner());
+                }
+            }
+        }
+    }
+
+    fn on_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Alive(name) => {
+                let _ = self.heartbeat(&name);
+            }
+            Notice::State(name, state) => {
+                if let Some(record) = self.records.get_mut(&name) {
+                    record.status = state.to_owned();
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: Request) {
+        match request {
+            Request::Register(registration, reply) => {
+                let _ = reply.send(self.register(registration));
+            }
+            Request::Deregister(name, reply) => {
+                let _ = reply.send(self.deregister(&name));
+            }
+            Request::Heartbeat(name, reply) => {
+                let _ = reply.send(self.heartbeat(&name));
+            }
+            Request::Entries(reply) => {
+                let now = Instant::now();
+                let _ = reply.send(
+                    self.records
+                        .iter()
+                        .map(|(name, r)| self.entry(name, r, now))
+                        .collect(),
+                );
+            }
+            Request::Entry(name, reply) => {
+                let now = Instant::now();
+                let _ = reply.send(self.records.get(&name).map(|r| self.entry(&name, r, now)));
+            }
+            Request::LastHeartbeat(name, reply) => {
+                let _ = reply.send(self.records.get(&name).and_then(|r| r.last_heartbeat));
+            }
+            Request::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+        }
+    }
+
+    /// A deadline passed without a heartbeat: the alive → dead transition.
+    fn on_expired(&mut self, name: String) {
+        let Some(record) = self.records.get_mut(&name) else {
+            return;
+        };
+        record.deadline = None;
+        if !record.alive {
+            return;
+        }
+        record.alive = false;
+        record.timeouts += 1;
+        self.timeouts += 1;
+        tracing::warn!(
+            service = %name,
+            timeout_ms = self.heartbeat_timeout.as_millis() as u64,
+            "heartbeat timeout: service is no longer alive"
+        );
+    }
+
+    fn heartbeat(&mut self, name: &str) -> Result<RegistryEntry, RegistryError> {
+        let now = Instant::now();
+        let Some(record) = self.records.get_mut(name) else {
+            return Err(RegistryError::UnknownService(name.to_owned()));
+        };
+        record.last_heartbeat = Some(now);
+        record.heartbeats += 1;
+        if !record.alive && record.timeouts > 0 {
+            tracing::info!(service = %name, "heartbeats resumed: service is alive again");
+        }
+        record.alive = true;
+        match &record.deadline {
+            Some(key) => self.deadlines.reset(key, self.heartbeat_timeout),
+            None => record.deadline = Some(self.deadlines.insert(name.to_owned(), self.heartbeat_timeout)),
+        }
+        let record = &self.records[name];
+        Ok(self.entry(name, record, now))
+    }
+
+    fn register(&mut self, registration: Registration) -> Result<RegistryEntry, RegistryError> {
+        let name = registration.name.clone();
+        if !is_valid_service_name(&name) {
+            return Err(RegistryError::Invalid(format!(
+                "invalid service name {name:?}: use 1 to 63 characters of a-z, 0-9, _ and -"
+            )));
+        }
+        if registration
+            .service_type
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(RegistryError::Invalid("type must not be empty".into()));
+        }
+        if self.records.get(&name).is_some_and(|r| r.managed) {
+            return Err(RegistryError::Configured(name));
+        }
+        let service_type = registration.service_type.unwrap_or_else(|| name.clone());
+        match self.records.get_mut(&name) {
+            Some(existing) => {
+                // Registering again updates what the service says about itself, keeping its history.
+                existing.service_type = service_type;
+                existing.address = registration.address;
+                existing.port = registration.port;
+                existing.tags = registration.tags;
+                existing.metadata = registration.metadata;
+            }
+            None => {
+                tracing::info!(service = %name, "service registered");
+                let record = Record {
+                    service_type,
+                    address: registration.address,
+                    port: registration.port,
+                    tags: registration.tags,
+                    metadata: registration.metadata,
+                    managed: false,
+                    status: "registered".to_owned(),
+                    registered_at: self.clock.now(),
+                    last_heartbeat: None,
+                    alive: false,
+                    heartbeats: 0,
+                    timeouts: 0,
+                    deadline: None,
+                };
+                self.records.insert(name.clone(), record);
+            }
+        }
+        // Registering is a sign of life.
+        self.heartbeat(&name)
+    }
+
+    fn deregister(&mut self, name: &str) -> Result<RegistryEntry, RegistryError> {
+        match self.records.get(name) {
+            None => return Err(RegistryError::UnknownService(name.to_owned())),
+            Some(record) if record.managed => return Err(RegistryError::Configured(name.to_owned())),
+            Some(_) => {}
+        }
+        let now = Instant::now();
+        let Some(record) = self.records.shift_remove(name) else {
+            return Err(RegistryError::UnknownService(name.to_owned()));
+        };
+        if let Some(key) = &record.deadline {
+            self.deadlines.remove(key);
+        }
+        tracing::info!(service = %name, "service deregistered");
+        Ok(self.entry(name, &record, now))
+    }
+
+    fn entry(&self, name: &str, record: &Record, now: Instant) -> RegistryEntry {
+        RegistryEntry {
+            name: name.to_owned(),
+            service_type: record.service_type.clone(),
+            address: record.address.clone(),
+            port: record.port,
+            tags: record.tags.clone(),
+            metadata: record.metadata.clone(),
+            managed: record.managed,
+            status: record.status.clone(),
+            registered_at: record.registered_at,
+            last_heartbeat: record.last_heartbeat.map(|at| self.clock.at(at)),
+            heartbeat_age_seconds: record
+                .last_heartbeat
+                .map(|at| now.saturating_duration_since(at).as_secs_f64()),
+            alive: record.alive,
+            heartbeats_received: record.heartbeats,
+            heartbeat_timeouts: record.timeouts,
+        }
+    }
+
+    fn stats(&self) -> RegistryStats {
+        let now = Instant::now();
+        let mut by_status = BTreeMap::new();
+        for record in self.records.values() {
+            *by_status.entry(record.status.clone()).or_insert(0) += 1;
+        }
+        let alive = self.records.values().filter(|r| r.alive).count();
+        let managed = self.records.values().filter(|r| r.managed).count();
+        RegistryStats {
+            total_services: self.records.len(),
+            managed_services: managed,
+            registered_services: self.records.len() - managed,
+            alive_services: alive,
+            dead_services: self.records.len() - alive,
+            by_status,
+            heartbeat_timeouts: self.timeouts,
+            oldest_heartbeat_age_seconds: self
+                .records
+                .values()
+                .filter_map(|r| r.last_heartbeat)
+                .min()
+                .map(|oldest| now.saturating_duration_since(oldest).as_secs_f64()),
+            heartbeat_interval_seconds: self.heartbeat_interval.as_secs_f64(),
+            heartbeat_timeout_seconds: self.heartbeat_timeout.as_secs_f64(),
+        }
+    }
+}

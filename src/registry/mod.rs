@@ -1,0 +1,133 @@
+//! The service registry: every configured service plus those that register themselves at run time, with
+//! their metadata and heartbeats.
+//!
+//! One actor owns the entries. A heartbeat (from the engine whenever it observes a managed service alive,
+//! or from a service through the API) re-arms that entry's deadline in a `DelayQueue`; a deadline that
+//! expires is the alive → dead transition: a log line and a count, and a `heartbeat` probe that fails from
+//! then on. API requests arrive on a bounded channel; the engine's notifications (heartbeats, states) on an
+//! unbounded one, so the engine never waits on the registry and never drops a notification (their rate is
+//! bounded by the checks that cause them).
+
+mod actor;
+mod types;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use self::actor::RegistryActor;
+pub use self::types::{Registration, RegistryEntry, RegistryError, RegistryStats};
+use crate::clock::Clock;
+use crate::config::Config;
+
+/// Requests the API's channel holds before senders wait.
+const REQUEST_QUEUE: usize = 256;
+
+/// A question or change from the API.
+#[derive(Debug)]
+enum Request {
+    Register(
+        Registration,
+        oneshot::Sender<Result<RegistryEntry, RegistryError>>,
+    ),
+    Deregister(String, oneshot::Sender<Result<RegistryEntry, RegistryError>>),
+    Heartbeat(String, oneshot::Sender<Result<RegistryEntry, RegistryError>>),
+    Entries(oneshot::Sender<Vec<RegistryEntry>>),
+    Entry(String, oneshot::Sender<Option<RegistryEntry>>),
+    LastHeartbeat(String, oneshot::Sender<Option<Instant>>),
+    Stats(oneshot::Sender<RegistryStats>),
+}
+
+/// Something the engine saw: never waited on.
+#[derive(Debug)]
+enum Notice {
+    /// A managed service was observed alive.
+    Alive(String),
+    /// A managed service changed lifecycle state.
+    State(String, &'static str),
+}
+
+/// The way in to the registry. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RegistryHandle {
+    requests: mpsc::Sender<Request>,
+    notices: mpsc::UnboundedSender<Notice>,
+}
+
+impl RegistryHandle {
+    /// Starts the registry with every configured service registered (managed, not alive until its first
+    /// heartbeat).
+    pub fn start(config: &Config, clock: Clock) -> Self {
+        let (requests, request_receiver) = mpsc::channel(REQUEST_QUEUE);
+        let (notices, notice_receiver) = mpsc::unbounded_channel();
+        let actor = RegistryActor::new(config, clock, request_receiver, notice_receiver);
+        tokio::spawn(actor.run());
+        Self { requests, notices }
+    }
+
+    /// Registers (or updates) a service that is not in the configuration.
+    pub async fn register(&self, registration: Registration) -> Result<RegistryEntry, RegistryError> {
+        self.ask(|reply| Request::Register(registration, reply)).await?
+    }
+
+    /// Removes a service registered at run time.
+    pub async fn deregister(&self, name: &str) -> Result<RegistryEntry, RegistryError> {
+        self.ask(|reply| Request::Deregister(name.to_owned(), reply))
+            .await?
+    }
+
+    /// Records a heartbeat sent by the service itself.
+    pub async fn heartbeat(&self, name: &str) -> Result<RegistryEntry, RegistryError> {
+        self.ask(|reply| Request::Heartbeat(name.to_owned(), reply))
+            .await?
+    }
+
+    /// Every entry: configured services in declaration order, then registered ones in registration order.
+    pub async fn entries(&self) -> Result<Vec<RegistryEntry>, RegistryError> {
+        self.ask(Request::Entries).await
+    }
+
+    /// One entry.
+    pub async fn entry(&self, name: &str) -> Result<Option<RegistryEntry>, RegistryError> {
+        self.ask(|reply| Request::Entry(name.to_owned(), reply)).await
+    }
+
+    /// When the last heartbeat of `name` arrived.
+    pub async fn last_heartbeat(&self, name: &str) -> Result<Option<Instant>, RegistryError> {
+        self.ask(|reply| Request::LastHeartbeat(name.to_owned(), reply))
+            .await
+    }
+
+    /// Totals.
+    pub async fn stats(&self) -> Result<RegistryStats, RegistryError> {
+        self.ask(Request::Stats).await
+    }
+
+    /// The engine observed `name` alive (never waits).
+    pub fn observed_alive(&self, name: &str) {
+        let _ = self.notices.send(Notice::Alive(name.to_owned()));
+    }
+
+    /// The engine moved `name` to `state` (never waits).
+    pub fn state_changed(&self, name: &str, state: &'static str) {
+        let _ = self.notices.send(Notice::State(name.to_owned(), state));
+    }
+
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, RegistryError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(request(reply))
+            .await
+            .map_err(|_| RegistryError::Unavailable)?;
+        answer.await.map_err(|_| RegistryError::Unavailable)
+    }
+}
+
+/// Whether a heartbeat at `last` is recent enough at `now`.
+pub fn is_alive(last: Option<Instant>, timeout: Duration, now: Instant) -> bool {
+    last.is_some_and(|at| now.saturating_duration_since(at) <= timeout)
+}
+
+#[cfg(test)]
+mod tests;
