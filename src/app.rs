@@ -1,7 +1,17 @@
-//! Wiring for `fog-orchestrator run`: start the supervisor, wait for a signal, shut down in order.
+//! Wiring for `fog-orchestrator run`: bind the API, start the supervisor, serve until a signal, then stop
+//! the API (in-flight requests finish) and the services (reverse dependency order). A second signal kills
+//! what is left at once.
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Api;
+use crate::api::server::{self, Limits};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::signal::ShutdownSignals;
 use crate::supervisor::{ControlError, Supervisor};
@@ -9,24 +19,61 @@ use crate::supervisor::{ControlError, Supervisor};
 /// How often a slow shutdown says which services hold it up.
 const SHUTDOWN_REPORT_EVERY: Duration = Duration::from_secs(5);
 
-/// Runs every service of `config` until the first signal, then stops them in reverse dependency order; a
-/// second signal kills what is left at once.
-pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), ControlError> {
+/// Why `run` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The API address is taken or not ours.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The configured address.
+        address: SocketAddr,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The supervisor refused its configuration.
+    #[error(transparent)]
+    Supervisor(#[from] ControlError),
+}
+
+/// Runs every service of `config` and the API until the first signal, then shuts down in order.
+pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), AppError> {
+    // Bind first: a taken port fails the start before any service is spawned.
+    let address = config.api.listen;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| AppError::Listen { address, source })?;
+    let bound = listener.local_addr().unwrap_or(address);
+
+    let clock = Clock::system();
+    let (graph, token) = (config.graph.clone(), config.api.token.clone());
     let services = config.services.len();
     let origin = config.origin.clone();
-    let supervisor = Supervisor::builder(config).start()?;
+    let supervisor = Supervisor::builder(config).clock(clock).start()?;
+    let api = Api::new(supervisor.clone(), graph, token, clock);
+    let stop_api = CancellationToken::new();
+    let server = tokio::spawn(server::serve(
+        listener,
+        api,
+        Limits::default(),
+        stop_api.clone().cancelled_owned(),
+    ));
     tracing::info!(services, config = %origin, pid = std::process::id(), "orchestrator started");
+    tracing::info!(address = %bound, "API listening on http://{bound}");
 
     let signal = signals.recv().await;
-    tracing::info!(%signal, "shutting down: stopping services in reverse dependency order (signal again to kill them at once)");
-    let shutdown = supervisor.shutdown(SHUTDOWN_REPORT_EVERY);
-    tokio::pin!(shutdown);
+    tracing::info!(%signal, "shutting down: API first, then services in reverse dependency order (signal again to kill them at once)");
+    stop_api.cancel();
+    let orderly = async {
+        let _ = server.await;
+        supervisor.shutdown(SHUTDOWN_REPORT_EVERY).await;
+    };
+    tokio::pin!(orderly);
     tokio::select! {
-        () = &mut shutdown => {}
+        () = &mut orderly => {}
         signal = signals.recv() => {
             tracing::warn!(%signal, "second signal: killing every service now");
             supervisor.force_shutdown();
-            shutdown.await;
+            supervisor.shutdown(SHUTDOWN_REPORT_EVERY).await;
         }
     }
     tracing::info!("orchestrator stopped");

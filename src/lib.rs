@@ -45,6 +45,7 @@
 //! The contracts these modules implement (config keys, graph rules, API shapes, metric names) are written
 //! down in the project's DESIGN.md.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod clock;

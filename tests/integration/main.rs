@@ -1,7 +1,9 @@
 //! Integration tests: the built binary and the engine driven from outside, as users meet them.
 
+mod api;
 mod cli;
 mod harness;
 mod probes;
 mod processes;
+mod server;
 mod supervision;

@@ -32,7 +32,14 @@ impl Orchestrator {
         let path = dir.path().join("orchestrator.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
-            .args(["run", "--log-format", "json", "--config"])
+            .args([
+                "run",
+                "--log-format",
+                "json",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
             .arg(&path)
             .env("RUST_LOG", "info")
             .env_remove("ORCHESTRATOR_CONFIG")
@@ -352,12 +359,18 @@ async fn demo_service(state_dir: &Path) -> (Child, String) {
 }
 
 async fn http(method: &str, url: &str, body: &str) -> (u16, Value) {
+    let content_type = if body.is_empty() {
+        "text/plain"
+    } else {
+        "application/json"
+    };
     use http_body_util::{BodyExt, Full};
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<bytes::Bytes>>();
     let request = hyper::Request::builder()
         .method(method)
         .uri(url)
+        .header("content-type", content_type)
         .body(Full::new(bytes::Bytes::from(body.to_owned())))
         .unwrap();
     let response = timeout(LIMIT, client.request(request)).await.unwrap().unwrap();
@@ -408,4 +421,74 @@ async fn demo_service_injects_faults_and_keeps_sticky_ones() {
         .stderr(Stdio::null())
         .status();
     assert_eq!(timeout(LIMIT, again).await.unwrap().unwrap().code(), Some(1));
+}
+
+/// The API address the orchestrator logged.
+async fn api_address(orchestrator: &mut Orchestrator) -> String {
+    let line = orchestrator
+        .wait_for("the API address", |f| message(f).starts_with("API listening"))
+        .await;
+    format!("http://{}", line["address"].as_str().unwrap())
+}
+
+#[tokio::test]
+async fn the_rest_api_serves_the_seed_shapes_over_a_real_socket() {
+    let mut orchestrator = Orchestrator::start(&fog_config());
+    let api = api_address(&mut orchestrator).await;
+    orchestrator
+        .wait_for("the startup summary", |f| {
+            message(f).starts_with("10 services ready in")
+        })
+        .await;
+
+    let (status, services) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
+    assert_eq!(status, 200);
+    for key in ["success", "total_services", "services", "is_ready", "initialized"] {
+        assert!(services.get(key).is_some(), "services lacks {key}");
+    }
+    for key in [
+        "status",
+        "restart_count",
+        "last_restart",
+        "last_error",
+        "is_critical",
+    ] {
+        assert!(services["services"]["dao"].get(key).is_some(), "dao lacks {key}");
+    }
+    assert_eq!(services["is_ready"], true);
+
+    let (_, health) = http("GET", &format!("{api}/api/orchestration/health"), "").await;
+    assert_eq!(health["composite_health"], "healthy");
+    assert_eq!(
+        health["services"]["onion"]["last_check"]["details"]["http_status"],
+        200
+    );
+
+    let (_, dependencies) = http("GET", &format!("{api}/api/orchestration/dependencies"), "").await;
+    assert_eq!(dependencies["shutdown_order"][0], "bitchat");
+    let (_, metrics) = http("GET", &format!("{api}/api/orchestration/metrics"), "").await;
+    assert_eq!(metrics["metrics"]["running_services"], 10);
+    let (_, detail) = http("GET", &format!("{api}/api/orchestration/service/harvest"), "").await;
+    assert_eq!(detail["dependencies"]["required"][0], "edge");
+    let (_, checked) = http("POST", &format!("{api}/api/orchestration/health/check-now"), "").await;
+    assert!(checked["results"]["dao"]["response_time_ms"].as_f64().unwrap() > 0.0);
+
+    let (status, restarted) = http(
+        "POST",
+        &format!("{api}/api/orchestration/restart/p2p"),
+        "{\"force\": false}",
+    )
+    .await;
+    assert_eq!(status, 200, "{restarted}");
+    assert_eq!(restarted["status"], "running");
+    assert_eq!(restarted["message"], "Service 'p2p' restarted successfully");
+
+    let (status, _) = http("GET", &format!("{api}/readyz"), "").await;
+    assert_eq!(status, 200);
+    let (status, missing) = http("GET", &format!("{api}/api/orchestration/service/ghost"), "").await;
+    assert_eq!((status, missing["success"].clone()), (404, Value::Bool(false)));
+
+    signal(orchestrator.pid(), libc::SIGTERM);
+    let status = timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
 }

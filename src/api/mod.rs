@@ -1,0 +1,199 @@
+//! The REST API: the seed's endpoints under `/api/orchestration`, the registry, service discovery,
+//! `/metrics`, `/healthz` and `/readyz`, on a minimal hyper server.
+//!
+//! [`Api::handle`] turns any request into a response without touching a socket, so every route and error
+//! is tested directly; [`server`] runs it on a listener with connection limits, header-read timeouts and
+//! graceful shutdown. Routes come from one table ([`routes::ROUTES`]) that the OpenAPI document is checked
+//! against.
+
+pub mod openapi;
+mod reply;
+pub mod routes;
+pub mod server;
+mod views;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::Body;
+use hyper::{HeaderMap, Method, Request, StatusCode, header};
+
+pub use self::reply::{ApiError, BODY_LIMIT, Reply};
+use self::routes::{Endpoint, Matched};
+use crate::clock::Clock;
+use crate::config::is_valid_service_name;
+use crate::graph::DependencyGraph;
+use crate::supervisor::Supervisor;
+
+/// Everything the handlers read. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    state: Arc<ApiState>,
+}
+
+struct ApiState {
+    supervisor: Supervisor,
+    graph: DependencyGraph,
+    dependencies_json: Bytes,
+    token: Option<String>,
+    clock: Clock,
+}
+
+impl Api {
+    /// An API over `supervisor`, with `graph` for the dependency endpoints and an optional bearer `token`
+    /// required on every POST and DELETE.
+    pub fn new(supervisor: Supervisor, graph: DependencyGraph, token: Option<String>, clock: Clock) -> Self {
+        // The graph never changes: render its JSON once.
+        let dependencies_json = Bytes::from(graph.to_json().to_string());
+        Self {
+            state: Arc::new(ApiState {
+                supervisor,
+                graph,
+                dependencies_json,
+                token,
+                clock,
+            }),
+        }
+    }
+
+    /// Answers one request. Never panics on any input; every error is a JSON body with its status.
+    pub async fn handle<B>(&self, request: Request<B>) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match self.route(request).await {
+            Ok(reply) => reply,
+            Err(error) => error.into_reply(),
+        }
+    }
+
+    async fn route<B>(&self, request: Request<B>) -> Result<Reply, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (endpoint, name) = match routes::find(request.method(), request.uri().path()) {
+            Matched::Found(endpoint, name) => (endpoint, name),
+            Matched::WrongMethod(allowed) => return Err(ApiError::method_not_allowed(allowed)),
+            Matched::NotFound => {
+                return Err(ApiError::not_found(format!(
+                    "no route for {}",
+                    request.uri().path()
+                )));
+            }
+        };
+        if matches!(*request.method(), Method::POST | Method::DELETE) {
+            self.authorize(request.headers())?;
+        }
+        let query = request.uri().query().map(parse_query).unwrap_or_default();
+        let name = name.map(checked_name).transpose()?;
+        let name = || name.clone().unwrap_or_default();
+        let (parts, body) = request.into_parts();
+        match endpoint {
+            Endpoint::Services => Ok(self.services()),
+            Endpoint::Health => self.health().await,
+            Endpoint::CheckNow => self.check_now(query_value(&query, "service")).await,
+            Endpoint::Restart | Endpoint::Start | Endpoint::Stop => {
+                let control = reply::read_json(&parts.headers, body).await?;
+                self.control(endpoint, &name(), control).await
+            }
+            Endpoint::Dependencies => self.dependencies(query_value(&query, "format")),
+            Endpoint::Metrics => self.metrics().await,
+            Endpoint::ServiceDetail => self.service_detail(&name()).await,
+            Endpoint::RegistryList => self.registry_list().await,
+            Endpoint::Register => {
+                let registration = reply::read_json(&parts.headers, body).await?;
+                self.register(registration).await
+            }
+            Endpoint::RegistryEntry => self.registry_entry(&name()).await,
+            Endpoint::Deregister => self.deregister(&name()).await,
+            Endpoint::Heartbeat => self.heartbeat(&name()).await,
+            Endpoint::ServiceDiscovery => self.service_discovery().await,
+            Endpoint::OpenApi => Ok(reply::json_reply(StatusCode::OK, &openapi::document())),
+            Endpoint::Prometheus => Ok(self.prometheus()),
+            Endpoint::Liveness => Ok(self.liveness()),
+            Endpoint::Readiness => Ok(self.readiness()),
+        }
+    }
+
+    /// With a token configured, POST and DELETE need `Authorization: Bearer <token>`.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.state.token else {
+            return Ok(());
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            Some(presented) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token")),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token (Authorization: Bearer <token>)",
+            )),
+        }
+    }
+}
+
+/// Compares two secrets in time that depends only on their lengths, not on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        difference |= usize::from(x ^ y);
+    }
+    difference == 0
+}
+
+/// A service name from the path: malformed names are a 400, before any lookup.
+fn checked_name(name: String) -> Result<String, ApiError> {
+    if is_valid_service_name(&name) {
+        Ok(name)
+    } else {
+        let shown: String = name.chars().take(80).collect();
+        Err(ApiError::bad_request(format!(
+            "invalid service name {shown:?}: use 1 to 63 characters of a-z, 0-9, _ and -"
+        )))
+    }
+}
+
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cres"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cret!"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn queries_are_split_into_pairs() {
+        let query = parse_query("format=dot&service=dao&flag");
+        assert_eq!(query_value(&query, "format"), Some("dot"));
+        assert_eq!(query_value(&query, "service"), Some("dao"));
+        assert_eq!(query_value(&query, "flag"), Some(""));
+        assert_eq!(query_value(&query, "missing"), None);
+    }
+}

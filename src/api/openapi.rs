@@ -1,0 +1,170 @@
+//! The OpenAPI 3 document served at `/api/orchestration/openapi.json`. A test checks that its paths and
+//! methods are exactly those of the route table.
+
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn name_parameter() -> Value {
+    json!({
+        "name": "name", "in": "path", "required": true,
+        "schema": {"type": "string", "pattern": "^[a-z0-9_-]{1,63}$"},
+        "description": "Service name."
+    })
+}
+
+fn control(verb: &str, description: &str) -> Value {
+    json!({
+        "summary": format!("{verb} one service"),
+        "description": description,
+        "security": [{"bearer": []}, {}],
+        "parameters": [name_parameter()],
+        "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Control"}}}},
+        "responses": {
+            "200": ok("The service's state afterwards.", json!({"$ref": "#/components/schemas/ControlResult"})),
+            "400": error_response("Malformed name or body."),
+            "401": error_response("Missing or wrong bearer token (when api.token is set)."),
+            "404": error_response("Unknown service."),
+            "409": error_response("Refused: the service has failed (use force), is external, waits on a down dependency, or was stopped meanwhile."),
+            "413": error_response("Body larger than 64 KiB."),
+            "415": error_response("Body is not JSON."),
+            "500": error_response("The service did not start: the error that stopped it."),
+            "503": error_response("The orchestrator is shutting down.")
+        }
+    })
+}
+
+fn get(summary: &str, schema: Value) -> Value {
+    json!({"summary": summary, "responses": {"200": ok(summary, schema)}})
+}
+
+fn object() -> Value {
+    json!({"type": "object"})
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "fog-orchestrator",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Service orchestration API: services, health, restarts, dependencies, registry."
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["success", "error"], "properties": {
+                    "success": {"type": "boolean", "enum": [false]}, "error": {"type": "string"}}},
+                "Control": {"type": "object", "additionalProperties": false, "properties": {
+                    "force": {"type": "boolean", "default": false,
+                              "description": "Also for a failed service; resets its restart attempt counter."}}},
+                "ControlResult": {"type": "object", "properties": {
+                    "success": {"type": "boolean"}, "service": {"type": "string"},
+                    "status": {"$ref": "#/components/schemas/State"},
+                    "restart_count": {"type": "integer"},
+                    "last_restart": {"type": "string", "format": "date-time", "nullable": true},
+                    "message": {"type": "string"}}},
+                "State": {"type": "string", "enum": ["pending", "starting", "running", "stopping", "stopped", "backoff", "failed"]},
+                "Health": {"type": "string", "enum": ["healthy", "degraded", "unhealthy", "unknown"]},
+                "CheckResult": {"type": "object", "properties": {
+                    "service_name": {"type": "string"}, "status": {"$ref": "#/components/schemas/Health"},
+                    "passed": {"type": "boolean"}, "reason": {"type": "string", "nullable": true},
+                    "timestamp": {"type": "string", "format": "date-time"}, "message": {"type": "string"},
+                    "details": {"type": "object"}, "response_time_ms": {"type": "number"}}},
+                "Registration": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                    "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,63}$"}, "type": {"type": "string"},
+                    "address": {"type": "string"}, "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "metadata": {"type": "object", "description": "Free-form; metrics = \"host:port\" or a URL lists the service in /sd."}}},
+                "RegistryEntry": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "type": {"type": "string"}, "address": {"type": "string", "nullable": true},
+                    "port": {"type": "integer", "nullable": true}, "tags": {"type": "array", "items": {"type": "string"}},
+                    "metadata": {"type": "object"}, "managed": {"type": "boolean"}, "status": {"type": "string"},
+                    "registered_at": {"type": "string", "format": "date-time"},
+                    "last_heartbeat": {"type": "string", "format": "date-time", "nullable": true},
+                    "heartbeat_age_seconds": {"type": "number", "nullable": true}, "alive": {"type": "boolean"},
+                    "heartbeats_received": {"type": "integer"}, "heartbeat_timeouts": {"type": "integer"}}}
+            }
+        },
+        "paths": {
+            "/api/orchestration/services": {"get": get(
+                "All services with status, restart_count, last_restart, last_error, is_critical; is_ready, initialized.",
+                object())},
+            "/api/orchestration/health": {"get": get(
+                "Composite health; per service status, last_check, consecutive_failures, uptime_1h/24h/7d.",
+                object())},
+            "/api/orchestration/health/check-now": {"post": {
+                "summary": "Run health checks now (every service, or ?service=NAME)",
+                "security": [{"bearer": []}, {}],
+                "parameters": [{"name": "service", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": ok("Fresh results by service.", json!({"type": "object", "properties": {
+                        "results": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/CheckResult"}}}})),
+                    "400": error_response("Malformed service name."),
+                    "401": error_response("Missing or wrong bearer token."),
+                    "404": error_response("Unknown service.")}}},
+            "/api/orchestration/restart/{name}": {"post": control("Restart",
+                "Stops the service gracefully and starts it again; answers once it runs again. Concurrent restarts of one service are coalesced: one restart happens and every caller gets its result.")},
+            "/api/orchestration/start/{name}": {"post": control("Start", "Starts a stopped (or, with force, failed) service; answers once it runs.")},
+            "/api/orchestration/stop/{name}": {"post": control("Stop", "Stops the service and keeps it stopped.")},
+            "/api/orchestration/dependencies": {"get": {
+                "summary": "The dependency graph: startup_order, shutdown_order, dependencies, visualization",
+                "parameters": [{"name": "format", "in": "query", "required": false,
+                                "schema": {"type": "string", "enum": ["json", "dot"]}}],
+                "responses": {
+                    "200": {"description": "JSON, or Graphviz DOT with format=dot.", "content": {
+                        "application/json": {"schema": object()}, "text/vnd.graphviz": {"schema": {"type": "string"}}}},
+                    "400": error_response("Unknown format.")}}},
+            "/api/orchestration/metrics": {"get": get("Counters, registry_stats and service_details.", object())},
+            "/api/orchestration/service/{name}": {"get": {
+                "summary": "One service in detail: dependencies, health_history, registry_metadata",
+                "parameters": [name_parameter()],
+                "responses": {"200": ok("The service.", object()), "400": error_response("Malformed name."),
+                              "404": error_response("Unknown service.")}}},
+            "/api/orchestration/registry": {
+                "get": get("Every registry entry and the registry statistics.", object()),
+                "post": {
+                    "summary": "Register (or update) a service that is not in the configuration",
+                    "security": [{"bearer": []}, {}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Registration"}}}},
+                    "responses": {
+                        "201": ok("The entry.", json!({"type": "object", "properties": {"service": {"$ref": "#/components/schemas/RegistryEntry"}}})),
+                        "400": error_response("Malformed body or name."),
+                        "401": error_response("Missing or wrong bearer token."),
+                        "409": error_response("The name is a configured service."),
+                        "413": error_response("Body larger than 64 KiB."),
+                        "415": error_response("Body is not JSON.")}}},
+            "/api/orchestration/registry/{name}": {
+                "get": {"summary": "One registry entry", "parameters": [name_parameter()], "responses": {
+                    "200": ok("The entry.", json!({"type": "object", "properties": {"service": {"$ref": "#/components/schemas/RegistryEntry"}}})),
+                    "400": error_response("Malformed name."), "404": error_response("Unknown service.")}},
+                "delete": {"summary": "Deregister a service registered at run time", "security": [{"bearer": []}, {}],
+                    "parameters": [name_parameter()], "responses": {
+                    "200": ok("The removed entry.", object()), "400": error_response("Malformed name."),
+                    "401": error_response("Missing or wrong bearer token."), "404": error_response("Unknown service."),
+                    "409": error_response("Configured services cannot be deregistered.")}}},
+            "/api/orchestration/registry/{name}/heartbeat": {"post": {
+                "summary": "Record a heartbeat from the service", "security": [{"bearer": []}, {}],
+                "parameters": [name_parameter()], "responses": {
+                    "200": ok("The entry, alive.", object()), "400": error_response("Malformed name."),
+                    "401": error_response("Missing or wrong bearer token."), "404": error_response("Unknown service.")}}},
+            "/api/orchestration/sd": {"get": get(
+                "Prometheus HTTP service discovery (http_sd_config): entries whose metadata names a metrics address.",
+                json!({"type": "array", "items": {"type": "object", "properties": {
+                    "targets": {"type": "array", "items": {"type": "string"}}, "labels": {"type": "object"}}}}))},
+            "/api/orchestration/openapi.json": {"get": get("This document.", object())},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)", "responses": {
+                "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/healthz": {"get": get("The orchestrator itself is up.", object())},
+            "/readyz": {"get": {"summary": "Readiness: the startup sequence finished and every critical service runs",
+                "responses": {"200": ok("Ready.", object()), "503": ok("Not ready.", object())}}}
+        }
+    })
+}

@@ -1,0 +1,442 @@
+//! The endpoints' bodies, in the seed's JSON shapes (fields are only ever added).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::Api;
+use super::reply::{ApiError, Reply, bytes_reply, json_reply};
+use super::routes::Endpoint;
+use crate::clock::rfc3339;
+use crate::health::{CheckResult, HealthStatus};
+use crate::registry::{Registration, RegistryEntry};
+use crate::supervisor::{HealthReport, ServiceHandle, ServiceState, Snapshot};
+
+/// The body of start, stop and restart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ControlBody {
+    /// Also for a failed service (and reset its attempt counter).
+    #[serde(default)]
+    force: bool,
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+fn time(snapshot_time: Option<std::time::SystemTime>) -> Value {
+    snapshot_time.map_or(Value::Null, |t| Value::String(rfc3339(t)))
+}
+
+/// The per-service summary of `/services` (the seed's five fields first).
+fn summary(handle: &ServiceHandle, snapshot: &Snapshot) -> Value {
+    let spec = handle.spec();
+    json!({
+        "status": snapshot.state,
+        "restart_count": snapshot.restart_count,
+        "last_restart": time(snapshot.last_restart),
+        "last_error": snapshot.last_error,
+        "is_critical": spec.critical,
+        "type": spec.service_type,
+        "health": snapshot.health,
+        "layer": handle.layer(),
+        "external": spec.is_external(),
+        "pid": snapshot.pid,
+        "attempts": snapshot.attempts,
+        "max_attempts": spec.restart.max_attempts,
+        "last_restart_reason": snapshot.last_restart_reason,
+        "waiting_on": snapshot.waiting_on,
+        "backoff_seconds": snapshot.backoff.map(|d| d.as_secs_f64()),
+        "ready_since": time(snapshot.ready_since),
+    })
+}
+
+fn uptimes(report: &HealthReport) -> (f64, f64, f64) {
+    (
+        round2(report.uptime_1h),
+        round2(report.uptime_24h),
+        round2(report.uptime_7d),
+    )
+}
+
+impl Api {
+    fn handles(&self) -> &[ServiceHandle] {
+        self.state.supervisor.services()
+    }
+
+    fn handle_of(&self, name: &str) -> Result<&ServiceHandle, ApiError> {
+        self.state
+            .supervisor
+            .service(name)
+            .ok_or_else(|| ApiError::not_found(format!("unknown service {name:?}")))
+    }
+
+    /// Every service's report, concurrently, in declaration order.
+    async fn reports(&self) -> Result<Vec<HealthReport>, ApiError> {
+        let tasks: Vec<_> = self
+            .handles()
+            .iter()
+            .map(|handle| {
+                let handle = handle.clone();
+                tokio::spawn(async move { handle.report().await })
+            })
+            .collect();
+        let mut reports = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let report = task
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            reports.push(report?);
+        }
+        Ok(reports)
+    }
+
+    pub(super) fn services(&self) -> Reply {
+        let supervisor = &self.state.supervisor;
+        let services: Map<String, Value> = self
+            .handles()
+            .iter()
+            .map(|handle| (handle.name().to_owned(), summary(handle, &handle.snapshot())))
+            .collect();
+        json_reply(
+            StatusCode::OK,
+            &json!({
+                "success": true,
+                "total_services": services.len(),
+                "services": services,
+                "is_ready": supervisor.is_ready(),
+                "initialized": supervisor.is_initialized(),
+            }),
+        )
+    }
+
+    pub(super) async fn health(&self) -> Result<Reply, ApiError> {
+        let reports = self.reports().await?;
+        let mut services = Map::new();
+        let (mut unhealthy, mut degraded) = (Vec::new(), Vec::new());
+        for (handle, report) in self.handles().iter().zip(&reports) {
+            let snapshot = &report.snapshot;
+            match snapshot.health {
+                HealthStatus::Unhealthy => unhealthy.push(handle.name()),
+                HealthStatus::Degraded => degraded.push(handle.name()),
+                _ => {}
+            }
+            let (hour, day, week) = uptimes(report);
+            services.insert(
+                handle.name().to_owned(),
+                json!({
+                    "status": snapshot.health,
+                    "last_check": snapshot.last_check,
+                    "consecutive_failures": snapshot.consecutive_failures,
+                    "uptime_1h": hour,
+                    "uptime_24h": day,
+                    "uptime_7d": week,
+                    "consecutive_successes": report.consecutive_successes,
+                    "state": snapshot.state,
+                    "probe": handle.spec().probe.as_ref().map(|p| p.kind()),
+                }),
+            );
+        }
+        let composite = crate::health::composite(reports.iter().map(|r| r.snapshot.health));
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "status": "ok",
+                "composite_health": composite,
+                "services": services,
+                "unhealthy_services": unhealthy,
+                "degraded_services": degraded,
+                "timestamp": rfc3339(self.state.clock.now()),
+            }),
+        ))
+    }
+
+    pub(super) async fn check_now(&self, only: Option<&str>) -> Result<Reply, ApiError> {
+        let results: Vec<CheckResult> = match only {
+            Some(name) => {
+                let name = super::checked_name(name.to_owned())?;
+                vec![self.handle_of(&name)?.check_now().await?]
+            }
+            None => self.state.supervisor.check_now().await,
+        };
+        let results: Map<String, Value> = results
+            .into_iter()
+            .map(|result| (result.service_name.clone(), json!(result)))
+            .collect();
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "success": true,
+                "timestamp": rfc3339(self.state.clock.now()),
+                "composite_health": self.state.supervisor.composite_health(),
+                "results": results,
+            }),
+        ))
+    }
+
+    pub(super) async fn control(
+        &self,
+        endpoint: Endpoint,
+        name: &str,
+        body: ControlBody,
+    ) -> Result<Reply, ApiError> {
+        let handle = self.handle_of(name)?;
+        let (snapshot, verb) = match endpoint {
+            Endpoint::Start => (handle.start(body.force).await?, "started"),
+            Endpoint::Stop => (handle.stop(body.force).await?, "stopped"),
+            _ => (handle.restart(body.force).await?, "restarted"),
+        };
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "success": true,
+                "service": name,
+                "status": snapshot.state,
+                "restart_count": snapshot.restart_count,
+                "last_restart": time(snapshot.last_restart),
+                "message": format!("Service '{name}' {verb} successfully"),
+                "health": snapshot.health,
+                "pid": snapshot.pid,
+                "attempts": snapshot.attempts,
+            }),
+        ))
+    }
+
+    pub(super) fn dependencies(&self, format: Option<&str>) -> Result<Reply, ApiError> {
+        match format {
+            None | Some("json") => Ok(bytes_reply(
+                StatusCode::OK,
+                "application/json",
+                self.state.dependencies_json.clone(),
+            )),
+            Some("dot") => Ok(bytes_reply(
+                StatusCode::OK,
+                "text/vnd.graphviz",
+                Bytes::from(self.state.graph.to_dot()),
+            )),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "unknown format {other:?}: use json or dot"
+            ))),
+        }
+    }
+
+    pub(super) async fn metrics(&self) -> Result<Reply, ApiError> {
+        let supervisor = &self.state.supervisor;
+        let reports = self.reports().await?;
+        let registry_stats = supervisor.registry().stats().await?;
+        let count_state = |state: ServiceState| reports.iter().filter(|r| r.snapshot.state == state).count();
+        let count_health =
+            |health: HealthStatus| reports.iter().filter(|r| r.snapshot.health == health).count();
+        let mut by_state = BTreeMap::new();
+        for report in &reports {
+            *by_state.entry(report.snapshot.state.as_str()).or_insert(0) += 1;
+        }
+        let details: Map<String, Value> = self
+            .handles()
+            .iter()
+            .zip(&reports)
+            .map(|(handle, report)| {
+                let mut detail = summary(handle, &report.snapshot);
+                let (hour, day, week) = uptimes(report);
+                if let Value::Object(fields) = &mut detail {
+                    fields.insert(
+                        "consecutive_failures".into(),
+                        json!(report.snapshot.consecutive_failures),
+                    );
+                    fields.insert("uptime_1h".into(), json!(hour));
+                    fields.insert("uptime_24h".into(), json!(day));
+                    fields.insert("uptime_7d".into(), json!(week));
+                }
+                (handle.name().to_owned(), detail)
+            })
+            .collect();
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "success": true,
+                "metrics": {
+                    "total_services": reports.len(),
+                    "running_services": count_state(ServiceState::Running),
+                    "failed_services": count_state(ServiceState::Failed),
+                    "stopped_services": count_state(ServiceState::Stopped),
+                    "total_restarts": reports.iter().map(|r| u64::from(r.snapshot.restart_count)).sum::<u64>(),
+                    "healthy_services": count_health(HealthStatus::Healthy),
+                    "unhealthy_services": count_health(HealthStatus::Unhealthy),
+                    "degraded_services": count_health(HealthStatus::Degraded),
+                    "is_ready": supervisor.is_ready(),
+                    "initialized": supervisor.is_initialized(),
+                    "composite_health": crate::health::composite(reports.iter().map(|r| r.snapshot.health)),
+                    "services_by_state": by_state,
+                },
+                "registry_stats": registry_stats,
+                "service_details": details,
+            }),
+        ))
+    }
+
+    pub(super) async fn service_detail(&self, name: &str) -> Result<Reply, ApiError> {
+        let handle = self.handle_of(name)?;
+        let report = handle.report().await?;
+        let entry = self.state.supervisor.registry().entry(name).await?;
+        let graph = &self.state.graph;
+        let snapshot = &report.snapshot;
+        let mut body = json!({
+            "success": true,
+            "service": name,
+            "status": snapshot.state,
+            "restart_count": snapshot.restart_count,
+            "last_restart": time(snapshot.last_restart),
+            "last_error": snapshot.last_error,
+            "is_critical": handle.spec().critical,
+            "dependencies": {
+                "required": graph.dependencies(name),
+                "optional": graph.optional_dependencies(name),
+                "dependents": graph.dependents(name),
+                "layer": handle.layer(),
+            },
+            "health_history": report.history,
+            "registry_metadata": entry,
+        });
+        if let (Value::Object(fields), Value::Object(extra)) = (&mut body, summary(handle, snapshot)) {
+            for (key, value) in extra {
+                fields.entry(key).or_insert(value);
+            }
+            let (hour, day, week) = uptimes(&report);
+            fields.insert("uptime_1h".into(), json!(hour));
+            fields.insert("uptime_24h".into(), json!(day));
+            fields.insert("uptime_7d".into(), json!(week));
+            fields.insert(
+                "probe".into(),
+                json!(handle.spec().probe.as_ref().map(ToString::to_string)),
+            );
+        }
+        Ok(json_reply(StatusCode::OK, &body))
+    }
+
+    pub(super) async fn registry_list(&self) -> Result<Reply, ApiError> {
+        let registry = self.state.supervisor.registry();
+        let entries = registry.entries().await?;
+        let stats = registry.stats().await?;
+        let services: Map<String, Value> = entries.into_iter().map(|e| (e.name.clone(), json!(e))).collect();
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({"success": true, "total_services": services.len(), "services": services, "stats": stats}),
+        ))
+    }
+
+    pub(super) async fn register(&self, registration: Option<Registration>) -> Result<Reply, ApiError> {
+        let registration =
+            registration.ok_or_else(|| ApiError::bad_request("a registration body is required"))?;
+        let entry = self.state.supervisor.registry().register(registration).await?;
+        Ok(json_reply(
+            StatusCode::CREATED,
+            &json!({"success": true, "service": entry}),
+        ))
+    }
+
+    pub(super) async fn registry_entry(&self, name: &str) -> Result<Reply, ApiError> {
+        let entry = self.state.supervisor.registry().entry(name).await?;
+        let entry = entry.ok_or_else(|| ApiError::not_found(format!("unknown service {name:?}")))?;
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({"success": true, "service": entry}),
+        ))
+    }
+
+    pub(super) async fn deregister(&self, name: &str) -> Result<Reply, ApiError> {
+        let entry = self.state.supervisor.registry().deregister(name).await?;
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({"success": true, "service": entry}),
+        ))
+    }
+
+    pub(super) async fn heartbeat(&self, name: &str) -> Result<Reply, ApiError> {
+        let entry = self.state.supervisor.registry().heartbeat(name).await?;
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({"success": true, "service": entry}),
+        ))
+    }
+
+    /// Prometheus HTTP service discovery: every entry whose metadata names a `metrics` address.
+    pub(super) async fn service_discovery(&self) -> Result<Reply, ApiError> {
+        let entries = self.state.supervisor.registry().entries().await?;
+        let groups: Vec<Value> = entries.iter().filter_map(target_group).collect();
+        Ok(json_reply(StatusCode::OK, &groups))
+    }
+
+    /// `/metrics`: the Prometheus text format. (The full metric set arrives with the telemetry issue.)
+    pub(super) fn prometheus(&self) -> Reply {
+        let mut text = String::new();
+        text.push_str("# HELP orchestrator_build_info Build information of the running orchestrator.\n");
+        text.push_str("# TYPE orchestrator_build_info gauge\n");
+        let _ = writeln!(
+            text,
+            "orchestrator_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        text.push_str("# HELP orchestrator_service_up Whether the service is running and not unhealthy.\n");
+        text.push_str("# TYPE orchestrator_service_up gauge\n");
+        for handle in self.handles() {
+            let up = u8::from(handle.snapshot().ready);
+            let _ = writeln!(
+                text,
+                "orchestrator_service_up{{service=\"{}\"}} {up}",
+                handle.name()
+            );
+        }
+        bytes_reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(text),
+        )
+    }
+
+    pub(super) fn liveness(&self) -> Reply {
+        json_reply(StatusCode::OK, &json!({"status": "ok"}))
+    }
+
+    pub(super) fn readiness(&self) -> Reply {
+        let supervisor = &self.state.supervisor;
+        let ready = supervisor.is_ready();
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_reply(
+            status,
+            &json!({"ready": ready, "initialized": supervisor.is_initialized()}),
+        )
+    }
+}
+
+/// One `http_sd_config` target group for an entry with `metadata.metrics` (`host:port` or a URL).
+fn target_group(entry: &RegistryEntry) -> Option<Value> {
+    let metrics = entry.metadata.get("metrics")?.as_str()?;
+    let mut labels = Map::new();
+    labels.insert("service".into(), json!(entry.name));
+    labels.insert("service_type".into(), json!(entry.service_type));
+    labels.insert("managed".into(), json!(entry.managed.to_string()));
+    let target = match metrics.split_once("://") {
+        Some((scheme, rest)) => {
+            labels.insert("__scheme__".into(), json!(scheme));
+            let (host, path) = rest.split_once('/').map_or((rest, None), |(h, p)| (h, Some(p)));
+            if let Some(path) = path.filter(|p| !p.is_empty()) {
+                labels.insert("__metrics_path__".into(), json!(format!("/{path}")));
+            }
+            host
+        }
+        None => metrics,
+    };
+    if target.is_empty() {
+        return None;
+    }
+    Some(json!({"targets": [target], "labels": labels}))
+}
