@@ -76,14 +76,14 @@ impl Api {
             .ok_or_else(|| ApiError::not_found(format!("unknown service {name:?}")))
     }
 
-    /// Every service's report, concurrently, in declaration order.
+    /// Every service's summary (no history), concurrently, in declaration order.
     async fn reports(&self) -> Result<Vec<HealthReport>, ApiError> {
         let tasks: Vec<_> = self
             .handles()
             .iter()
             .map(|handle| {
                 let handle = handle.clone();
-                tokio::spawn(async move { handle.report().await })
+                tokio::spawn(async move { handle.summary().await })
             })
             .collect();
         let mut reports = Vec::with_capacity(tasks.len());

@@ -65,8 +65,13 @@ pub enum Command {
     },
     /// Run a health check now.
     CheckNow(oneshot::Sender<CheckResult>),
-    /// History and uptime.
-    Report(oneshot::Sender<HealthReport>),
+    /// Uptime, and the history when asked for (copying it is the expensive part).
+    Report {
+        /// Include the last 100 results.
+        history: bool,
+        /// The answer.
+        reply: oneshot::Sender<HealthReport>,
+    },
 }
 
 /// Why a start, stop or restart did not happen.
@@ -117,7 +122,7 @@ pub struct HealthReport {
     pub snapshot: Snapshot,
     /// Consecutive passed checks.
     pub consecutive_successes: u32,
-    /// The last 100 results, oldest first.
+    /// The last 100 results, oldest first (empty from [`ServiceHandle::summary`]).
     pub history: Vec<CheckResult>,
     /// Percentage of the last hour spent healthy.
     pub uptime_1h: f64,
@@ -197,8 +202,17 @@ impl ServiceHandle {
 
     /// History and uptime.
     pub async fn report(&self) -> Result<HealthReport, ControlError> {
+        self.ask_report(true).await
+    }
+
+    /// Uptime and counters without the history: what the overview endpoints need.
+    pub async fn summary(&self) -> Result<HealthReport, ControlError> {
+        self.ask_report(false).await
+    }
+
+    async fn ask_report(&self, history: bool) -> Result<HealthReport, ControlError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Report(reply)).await?;
+        self.send(Command::Report { history, reply }).await?;
         answer.await.map_err(|_| ControlError::ShuttingDown)
     }
 

@@ -684,3 +684,38 @@ async fn the_openapi_document_is_served() {
     let body = get(&api, "/api/orchestration/openapi.json").await.json();
     assert_eq!(body["info"]["title"], "fog-orchestrator");
 }
+
+#[tokio::test(start_paused = true)]
+async fn secrets_in_env_and_commands_are_never_echoed() {
+    let toml = "[services.db]\ncommand = [\"fake\", \"--password=hunter2\"]\nenv = { DB_PASSWORD = \"hunter2\" }\n\
+                metadata = { team = \"core\" }\n";
+    let world = World::default();
+    let supervisor = supervise(&world, toml);
+    within(Duration::from_secs(10), supervisor.initialized()).await;
+    let api = Api::new(supervisor.clone(), config(toml).graph, None, Clock::system());
+    for path in [
+        "/api/orchestration/services",
+        "/api/orchestration/health",
+        "/api/orchestration/metrics",
+        "/api/orchestration/service/db",
+        "/api/orchestration/registry",
+        "/api/orchestration/registry/db",
+        "/api/orchestration/dependencies",
+        "/metrics",
+    ] {
+        let response = get(&api, path).await;
+        assert_eq!(response.status, StatusCode::OK, "{path}");
+        assert!(
+            !response.text.contains("hunter2"),
+            "{path} echoes a secret: {}",
+            response.text
+        );
+    }
+    assert!(
+        get(&api, "/api/orchestration/service/db")
+            .await
+            .text
+            .contains("core"),
+        "metadata is shown"
+    );
+}

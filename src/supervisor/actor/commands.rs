@@ -22,8 +22,8 @@ impl Actor {
                 self.check_now(reply);
                 None
             }
-            Command::Report(reply) => {
-                let _ = reply.send(self.report());
+            Command::Report { history, reply } => {
+                let _ = reply.send(self.report(history));
                 None
             }
             Command::Restart { force, reply } => self.restart(force, reply).await,
@@ -128,13 +128,17 @@ impl Actor {
         });
     }
 
-    pub(super) fn report(&self) -> HealthReport {
+    pub(super) fn report(&self, with_history: bool) -> HealthReport {
         let now = Instant::now();
         let hour = Duration::from_secs(3600);
         HealthReport {
             snapshot: self.snapshot.clone(),
             consecutive_successes: self.health.consecutive_successes(),
-            history: self.health.history().cloned().collect(),
+            history: if with_history {
+                self.health.history().cloned().collect()
+            } else {
+                Vec::new()
+            },
             uptime_1h: self.health.uptime_percent(hour, now),
             uptime_24h: self.health.uptime_percent(24 * hour, now),
             uptime_7d: self.health.uptime_percent(7 * 24 * hour, now),
