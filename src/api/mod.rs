@@ -62,10 +62,16 @@ impl Api {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match self.route(request).await {
+        let started = std::time::Instant::now();
+        let method = request.method().clone();
+        let route = routes::label(&method, request.uri().path());
+        let reply = match self.route(request).await {
             Ok(reply) => reply,
             Err(error) => error.into_reply(),
-        }
+        };
+        let metrics = self.state.supervisor.metrics();
+        metrics.api_request(route, method.as_str(), reply.status().as_u16(), started.elapsed());
+        reply
     }
 
     async fn route<B>(&self, request: Request<B>) -> Result<Reply, ApiError>

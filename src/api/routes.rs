@@ -151,6 +151,17 @@ pub fn find(method: &Method, path: &str) -> Matched {
     }
 }
 
+/// The route template a request matched, for metric labels (bounded: templates, not paths).
+pub fn label(method: &Method, path: &str) -> &'static str {
+    match find(method, path) {
+        Matched::Found(endpoint, _) => ROUTES
+            .iter()
+            .find(|r| r.endpoint == endpoint)
+            .map_or("unmatched", |r| r.template),
+        Matched::WrongMethod(_) | Matched::NotFound => "unmatched",
+    }
+}
+
 /// `Some(capture)` when `path` fits `template`; the capture is the `{name}` segment, if any.
 fn capture(template: &str, path: &str) -> Option<Option<String>> {
     let mut wanted = template.split('/');

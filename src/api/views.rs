@@ -1,7 +1,6 @@
 //! The endpoints' bodies, in the seed's JSON shapes (fields are only ever added).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -371,26 +370,9 @@ impl Api {
         Ok(json_reply(StatusCode::OK, &groups))
     }
 
-    /// `/metrics`: the Prometheus text format. (The full metric set arrives with the telemetry issue.)
+    /// `/metrics`: every metric in the Prometheus text format.
     pub(super) fn prometheus(&self) -> Reply {
-        let mut text = String::new();
-        text.push_str("# HELP orchestrator_build_info Build information of the running orchestrator.\n");
-        text.push_str("# TYPE orchestrator_build_info gauge\n");
-        let _ = writeln!(
-            text,
-            "orchestrator_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        text.push_str("# HELP orchestrator_service_up Whether the service is running and not unhealthy.\n");
-        text.push_str("# TYPE orchestrator_service_up gauge\n");
-        for handle in self.handles() {
-            let up = u8::from(handle.snapshot().ready);
-            let _ = writeln!(
-                text,
-                "orchestrator_service_up{{service=\"{}\"}} {up}",
-                handle.name()
-            );
-        }
+        let text = self.state.supervisor.metrics().render();
         bytes_reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use indexmap::IndexMap;
@@ -15,6 +16,7 @@ use super::types::{Registration, RegistryEntry, RegistryError, RegistryStats};
 use super::{Notice, Request};
 use crate::clock::Clock;
 use crate::config::{Config, is_valid_service_name};
+use crate::telemetry::metrics::Metrics;
 
 /// One entry and its heartbeat bookkeeping.
 struct Record {
@@ -37,6 +39,7 @@ pub(super) struct RegistryActor {
     records: IndexMap<String, Record>,
     deadlines: DelayQueue<String>,
     clock: Clock,
+    metrics: Arc<Metrics>,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
     timeouts: u64,
@@ -48,6 +51,7 @@ impl RegistryActor {
     pub(super) fn new(
         config: &Config,
         clock: Clock,
+        metrics: Arc<Metrics>,
         requests: mpsc::Receiver<Request>,
         notices: mpsc::UnboundedReceiver<Notice>,
     ) -> Self {
@@ -74,10 +78,12 @@ impl RegistryActor {
                 (spec.name.clone(), record)
             })
             .collect();
+        metrics.set_heartbeat_timeout(config.registry.heartbeat_timeout);
         Self {
             records,
             deadlines: DelayQueue::new(),
             clock,
+            metrics,
             heartbeat_interval: config.registry.heartbeat_interval,
             heartbeat_timeout: config.registry.heartbeat_timeout,
             timeouts: 0,
@@ -160,6 +166,7 @@ impl RegistryActor {
         record.alive = false;
         record.timeouts += 1;
         self.timeouts += 1;
+        self.metrics.heartbeat_timed_out(&name);
         tracing::warn!(
             service = %name,
             timeout_ms = self.heartbeat_timeout.as_millis() as u64,
@@ -174,6 +181,7 @@ impl RegistryActor {
         };
         record.last_heartbeat = Some(now);
         record.heartbeats += 1;
+        self.metrics.heartbeat(name, self.clock.at(now));
         if !record.alive && record.timeouts > 0 {
             tracing::info!(service = %name, "heartbeats resumed: service is alive again");
         }
@@ -215,6 +223,7 @@ impl RegistryActor {
             }
             None => {
                 tracing::info!(service = %name, "service registered");
+                self.metrics.heartbeat_series(&name);
                 let record = Record {
                     service_type,
                     address: registration.address,
@@ -250,6 +259,7 @@ impl RegistryActor {
         if let Some(key) = &record.deadline {
             self.deadlines.remove(key);
         }
+        self.metrics.remove_registered(name);
         tracing::info!(service = %name, "service deregistered");
         Ok(self.entry(name, &record, now))
     }

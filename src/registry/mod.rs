@@ -18,8 +18,11 @@ use tokio::time::Instant;
 
 use self::actor::RegistryActor;
 pub use self::types::{Registration, RegistryEntry, RegistryError, RegistryStats};
+use std::sync::Arc;
+
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::telemetry::metrics::Metrics;
 
 /// Requests the API's channel holds before senders wait.
 const REQUEST_QUEUE: usize = 256;
@@ -58,10 +61,10 @@ pub struct RegistryHandle {
 impl RegistryHandle {
     /// Starts the registry with every configured service registered (managed, not alive until its first
     /// heartbeat).
-    pub fn start(config: &Config, clock: Clock) -> Self {
+    pub fn start(config: &Config, clock: Clock, metrics: Arc<Metrics>) -> Self {
         let (requests, request_receiver) = mpsc::channel(REQUEST_QUEUE);
         let (notices, notice_receiver) = mpsc::unbounded_channel();
-        let actor = RegistryActor::new(config, clock, request_receiver, notice_receiver);
+        let actor = RegistryActor::new(config, clock, metrics, request_receiver, notice_receiver);
         tokio::spawn(actor.run());
         Self { requests, notices }
     }

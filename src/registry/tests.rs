@@ -11,7 +11,11 @@ fn registry() -> RegistryHandle {
          [services.dao]\nmetadata = { metrics = \"127.0.0.1:7100\" }\n[services.edge]\n",
     )
     .unwrap();
-    RegistryHandle::start(&config, Clock::anchored(SystemTime::UNIX_EPOCH))
+    RegistryHandle::start(
+        &config,
+        Clock::anchored(SystemTime::UNIX_EPOCH),
+        crate::telemetry::metrics::Metrics::new(),
+    )
 }
 
 fn registration(name: &str) -> Registration {

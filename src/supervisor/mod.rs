@@ -32,6 +32,7 @@ use crate::config::{Config, ServiceSpec};
 use crate::health::probe::{NetworkProber, Prober};
 use crate::health::{CheckResult, HealthStatus, composite};
 use crate::registry::{RegistryEntry, RegistryError, RegistryHandle};
+use crate::telemetry::metrics::{Metrics, ServiceMetrics};
 
 /// Commands each actor's channel holds before senders wait.
 const COMMAND_QUEUE: usize = 32;
@@ -137,6 +138,7 @@ pub struct HealthReport {
 pub struct ServiceHandle {
     spec: Arc<ServiceSpec>,
     registry: RegistryHandle,
+    metrics: ServiceMetrics,
     layer: u32,
     commands: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Snapshot>,
@@ -243,6 +245,8 @@ pub struct SupervisorBuilder {
     clock: Clock,
     in_process: HashMap<String, Arc<dyn Service>>,
     registry: Option<RegistryHandle>,
+    metrics: Option<Arc<Metrics>>,
+    startup_span: Option<tracing::Span>,
 }
 
 impl SupervisorBuilder {
@@ -261,6 +265,19 @@ impl SupervisorBuilder {
     /// Replaces the wall clock used for timestamps.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// The `start orchestrator` span that every first `start service` span is a child of; it ends when the
+    /// startup sequence has finished. Without one, the supervisor opens its own.
+    pub fn startup_span(mut self, span: tracing::Span) -> Self {
+        self.startup_span = Some(span);
+        self
+    }
+
+    /// Records into `metrics` instead of a fresh set.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -285,7 +302,16 @@ impl SupervisorBuilder {
             clock,
             mut in_process,
             registry,
+            metrics,
+            startup_span,
         } = self;
+        let metrics = metrics.unwrap_or_else(Metrics::new);
+        let startup_span = startup_span.unwrap_or_else(|| {
+            tracing::info_span!(
+                "start orchestrator",
+                orchestrator.services = config.services.len()
+            )
+        });
         if let Some(name) = in_process
             .keys()
             .find(|name| config.service(name).is_none_or(|spec| spec.command.is_some()))
@@ -294,7 +320,8 @@ impl SupervisorBuilder {
                 "{name} (in-process services must be declared without a command)"
             )));
         }
-        let registry = registry.unwrap_or_else(|| RegistryHandle::start(&config, clock));
+        let registry = registry.unwrap_or_else(|| RegistryHandle::start(&config, clock, metrics.clone()));
+        metrics.record_graph(&config.graph);
         let graph = &config.graph;
         let boot = Instant::now();
         let (changes, changes_receiver) = watch::channel(0u64);
@@ -312,6 +339,13 @@ impl SupervisorBuilder {
             handles.push(ServiceHandle {
                 spec: Arc::new(spec.clone()),
                 registry: registry.clone(),
+                metrics: metrics.service(
+                    &spec.name,
+                    &spec.service_type,
+                    spec.critical,
+                    spec.is_external(),
+                    graph.layer(&spec.name).unwrap_or(0),
+                ),
                 layer: graph.layer(&spec.name).unwrap_or(0),
                 commands,
                 snapshot,
@@ -330,19 +364,46 @@ impl SupervisorBuilder {
             }
         };
 
-        for (handle, (publish, commands)) in handles.iter().zip(senders) {
+        // Resolve the graph into each actor's gates: whom it waits for, and who must stop before it.
+        let resolving = tracing::info_span!(parent: &startup_span, "resolve dependencies", orchestrator.services = handles.len());
+        let started_resolving = std::time::Instant::now();
+        let gates: Vec<Gates> = resolving.in_scope(|| {
+            handles
+                .iter()
+                .map(|handle| {
+                    let name = handle.name();
+                    let mut optional: Vec<Peer> =
+                        graph.optional_dependencies(name).into_iter().map(peer).collect();
+                    // `priority = p` waits, in the optional sense, for every service of a layer below p.
+                    let priority = handle.spec.priority;
+                    for other in &handles {
+                        if other.layer < priority
+                            && other.name() != name
+                            && !optional.iter().any(|p| p.name == other.name())
+                        {
+                            optional.push(peer(other.name()));
+                        }
+                    }
+                    Gates {
+                        required: graph.dependencies(name).into_iter().map(peer).collect(),
+                        optional,
+                        dependents: stop_first(handle, &handles, graph.dependents(name))
+                            .into_iter()
+                            .map(peer)
+                            .collect(),
+                    }
+                })
+                .collect()
+        });
+        metrics.set_dependency_resolution(started_resolving.elapsed());
+        drop(resolving);
+        let required: Vec<Vec<usize>> = handles
+            .iter()
+            .map(|h| graph.dependencies(h.name()).iter().map(|d| index[*d]).collect())
+            .collect();
+
+        for ((handle, (publish, commands)), gates) in handles.iter().zip(senders).zip(gates) {
             let name = handle.name();
-            let mut optional: Vec<Peer> = graph.optional_dependencies(name).into_iter().map(peer).collect();
-            // `priority = p` waits, in the optional sense, for every service of a layer below p.
-            let priority = handle.spec.priority;
-            for other in &handles {
-                if other.layer < priority
-                    && other.name() != name
-                    && !optional.iter().any(|p| p.name == other.name())
-                {
-                    optional.push(peer(other.name()));
-                }
-            }
             let launcher: Option<Arc<dyn Launcher>> = match in_process.remove(name) {
                 Some(service) => Some(Arc::new(InProcessLauncher::new(service))),
                 None if handle.spec.command.is_some() => Some(launcher.clone()),
@@ -356,18 +417,17 @@ impl SupervisorBuilder {
                 clock,
                 heartbeat_timeout: config.registry.heartbeat_timeout,
                 registry: registry.clone(),
+                metrics: handle.metrics.clone(),
                 commands,
                 publish,
                 changes: changes.clone(),
-                required: graph.dependencies(name).into_iter().map(peer).collect(),
-                optional,
-                dependents: stop_first(handle, &handles, graph.dependents(name))
-                    .into_iter()
-                    .map(peer)
-                    .collect(),
+                required: gates.required,
+                optional: gates.optional,
+                dependents: gates.dependents,
                 shutdown: shutdown.clone(),
                 force: force.clone(),
                 boot,
+                startup_span: startup_span.clone(),
             };
             tasks.spawn(Actor::new(parts).run());
         }
@@ -375,6 +435,7 @@ impl SupervisorBuilder {
 
         let supervisor = Supervisor {
             registry,
+            metrics,
             services: Arc::new(handles),
             index: Arc::new(index),
             changes: changes_receiver,
@@ -383,9 +444,20 @@ impl SupervisorBuilder {
             tasks,
             boot,
         };
-        tokio::spawn(supervisor.clone().log_startup_summary());
+        tokio::spawn(tracing::Instrument::instrument(
+            supervisor.clone().log_startup_summary(),
+            startup_span,
+        ));
+        tokio::spawn(supervisor.clone().track_dependencies(required));
         Ok(supervisor)
     }
+}
+
+/// Whom one actor watches.
+struct Gates {
+    required: Vec<Peer>,
+    optional: Vec<Peer>,
+    dependents: Vec<Peer>,
 }
 
 /// The services that must stop before `service` does: its dependents, and every service whose `priority`
@@ -408,6 +480,7 @@ fn stop_first<'a>(
 #[derive(Debug, Clone)]
 pub struct Supervisor {
     registry: RegistryHandle,
+    metrics: Arc<Metrics>,
     services: Arc<Vec<ServiceHandle>>,
     index: Arc<HashMap<String, usize>>,
     changes: watch::Receiver<u64>,
@@ -427,7 +500,14 @@ impl Supervisor {
             clock: Clock::system(),
             in_process: HashMap::new(),
             registry: None,
+            metrics: None,
+            startup_span: None,
         }
+    }
+
+    /// The metrics every service records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The registry the services' heartbeats go to.
@@ -536,6 +616,25 @@ impl Supervisor {
         }
     }
 
+    /// Keeps `service_dependency_blocked`, `ready` and `initialized` current: they change only when some
+    /// service's readiness does, which is when the shared change counter moves.
+    async fn track_dependencies(self, required: Vec<Vec<usize>>) {
+        let mut changes = self.changes.clone();
+        loop {
+            let ready: Vec<bool> = self.services.iter().map(|s| s.snapshot.borrow().ready).collect();
+            for (service, dependencies) in self.services.iter().zip(&required) {
+                let blocked = dependencies.iter().any(|&d| !ready[d]);
+                service.metrics.set_blocked(blocked);
+            }
+            self.metrics.set_readiness(self.is_ready(), self.is_initialized());
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the startup sequence and says how it went. Runs inside the `start orchestrator` span, which
+    /// ends with it.
     async fn log_startup_summary(self) {
         tokio::select! {
             () = self.initialized() => {}

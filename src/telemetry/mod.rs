@@ -1,4 +1,6 @@
-//! Telemetry: log output (and, with the telemetry issue, Prometheus metrics and OTLP traces).
+//! Telemetry: log output, Prometheus [`metrics`], and OTLP traces.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use super::{Actor, CheckFuture};
 use crate::config::Probe;
@@ -22,8 +24,23 @@ impl Actor {
     }
 
     /// One check of the service, bounded by its timeout; owns what it needs so it can run inside `select!`.
-    pub(super) fn check_future(&self) -> CheckFuture {
+    /// A `traced` check runs in its own `check health` span (startup probes, every few milliseconds, don't).
+    pub(super) fn check_future(&self, traced: bool) -> CheckFuture {
         let limit = self.parts.spec.health.timeout;
+        let span = if traced {
+            tracing::info_span!(
+                parent: None,
+                "check health",
+                orchestrator.service.name = %self.parts.spec.name,
+                orchestrator.check.type = self.parts.spec.probe.as_ref().map_or("in_process", |p| p.kind()),
+                orchestrator.check.passed = Empty,
+                orchestrator.health.status = Empty,
+                otel.status_code = Empty,
+                otel.status_message = Empty,
+            )
+        } else {
+            Span::none()
+        };
         let started = Instant::now();
         let work: Pin<Box<dyn Future<Output = ProbeOutcome> + Send>> = match &self.parts.spec.probe {
             Some(Probe::Heartbeat) => {
@@ -44,21 +61,27 @@ impl Actor {
                 None => Box::pin(async { ProbeOutcome::pass("no probe configured") }),
             },
         };
-        Box::pin(async move {
-            let outcome = match timeout(limit, work).await {
-                Ok(outcome) => outcome,
-                Err(_) => ProbeOutcome::fail(
-                    FailureReason::Timeout,
-                    format!("no answer within {}", humantime::format_duration(limit)),
-                ),
-            };
-            (outcome, started.elapsed())
-        })
+        let inside = span.clone();
+        Box::pin(
+            async move {
+                let outcome = match timeout(limit, work).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => ProbeOutcome::fail(
+                        FailureReason::Timeout,
+                        format!("no answer within {}", humantime::format_duration(limit)),
+                    ),
+                };
+                (outcome, started.elapsed(), span)
+            }
+            .instrument(inside),
+        )
     }
 
-    pub(super) fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration) -> CheckResult {
+    /// Applies one check's outcome: thresholds, history, metrics, and its span's status and events.
+    pub(super) fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration, span: &Span) -> CheckResult {
         let now = Instant::now();
         let passed = outcome.passed;
+        let reason = outcome.reason;
         let (result, transition) = self.health.record(
             &self.parts.spec.name,
             outcome,
@@ -66,8 +89,18 @@ impl Actor {
             self.parts.clock.at(now),
             now,
         );
+        self.parts
+            .metrics
+            .check(reason, elapsed, self.health.consecutive_failures());
+        span.record("orchestrator.check.passed", passed);
+        span.record("orchestrator.health.status", self.health.status().as_str());
         if !passed {
             self.snapshot.last_error = Some(result.message.clone());
+            super::spans::fail(span, &result.message);
+            self.remember_failure(span);
+            if reason == Some(FailureReason::Heartbeat) {
+                tracing::warn!(parent: span, service = self.name(), message = %result.message, "heartbeat timeout");
+            }
         }
         if passed && self.parts.spec.probe != Some(Probe::Heartbeat) {
             // A passing check is the engine observing the service alive.
@@ -80,7 +113,7 @@ impl Actor {
             _ => self.healthy_since = None,
         }
         if let Some(transition) = transition {
-            tracing::info!(service = self.name(), from = %transition.from, to = %transition.to, message = %result.message, "health changed");
+            tracing::info!(parent: span, service = self.name(), from = %transition.from, to = %transition.to, message = %result.message, "health changed");
         }
         self.snapshot.last_check = Some(result.clone());
         self.publish();
@@ -103,7 +136,7 @@ impl Actor {
 }
 
 /// Resolves with the check in flight; never, when there is none.
-pub(super) async fn poll_check(check: &mut Option<CheckFuture>) -> (ProbeOutcome, Duration) {
+pub(super) async fn poll_check(check: &mut Option<CheckFuture>) -> (ProbeOutcome, Duration, Span) {
     match check.as_mut() {
         Some(future) => future.await,
         None => std::future::pending().await,

@@ -60,6 +60,7 @@ impl Actor {
             // Concurrent restarts coalesce: this caller waits for the restart already under way.
             return None;
         }
+        self.open_restart_span(RestartReason::Manual, self.snapshot.attempts, Duration::ZERO);
         match self.snapshot.state {
             ServiceState::Starting | ServiceState::Running => {
                 self.stop_instance().await;
@@ -106,7 +107,7 @@ impl Actor {
         let checkable = self.has_health_check() && self.snapshot.state == ServiceState::Running;
         if checkable {
             if self.check.is_none() {
-                self.check = Some(self.check_future());
+                self.check = Some(self.check_future(true));
             }
             self.check_waiters.push(reply);
             return;

@@ -9,6 +9,7 @@
 
 mod checks;
 mod commands;
+mod spans;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use self::checks::poll_check;
 
@@ -31,6 +33,7 @@ use crate::supervisor::gate::{self, Gate};
 use crate::supervisor::launcher::{Instance, Launcher};
 use crate::supervisor::state::{Exit, RestartReason, ServiceState, Snapshot};
 use crate::supervisor::{Command, ControlError, Reply};
+use crate::telemetry::metrics::ServiceMetrics;
 
 /// How long to wait for a process to disappear after SIGKILL before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -48,7 +51,7 @@ pub(super) enum Phase {
 }
 
 /// A health check in flight: the outcome and how long it took.
-type CheckFuture = Pin<Box<dyn Future<Output = (ProbeOutcome, Duration)> + Send>>;
+type CheckFuture = Pin<Box<dyn Future<Output = (ProbeOutcome, Duration, tracing::Span)> + Send>>;
 
 /// Another service's published snapshot.
 pub(super) struct Peer {
@@ -65,6 +68,7 @@ pub(super) struct ActorParts {
     pub clock: Clock,
     pub heartbeat_timeout: Duration,
     pub registry: RegistryHandle,
+    pub metrics: ServiceMetrics,
     pub commands: mpsc::Receiver<Command>,
     pub publish: watch::Sender<Snapshot>,
     pub changes: Arc<watch::Sender<u64>>,
@@ -74,6 +78,7 @@ pub(super) struct ActorParts {
     pub shutdown: CancellationToken,
     pub force: CancellationToken,
     pub boot: Instant,
+    pub startup_span: tracing::Span,
 }
 
 pub(super) struct Actor {
@@ -88,6 +93,10 @@ pub(super) struct Actor {
     start_waiters: Vec<Reply>,
     healthy_since: Option<Instant>,
     launched_at: Instant,
+    started_once: bool,
+    start_span: Option<tracing::Span>,
+    restart_span: Option<tracing::Span>,
+    last_failure: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl Actor {
@@ -104,6 +113,10 @@ impl Actor {
             start_waiters: Vec::new(),
             healthy_since: None,
             launched_at: now,
+            started_once: false,
+            start_span: None,
+            restart_span: None,
+            last_failure: None,
             parts,
         }
     }
@@ -167,13 +180,16 @@ impl Actor {
         self.snapshot.waiting_on = None;
         self.snapshot.backoff = None;
         if let Some(reason) = reason {
+            let now = self.parts.clock.now();
             self.snapshot.restart_count += 1;
-            self.snapshot.last_restart = Some(self.parts.clock.now());
+            self.snapshot.last_restart = Some(now);
             self.snapshot.last_restart_reason = Some(reason);
+            self.parts.metrics.restart(reason, now);
             tracing::info!(service = self.name(), %reason, restart_count = self.snapshot.restart_count, "restarting service");
         }
         self.health.reset(Instant::now());
         self.launched_at = Instant::now();
+        self.open_start_span();
         self.set_state(ServiceState::Starting);
 
         if let Some(launcher) = self.parts.launcher.clone() {
@@ -222,9 +238,9 @@ impl Actor {
                     tick = interval(self.parts.spec.health.check_interval);
                 }
                 _ = tick.tick() => {
-                    let (outcome, elapsed) = self.check_future().await;
+                    let (outcome, elapsed, span) = self.check_future(false).await;
                     if outcome.passed {
-                        self.record(outcome, elapsed);
+                        self.record(outcome, elapsed, &span);
                         return self.became_ready();
                     }
                     self.snapshot.last_error = Some(outcome.message);
@@ -250,15 +266,15 @@ impl Actor {
                         return next;
                     }
                 }
-                (outcome, elapsed) = poll_check(&mut self.check) => {
+                (outcome, elapsed, span) = poll_check(&mut self.check) => {
                     self.check = None;
-                    if let Some(next) = self.on_check(outcome, elapsed).await {
+                    if let Some(next) = self.on_check(outcome, elapsed, span).await {
                         return next;
                     }
                 }
                 _ = tick.tick(), if self.check.is_none() => {
                     if checks {
-                        self.check = Some(self.check_future());
+                        self.check = Some(self.check_future(true));
                     } else {
                         // No probe: a process still running is a process observed alive.
                         self.parts.registry.observed_alive(&self.parts.spec.name);
@@ -350,7 +366,12 @@ impl Actor {
             since_launch_ms = now.duration_since(self.parts.boot).as_millis() as u64,
             "service ready"
         );
+        self.parts
+            .metrics
+            .set_startup_duration(now.duration_since(self.launched_at));
         self.set_state(ServiceState::Running);
+        self.close_start_span(None);
+        self.close_restart_span(None);
         let snapshot = self.snapshot.clone();
         for waiter in self.start_waiters.drain(..) {
             let _ = waiter.send(Ok(snapshot.clone()));
@@ -387,8 +408,14 @@ impl Actor {
         Some(self.recover(RestartReason::Crashed, message))
     }
 
-    async fn on_check(&mut self, outcome: ProbeOutcome, elapsed: Duration) -> Option<Phase> {
-        let result = self.record(outcome, elapsed);
+    async fn on_check(
+        &mut self,
+        outcome: ProbeOutcome,
+        elapsed: Duration,
+        span: tracing::Span,
+    ) -> Option<Phase> {
+        let result = self.record(outcome, elapsed, &span);
+        drop(span);
         for waiter in self.check_waiters.drain(..) {
             let _ = waiter.send(result.clone());
         }
@@ -419,6 +446,7 @@ impl Actor {
     /// After a crash, a failed start or turning unhealthy: wait for a down dependency (spending nothing),
     /// or back off and retry, or give up when the attempts are spent.
     fn recover(&mut self, reason: RestartReason, error: String) -> Phase {
+        self.close_start_span(Some(&error));
         self.snapshot.last_error = Some(error.clone());
         self.snapshot.settled = true;
         self.healthy_since = None;
@@ -432,13 +460,13 @@ impl Actor {
         }
         let policy = &self.parts.spec.restart;
         if self.snapshot.attempts >= policy.max_attempts {
+            self.close_restart_span(Some("automatic restarts exhausted"));
             return Phase::Failed;
         }
         self.snapshot.attempts += 1;
-        Phase::Backoff(
-            self.backoff.delay(self.snapshot.attempts, fastrand::f64()),
-            reason,
-        )
+        let delay = self.backoff.delay(self.snapshot.attempts, fastrand::f64());
+        self.open_restart_span(reason, self.snapshot.attempts, delay);
+        Phase::Backoff(delay, reason)
     }
 
     // ---- shutdown ------------------------------------------------------------------------------------------
@@ -473,9 +501,26 @@ impl Actor {
 
     /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced).
     async fn stop_instance(&mut self) {
-        let Some(mut instance) = self.instance.take() else {
+        let Some(instance) = self.instance.take() else {
             return;
         };
+        let parent = self.restart_span.as_ref().and_then(tracing::Span::id);
+        let span = tracing::info_span!(
+            parent: parent,
+            "stop service",
+            orchestrator.service.name = %self.parts.spec.name,
+            orchestrator.shutdown.timeout_seconds = self.parts.spec.shutdown.timeout.as_secs_f64(),
+            orchestrator.stop.killed = tracing::field::Empty,
+            orchestrator.stop.exit = tracing::field::Empty,
+        );
+        let status = self.terminate(instance).instrument(span.clone()).await;
+        span.record("orchestrator.stop.exit", status.to_string());
+        tracing::info!(parent: &span, service = self.name(), %status, "service stopped");
+        self.snapshot.pid = None;
+    }
+
+    /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced); returns how it ended.
+    async fn terminate(&mut self, mut instance: Instance) -> Exit {
         self.check = None;
         self.set_state(ServiceState::Stopping);
         let timeout_length = self.parts.spec.shutdown.timeout;
@@ -486,27 +531,27 @@ impl Actor {
                 tracing::warn!(service = self.name(), timeout_ms = timeout_length.as_millis() as u64, "did not stop in time: sending SIGKILL");
                 None
             }
-            () = self.parts.force.cancelled() => None,
-        };
-        let status = match graceful {
-            Some(status) => status,
-            None => {
-                instance.kill();
-                match timeout(KILL_GRACE, instance.exited()).await {
-                    Ok(status) => status,
-                    Err(_) => {
-                        tracing::error!(
-                            service = self.name(),
-                            pid = instance.pid(),
-                            "process survived SIGKILL; abandoning it"
-                        );
-                        Exit::Error("survived SIGKILL".into())
-                    }
-                }
+            () = self.parts.force.cancelled() => {
+                tracing::warn!(service = self.name(), "forced shutdown: sending SIGKILL");
+                None
             }
         };
-        tracing::info!(service = self.name(), %status, "service stopped");
-        self.snapshot.pid = None;
+        if let Some(status) = graceful {
+            return status;
+        }
+        tracing::Span::current().record("orchestrator.stop.killed", true);
+        instance.kill();
+        match timeout(KILL_GRACE, instance.exited()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::error!(
+                    service = self.name(),
+                    pid = instance.pid(),
+                    "process survived SIGKILL; abandoning it"
+                );
+                Exit::Error("survived SIGKILL".into())
+            }
+        }
     }
 
     // ---- helpers -------------------------------------------------------------------------------------------
@@ -545,7 +590,11 @@ impl Actor {
     }
 
     fn set_state(&mut self, state: ServiceState) {
+        let from = self.snapshot.state;
         self.snapshot.state = state;
+        if from != state {
+            self.state_event(from, state);
+        }
         self.publish();
     }
 
@@ -569,7 +618,17 @@ impl Actor {
             *current = snapshot.clone();
             true
         });
+        let metrics = &self.parts.metrics;
+        metrics.set_health(self.snapshot.health);
+        metrics.set_up(self.snapshot.ready);
+        metrics.set_consecutive_failures(self.snapshot.consecutive_failures);
+        metrics.set_backoff(
+            self.snapshot
+                .backoff
+                .filter(|_| self.snapshot.state == ServiceState::Backoff),
+        );
         if state_changed {
+            metrics.set_state(self.snapshot.state);
             self.parts
                 .registry
                 .state_changed(&self.parts.spec.name, self.snapshot.state.as_str());
