@@ -48,7 +48,15 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
     let (graph, token) = (config.graph.clone(), config.api.token.clone());
     let services = config.services.len();
     let origin = config.origin.clone();
-    let supervisor = Supervisor::builder(config).clock(clock).start()?;
+    let startup_span = tracing::info_span!(
+        "start orchestrator",
+        orchestrator.services = services,
+        orchestrator.config = %origin,
+    );
+    let supervisor = Supervisor::builder(config)
+        .clock(clock)
+        .startup_span(startup_span)
+        .start()?;
     let api = Api::new(supervisor.clone(), graph, token, clock);
     let stop_api = CancellationToken::new();
     let server = tokio::spawn(server::serve(

@@ -133,14 +133,18 @@ fn graph(source: Source, format: GraphFormat) -> anyhow::Result<ExitCode> {
 
 fn run(source: Source) -> anyhow::Result<ExitCode> {
     let config = Config::load(&source)?;
-    crate::telemetry::init_logging(config.telemetry.log_format);
+    // Before the runtime: the OTLP/HTTP exporter's blocking client must not be built inside one.
+    let telemetry = crate::telemetry::init(&config.telemetry);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     let runtime = runtime()?;
     // Signal handlers go in before any service starts, so no signal is lost.
     let signals = runtime.block_on(async { crate::signal::ShutdownSignals::install() })?;
-    runtime.block_on(crate::app::run(config, signals))?;
+    let outcome = runtime.block_on(crate::app::run(config, signals));
+    // Flush spans from this thread, outside the runtime: the SDK's shutdown blocks.
+    telemetry.shutdown();
+    outcome?;
     Ok(ExitCode::SUCCESS)
 }
 

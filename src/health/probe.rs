@@ -73,10 +73,11 @@ impl NetworkProber {
                 concat!("fog-orchestrator/", env!("CARGO_PKG_VERSION")),
             )
             .body(Empty::new());
-        let request = match request {
+        let mut request = match request {
             Ok(request) => request,
             Err(error) => return ProbeOutcome::fail(FailureReason::Error, format!("bad request: {error}")),
         };
+        crate::telemetry::inject_trace_context(request.headers_mut());
         let response = match self.client.request(request).await {
             Ok(response) => response,
             Err(error) if error.is_connect() => {

@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod harness;
+mod otlp;
 mod probes;
 mod processes;
 mod server;

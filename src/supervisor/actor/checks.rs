@@ -36,7 +36,7 @@ impl Actor {
                 orchestrator.check.passed = Empty,
                 orchestrator.health.status = Empty,
                 otel.status_code = Empty,
-                otel.status_message = Empty,
+                otel.status_description = Empty,
             )
         } else {
             Span::none()

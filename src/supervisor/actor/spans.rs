@@ -15,7 +15,7 @@ use crate::supervisor::state::{RestartReason, ServiceState};
 /// Marks `span` failed with `message` (`otel.status_code` is read by the OpenTelemetry layer).
 pub(super) fn fail(span: &Span, message: &str) {
     span.record("otel.status_code", "ERROR");
-    span.record("otel.status_message", message);
+    span.record("otel.status_description", message);
 }
 
 impl Actor {
@@ -34,7 +34,7 @@ impl Actor {
             orchestrator.service.layer = self.parts.layer,
             orchestrator.process.pid = Empty,
             otel.status_code = Empty,
-            otel.status_message = Empty,
+            otel.status_description = Empty,
         );
         self.started_once = true;
         self.start_span = Some(span);
@@ -64,7 +64,7 @@ impl Actor {
             orchestrator.restart.max_attempts = self.parts.spec.restart.max_attempts,
             orchestrator.restart.backoff_seconds = delay.as_secs_f64(),
             otel.status_code = Empty,
-            otel.status_message = Empty,
+            otel.status_description = Empty,
         );
         if let Some(cause) = self.last_failure.take() {
             span.add_link(cause);

@@ -1,0 +1,277 @@
+//! OTLP trace export: where to (config, or the standard `OTEL_EXPORTER_OTLP_*` variables), over gRPC or
+//! HTTP/protobuf, through the SDK's batch processor so a slow or absent collector never blocks anything.
+//!
+//! The batch processor exports from its own thread, which has no Tokio runtime. The HTTP exporter uses the
+//! blocking reqwest client, which needs none. The gRPC (tonic) exporter does, so it is wrapped in
+//! [`OnOwnRuntime`], which gives it a small runtime of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+};
+
+use crate::config::{OtlpProtocol, TelemetrySettings};
+
+/// The OTel resource `service.name`.
+pub const SERVICE_NAME: &str = "fog-orchestrator";
+/// How long one export may take before it is abandoned.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where traces go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// The full endpoint: `http://host:4317` for gRPC, `http://host:4318/v1/traces` for HTTP.
+    pub endpoint: String,
+    /// The transport.
+    pub protocol: OtlpProtocol,
+}
+
+/// Decides where traces go: `telemetry.otlp_endpoint` (with `otlp_protocol`), else
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` (with
+/// `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`: `grpc` or `http/protobuf`); `None` turns export off, as does
+/// `OTEL_SDK_DISABLED=true`.
+pub fn resolve(settings: &TelemetrySettings, env: impl Fn(&str) -> Option<String>) -> Option<Export> {
+    let set = |key: &str| env(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        return Some(Export {
+            endpoint: with_traces_path(endpoint, settings.otlp_protocol),
+            protocol: settings.otlp_protocol,
+        });
+    }
+    let protocol =
+        match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL")) {
+            Some(protocol) if protocol.starts_with("http") => OtlpProtocol::Http,
+            Some(protocol) if protocol == "grpc" => OtlpProtocol::Grpc,
+            Some(_) | None => settings.otlp_protocol,
+        };
+    if let Some(endpoint) = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        // The signal-specific variable is the full URL, per the OTLP exporter specification.
+        return Some(Export { endpoint, protocol });
+    }
+    set("OTEL_EXPORTER_OTLP_ENDPOINT").map(|base| Export {
+        endpoint: with_traces_path(&base, protocol),
+        protocol,
+    })
+}
+
+/// HTTP endpoints given as a base URL get the `/v1/traces` path; gRPC endpoints stay as they are.
+fn with_traces_path(endpoint: &str, protocol: OtlpProtocol) -> String {
+    if protocol == OtlpProtocol::Grpc {
+        return endpoint.to_owned();
+    }
+    let after_scheme = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    match after_scheme.split_once('/') {
+        Some((_, path)) if !path.is_empty() => endpoint.to_owned(),
+        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    }
+}
+
+/// The tracer provider and what it needs to stay alive.
+pub struct Pipeline {
+    /// The provider spans are exported through.
+    pub provider: SdkTracerProvider,
+    runtime: Option<Arc<tokio::runtime::Runtime>>,
+}
+
+impl Pipeline {
+    /// Builds the exporter and batch processor for `export`. Call outside any Tokio runtime: the HTTP
+    /// exporter's blocking client must not be created inside one.
+    pub fn build(export: &Export) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
+        let (processor, runtime) = match export.protocol {
+            OtlpProtocol::Http => {
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(&export.endpoint)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .build()?;
+                (batch(exporter), None)
+            }
+            OtlpProtocol::Grpc => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("otlp-export")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| opentelemetry_otlp::ExporterBuildError::InternalFailure(e.to_string()))?;
+                let runtime = Arc::new(runtime);
+                let exporter = {
+                    let _inside = runtime.enter();
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(&export.endpoint)
+                        .with_timeout(EXPORT_TIMEOUT)
+                        .build()?
+                };
+                let exporter = OnOwnRuntime {
+                    inner: exporter,
+                    runtime: runtime.clone(),
+                };
+                (batch(exporter), Some(runtime))
+            }
+        };
+        let resource = Resource::builder()
+            .with_service_name(SERVICE_NAME)
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_span_processor(processor)
+            .build();
+        Ok(Self { provider, runtime })
+    }
+
+    /// Flushes what is queued and stops the exporter. Blocks (bounded by the export timeout): call it off
+    /// the async runtime's threads.
+    pub fn shutdown(self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("warning: trace export did not shut down cleanly: {error}");
+        }
+        drop(self.runtime);
+    }
+}
+
+fn batch(exporter: impl SpanExporter + 'static) -> BatchSpanProcessor {
+    let config = BatchConfigBuilder::default()
+        .with_max_queue_size(8192)
+        .with_scheduled_delay(Duration::from_millis(500))
+        .build();
+    BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config)
+        .build()
+}
+
+/// Runs a Tokio-based exporter on a runtime of its own, from the batch processor's plain thread.
+#[derive(Debug)]
+struct OnOwnRuntime<E> {
+    inner: E,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl<E: SpanExporter> OnOwnRuntime<E> {
+    fn block_on<T: Send>(&self, work: impl std::future::Future<Output = T> + Send) -> T {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.runtime.block_on(work);
+        }
+        // Inside some runtime already (not the batch thread): block on a scoped plain thread instead.
+        std::thread::scope(|scope| match scope.spawn(|| self.runtime.block_on(work)).join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        })
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for OnOwnRuntime<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let result = self.block_on(self.inner.export(batch));
+        std::future::ready(result)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let _inside = self.runtime.enter();
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let _inside = self.runtime.enter();
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogFormat;
+
+    fn settings(endpoint: Option<&str>, protocol: OtlpProtocol) -> TelemetrySettings {
+        TelemetrySettings {
+            log_format: LogFormat::Pretty,
+            otlp_endpoint: endpoint.map(str::to_owned),
+            otlp_protocol: protocol,
+        }
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |key| vars.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn no_endpoint_means_no_export() {
+        assert_eq!(resolve(&settings(None, OtlpProtocol::Grpc), env(&[])), None);
+    }
+
+    #[test]
+    fn the_config_endpoint_wins_and_http_gets_the_traces_path() {
+        let grpc = resolve(
+            &settings(Some("http://127.0.0.1:4317"), OtlpProtocol::Grpc),
+            env(&[]),
+        );
+        assert_eq!(grpc.unwrap().endpoint, "http://127.0.0.1:4317");
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://elsewhere:4317")];
+        let http = resolve(
+            &settings(Some("http://127.0.0.1:4318"), OtlpProtocol::Http),
+            env(&vars),
+        )
+        .unwrap();
+        assert_eq!(
+            http,
+            Export {
+                endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+                protocol: OtlpProtocol::Http
+            }
+        );
+        let custom = resolve(
+            &settings(Some("http://c:4318/custom/path"), OtlpProtocol::Http),
+            env(&[]),
+        );
+        assert_eq!(custom.unwrap().endpoint, "http://c:4318/custom/path");
+    }
+
+    #[test]
+    fn standard_variables_are_honoured() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ];
+        let export = resolve(&settings(None, OtlpProtocol::Grpc), env(&vars)).unwrap();
+        assert_eq!(
+            export,
+            Export {
+                endpoint: "http://c:4318/v1/traces".into(),
+                protocol: OtlpProtocol::Http
+            }
+        );
+
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ];
+        let export = resolve(&settings(None, OtlpProtocol::Http), env(&vars)).unwrap();
+        assert_eq!(
+            export,
+            Export {
+                endpoint: "http://c:4317".into(),
+                protocol: OtlpProtocol::Grpc
+            }
+        );
+
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ];
+        assert_eq!(resolve(&settings(None, OtlpProtocol::Grpc), env(&vars)), None);
+    }
+}
