@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== tools the tests need"
+# promtool (Debian's prometheus package) checks a real scrape of /metrics.
+if ! command -v promtool >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+promtool --version | head -1
+
 echo "== formatting"
 cargo fmt --check
 

@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod harness;
+mod metrics;
 mod otlp;
 mod probes;
 mod processes;

@@ -492,3 +492,75 @@ async fn the_rest_api_serves_the_seed_shapes_over_a_real_socket() {
     let status = timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn promtool_accepts_a_real_scrape() {
+    let mut orchestrator = Orchestrator::start(&fog_config());
+    let api = api_address(&mut orchestrator).await;
+    orchestrator
+        .wait_for("the startup summary", |f| {
+            message(f).starts_with("10 services ready in")
+        })
+        .await;
+    // Some API traffic first, so its series exist too.
+    http("GET", &format!("{api}/api/orchestration/services"), "").await;
+    let scrape = {
+        use http_body_util::{BodyExt, Empty};
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Empty<bytes::Bytes>>();
+        let response = client
+            .get(format!("{api}/metrics").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    let text = String::from_utf8_lossy(&scrape);
+    for series in [
+        "orchestrator_build_info{",
+        "orchestrator_service_state{service=\"dao\",state=\"running\"} 1",
+        "orchestrator_service_health{service=\"onion\",status=\"healthy\"} 1",
+        "orchestrator_health_checks_total{service=\"dao\"}",
+        "orchestrator_service_restarts_total{reason=\"crashed\",service=\"dao\"} 0",
+        "orchestrator_dependency_info{dependency=\"edge\",kind=\"required\",service=\"harvest\"} 1",
+        "orchestrator_api_requests_total{code=\"200\",method=\"GET\",route=\"/api/orchestration/services\"} 1",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(series), "the scrape lacks {series}");
+    }
+
+    let mut promtool = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) => panic!(
+            "promtool is needed ({error}); scripts/test.sh installs it from Debian's prometheus package"
+        ),
+    };
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = promtool.stdin.take().unwrap();
+        stdin.write_all(&scrape).await.unwrap();
+    }
+    let output = timeout(LIMIT, promtool.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{report}"
+    );
+    assert!(report.trim().is_empty(), "promtool found problems:\n{report}");
+
+    signal(orchestrator.pid(), libc::SIGTERM);
+    timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
+}
