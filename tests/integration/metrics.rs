@@ -4,29 +4,35 @@
 use std::time::Duration;
 
 use fog_orchestrator::supervisor::{ServiceState, Supervisor};
-use prometheus::proto::{MetricFamily, MetricType};
 
 use crate::harness::{World, reach, service, supervise, within};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// The value of `name{labels}` (counter, gauge, or a histogram's sample count), or `None` without series.
+/// The value of `name{labels}` in a real rendering of `/metrics` (a histogram's `_count` for a histogram
+/// name), or `None` without such a series.
 fn value(supervisor: &Supervisor, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let families: Vec<MetricFamily> = supervisor.metrics().registry().gather();
-    let family = families.iter().find(|f| f.name() == name)?;
-    let metric = family.get_metric().iter().find(|m| {
-        labels.iter().all(|(key, wanted)| {
-            m.get_label()
+    let text = supervisor.metrics().render();
+    let count = format!("{name}_count");
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name && metric != count {
+                return None;
+            }
+            let present: Vec<(&str, &str)> = label_text
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+                .collect();
+            labels
                 .iter()
-                .any(|l| l.name() == *key && l.value() == *wanted)
+                .all(|wanted| present.contains(wanted))
+                .then(|| value.parse().ok())?
         })
-    })?;
-    Some(match family.get_field_type() {
-        MetricType::COUNTER => metric.get_counter().value(),
-        MetricType::GAUGE => metric.get_gauge().value(),
-        MetricType::HISTOGRAM => metric.get_histogram().get_sample_count() as f64,
-        other => panic!("unexpected metric type {other:?}"),
-    })
 }
 
 fn get(supervisor: &Supervisor, name: &str, labels: &[(&str, &str)]) -> f64 {

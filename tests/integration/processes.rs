@@ -521,7 +521,7 @@ async fn promtool_accepts_a_real_scrape() {
         "orchestrator_service_state{service=\"dao\",state=\"running\"} 1",
         "orchestrator_service_health{service=\"onion\",status=\"healthy\"} 1",
         "orchestrator_health_checks_total{service=\"dao\"}",
-        "orchestrator_service_restarts_total{reason=\"crashed\",service=\"dao\"} 0",
+        "orchestrator_service_restarts_total{service=\"dao\",reason=\"crashed\"} 0",
         "orchestrator_dependency_info{dependency=\"edge\",kind=\"required\",service=\"harvest\"} 1",
         "orchestrator_api_requests_total{code=\"200\",method=\"GET\",route=\"/api/orchestration/services\"} 1",
         "process_resident_memory_bytes",
