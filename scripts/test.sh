@@ -5,13 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== tools the tests need"
-# promtool (Debian's prometheus package) checks a real scrape of /metrics.
-if ! command -v promtool >/dev/null; then
+# Prometheus (promtool, and the server the live alert test runs) and Alertmanager (amtool, and the server),
+# from Debian's packages.
+if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
 fi
 promtool --version | head -1
+prometheus-alertmanager --version 2>&1 | head -1
 
 echo "== formatting"
 cargo fmt --check

@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod deploy;
 mod harness;
 mod metrics;
 mod otlp;

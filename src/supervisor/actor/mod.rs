@@ -273,11 +273,9 @@ impl Actor {
                     }
                 }
                 _ = tick.tick(), if self.check.is_none() => {
+                    self.observe_process_alive();
                     if checks {
                         self.check = Some(self.check_future(true));
-                    } else {
-                        // No probe: a process still running is a process observed alive.
-                        self.parts.registry.observed_alive(&self.parts.spec.name);
                     }
                 }
                 () = sleep_until(reset_at.unwrap_or_else(Instant::now)), if reset_at.is_some() => {
@@ -355,9 +353,7 @@ impl Actor {
         self.snapshot.settled = true;
         self.snapshot.ready_since = Some(self.parts.clock.now());
         self.healthy_since = (self.health.status() != HealthStatus::Unhealthy).then_some(now);
-        if !self.has_health_check() {
-            self.parts.registry.observed_alive(&self.parts.spec.name);
-        }
+        self.observe_process_alive();
         tracing::info!(
             service = self.name(),
             layer = self.parts.layer,
@@ -555,6 +551,14 @@ impl Actor {
     }
 
     // ---- helpers -------------------------------------------------------------------------------------------
+
+    /// A process still running is a process observed alive: a heartbeat, whatever its checks say (they
+    /// have their own alerts). Services with the `heartbeat` probe send their own heartbeats.
+    fn observe_process_alive(&self) {
+        if self.instance.is_some() && self.parts.spec.probe != Some(Probe::Heartbeat) {
+            self.parts.registry.observed_alive(&self.parts.spec.name);
+        }
+    }
 
     fn gate(&self) -> Gate {
         let required: Vec<(String, Snapshot)> = peers(&self.parts.required);

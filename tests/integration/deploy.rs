@@ -1,0 +1,708 @@
+//! The shipped observability files, proven with the real tools: promtool and amtool on the shipped configs
+//! and rules, the YAML and JSON of every deploy file with their references, and a live run in which a real
+//! Prometheus scrapes the orchestrator with the shipped config and rules (timings shortened here, not in
+//! the shipped files) and a real Alertmanager receives the alerts.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml(path: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"))
+}
+
+fn tool(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is needed ({e}); scripts/test.sh installs it from Debian"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+fn dashboards() -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root().join("dashboards")).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            found.push((path.file_name().unwrap().to_string_lossy().into_owned(), value));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// Every (dashboard, panel title, expr) of the shipped dashboards.
+fn dashboard_queries() -> Vec<(String, String, String)> {
+    let mut queries = Vec::new();
+    for (file, dashboard) in dashboards() {
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap().to_owned();
+                queries.push((file.clone(), panel["title"].as_str().unwrap().to_owned(), expr));
+            }
+        }
+    }
+    queries
+}
+
+#[test]
+fn promtool_and_amtool_accept_the_shipped_files() {
+    tool("promtool", &["check", "config", "deploy/prometheus.yml"]);
+    tool("promtool", &["check", "rules", "alerts/orchestrator.rules.yml"]);
+    let test_files: Vec<String> = std::fs::read_dir(root().join("alerts/tests"))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("alerts/tests/{}", e.file_name().to_string_lossy()))
+        .collect();
+    assert!(!test_files.is_empty());
+    let mut args = vec!["test", "rules"];
+    args.extend(test_files.iter().map(String::as_str));
+    let report = tool("promtool", &args);
+    assert!(report.contains("SUCCESS"), "{report}");
+    tool("amtool", &["check-config", "deploy/alertmanager.yml"]);
+}
+
+#[test]
+fn every_alert_has_severity_summary_description_and_a_runbook_section() {
+    let rules = yaml("alerts/orchestrator.rules.yml");
+    let runbook = read("docs/runbook.md").to_lowercase();
+    let tests = read("alerts/tests/orchestrator.test.yml");
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let Some(name) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            assert!(name.starts_with("Orchestrator"), "{name}");
+            assert!(
+                matches!(rule["labels"]["severity"].as_str(), Some("critical" | "warning")),
+                "{name}"
+            );
+            for key in ["summary", "description", "runbook_url"] {
+                assert!(
+                    rule["annotations"][key].as_str().is_some_and(|t| !t.is_empty()),
+                    "{name} lacks {key}"
+                );
+            }
+            let anchor = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap()
+                .rsplit_once('#')
+                .unwrap()
+                .1
+                .to_owned();
+            assert!(
+                runbook.contains(&format!("## {anchor}")),
+                "no runbook section for {anchor}"
+            );
+            assert!(
+                tests.contains(&format!("alertname: {name}")),
+                "{name} has no unit test"
+            );
+        }
+    }
+    assert_eq!(alerts, 9);
+}
+
+#[test]
+fn deploy_files_parse_and_their_references_hold() {
+    for path in [
+        "deploy/compose.yml",
+        "deploy/grafana/provisioning/datasources/prometheus.yml",
+        "deploy/grafana/provisioning/dashboards/fog-orchestrator.yml",
+        "otel-collector.yaml",
+        "deploy/kubernetes/deployment.yaml",
+        "deploy/kubernetes/service.yaml",
+        "deploy/kubernetes/secret.yaml",
+        "deploy/kubernetes/servicemonitor.yaml",
+        "deploy/kubernetes/configmap.yaml",
+        "deploy/kubernetes/prometheusrule.yaml",
+    ] {
+        yaml(path);
+    }
+    // Compose mounts files that exist, and Grafana is provisioned from where the dashboards are mounted.
+    let compose = yaml("deploy/compose.yml");
+    let mut grafana_dashboards = None;
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        for volume in service["volumes"].as_sequence().into_iter().flatten() {
+            let volume = volume.as_str().unwrap();
+            let source = volume.split(':').next().unwrap();
+            assert!(
+                root().join("deploy").join(source).exists(),
+                "{name:?} mounts missing {source}"
+            );
+            if source == "../dashboards" {
+                grafana_dashboards = Some(volume.split(':').nth(1).unwrap().to_owned());
+            }
+        }
+    }
+    let provider = yaml("deploy/grafana/provisioning/dashboards/fog-orchestrator.yml");
+    assert_eq!(
+        provider["providers"][0]["options"]["path"].as_str(),
+        grafana_dashboards.as_deref()
+    );
+    assert_eq!(
+        compose["services"]["orchestrator"]["build"]["dockerfile"].as_str(),
+        Some("deploy/Dockerfile")
+    );
+    for line in read("deploy/Dockerfile")
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let source = line.split_whitespace().nth(1).unwrap();
+        assert!(root().join(source).exists(), "Dockerfile copies missing {source}");
+    }
+
+    // The generated Kubernetes objects match their sources (scripts/gen-kubernetes.sh).
+    let rule = yaml("deploy/kubernetes/prometheusrule.yaml");
+    assert_eq!(rule["kind"].as_str(), Some("PrometheusRule"));
+    assert_eq!(
+        rule["spec"]["groups"],
+        yaml("alerts/orchestrator.rules.yml")["groups"],
+        "run scripts/gen-kubernetes.sh"
+    );
+    let configmap = yaml("deploy/kubernetes/configmap.yaml");
+    assert_eq!(
+        configmap["data"]["orchestrator.toml"].as_str(),
+        Some(read("examples/fog.toml").as_str()),
+        "run scripts/gen-kubernetes.sh"
+    );
+
+    // Probes, ports and selectors agree.
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let service = yaml("deploy/kubernetes/service.yaml");
+    assert_eq!(&service["spec"]["selector"], labels);
+    assert_eq!(
+        service["metadata"]["name"].as_str(),
+        Some("fog-orchestrator"),
+        "the job label the alerts expect"
+    );
+    let monitor = yaml("deploy/kubernetes/servicemonitor.yaml");
+    assert_eq!(&monitor["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
+}
+
+#[test]
+fn dashboards_follow_the_conventions() {
+    let mut uids = HashSet::new();
+    for (file, dashboard) in dashboards() {
+        assert!(
+            uids.insert(dashboard["uid"].as_str().unwrap().to_owned()),
+            "{file}: duplicate uid"
+        );
+        assert!(dashboard.get("__inputs").is_none(), "{file}: __inputs");
+        let variables: Vec<&str> = dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        for wanted in ["datasource", "job", "instance", "service"] {
+            assert!(variables.contains(&wanted), "{file}: no {wanted} variable");
+        }
+        let mut ids = HashSet::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap_or_default();
+            assert!(
+                !title.is_empty() && ids.insert(panel["id"].as_i64().unwrap()),
+                "{file}: panel id/title"
+            );
+            assert!(
+                panel["description"].as_str().is_some_and(|d| !d.is_empty()),
+                "{file}/{title}: description"
+            );
+            assert!(
+                panel["fieldConfig"]["defaults"]["unit"].is_string(),
+                "{file}/{title}: unit"
+            );
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{file}/{title}: hard-coded datasource"
+            );
+            for target in panel["targets"].as_array().unwrap() {
+                assert_eq!(
+                    target["datasource"]["uid"], "${datasource}",
+                    "{file}/{title}: target datasource"
+                );
+                let expr = target["expr"].as_str().unwrap();
+                for function in ["rate(", "increase("] {
+                    for (position, _) in expr.match_indices(function) {
+                        let rest = &expr[position..];
+                        let window = rest
+                            .split('[')
+                            .nth(1)
+                            .and_then(|w| w.split(']').next())
+                            .unwrap_or_default();
+                        assert_eq!(
+                            window, "$__rate_interval",
+                            "{file}/{title}: {function} window in {expr}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(uids.len(), 2);
+}
+
+/// A port the kernel just handed out (for servers that cannot report a port picked at bind time).
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn get_json(url: &str) -> Value {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    // A server still starting refuses connections: that is "nothing yet", not a failure.
+    let Ok(Ok(response)) = timeout(Duration::from_secs(10), client.get(url.parse().unwrap())).await else {
+        return Value::Null;
+    };
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+async fn post(url: &str, body: &str) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .unwrap()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn scrape(url: &str) -> String {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let response = client.get(url.parse().unwrap()).await.unwrap();
+    String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
+/// Polls `check` (an external server's state) until it yields a value, at most `limit`.
+async fn eventually<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn spawn(program: &str, args: &[String]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} is needed ({e}); scripts/test.sh installs it from Debian"))
+}
+
+/// The shipped rules with every `for` shortened to 2 s (the shipped file keeps its durations).
+fn fast_rules(dir: &Path) -> PathBuf {
+    let mut rules = yaml("alerts/orchestrator.rules.yml");
+    for group in rules["groups"].as_sequence_mut().unwrap() {
+        for rule in group["rules"].as_sequence_mut().unwrap() {
+            if let Some(map) = rule.as_mapping_mut()
+                && map.contains_key("for")
+            {
+                map.insert("for".into(), "2s".into());
+            }
+        }
+    }
+    let path = dir.join("rules.yml");
+    std::fs::write(&path, serde_yaml::to_string(&rules).unwrap()).unwrap();
+    path
+}
+
+/// deploy/prometheus.yml with 1 s timings and 127.0.0.1 addresses.
+fn prometheus_config(dir: &Path, orchestrator: &str, alertmanager: &str, rules: &Path) -> PathBuf {
+    let mut config = yaml("deploy/prometheus.yml");
+    config["global"]["scrape_interval"] = "1s".into();
+    config["global"]["evaluation_interval"] = "1s".into();
+    config["rule_files"] = vec![serde_yaml::Value::from(rules.display().to_string())].into();
+    config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] =
+        vec![serde_yaml::Value::from(alertmanager)].into();
+    for job in config["scrape_configs"].as_sequence_mut().unwrap() {
+        match job["job_name"].as_str() {
+            Some("fog-orchestrator") => {
+                job["static_configs"][0]["targets"] = vec![serde_yaml::Value::from(orchestrator)].into()
+            }
+            Some("fog-services") => {
+                job["http_sd_configs"][0]["url"] =
+                    format!("http://{orchestrator}/api/orchestration/sd").into();
+                job["http_sd_configs"][0]["refresh_interval"] = "1s".into();
+            }
+            other => panic!("unexpected job {other:?}"),
+        }
+    }
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// deploy/alertmanager.yml with groups sent at once.
+fn alertmanager_config(dir: &Path) -> PathBuf {
+    let mut config = yaml("deploy/alertmanager.yml");
+    config["route"]["group_wait"] = "0s".into();
+    config["route"]["group_interval"] = "1s".into();
+    let path = dir.join("alertmanager.yml");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+fn orchestrator_config(web: u16, api: u16, slow: u16, crashy: u16, state: &Path) -> String {
+    let demo = |name: &str, port: u16| {
+        format!(
+            "[services.{name}]\ncommand = [\"{exe}\", \"demo-service\", \"--name\", \"{name}\", \"--listen\", \"127.0.0.1:{port}\", \
+             \"--state-dir\", \"{state}\"]\nhealth.http = \"http://127.0.0.1:{port}/health\"\n",
+            exe = env!("CARGO_BIN_EXE_fog-orchestrator"),
+            state = state.display(),
+        )
+    };
+    format!(
+        "[registry]\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"3s\"\n\
+         [defaults.health]\ncheck_interval = \"500ms\"\ntimeout = \"400ms\"\nauto_recovery = false\n\
+         {web}{api}depends_on = [\"web\"]\n{slow}health.failure_threshold = 1000\n\
+         {crashy}[services.crashy.restart]\ninitial_delay = \"1s\"\nbackoff_base = 1.0\nmax_attempts = 3\n",
+        web = demo("web", web),
+        api = demo("api", api),
+        slow = demo("slow", slow),
+        crashy = demo("crashy", crashy),
+    )
+}
+
+#[derive(Debug)]
+struct Firing {
+    alertname: String,
+    service: String,
+}
+
+fn firing(alerts: &Value) -> Vec<Firing> {
+    alerts["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == "firing")
+        .map(|a| Firing {
+            alertname: a["labels"]["alertname"].as_str().unwrap_or_default().to_owned(),
+            service: a["labels"]["service"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect()
+}
+
+/// Expands the dashboards' Grafana variables for a query against the live Prometheus.
+fn expand(expr: &str, service: &str) -> String {
+    expr.replace("$__rate_interval", "4s")
+        .replace("$__range", "1m")
+        .replace("=~\"$job\"", "=~\"fog-orchestrator\"")
+        .replace("=~\"$instance\"", "=~\".+\"")
+        .replace("=~\"$service\"", &format!("=~\"{service}\""))
+        .replace("=\"$service\"", &format!("=\"{service}\""))
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (web, api_service, slow, crashy) = (free_port(), free_port(), free_port(), free_port());
+    let config_path = dir.path().join("orchestrator.toml");
+    let state = dir.path().join("demo-state");
+    std::fs::write(
+        &config_path,
+        orchestrator_config(web, api_service, slow, crashy, &state),
+    )
+    .unwrap();
+    let mut orchestrator = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
+        .args([
+            "run",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(orchestrator.stderr.take().unwrap()).lines();
+    let address = timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(line) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if line["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("API listening"))
+            {
+                return line["fields"]["address"].as_str().map(str::to_owned);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+    .expect("the API address is logged");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let orch = format!("http://{address}");
+
+    let (prometheus_port, alertmanager_port) = (free_port(), free_port());
+    let alertmanager_address = format!("127.0.0.1:{alertmanager_port}");
+    let rules = fast_rules(dir.path());
+    let prometheus_config = prometheus_config(dir.path(), &address, &alertmanager_address, &rules);
+    let _prometheus = spawn(
+        "prometheus",
+        &[
+            format!("--config.file={}", prometheus_config.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+            format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
+        ],
+    );
+    let _alertmanager = spawn(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", alertmanager_config(dir.path()).display()),
+            format!("--storage.path={}", dir.path().join("am").display()),
+            format!("--web.listen-address={alertmanager_address}"),
+            "--cluster.listen-address=".to_owned(),
+        ],
+    );
+    let prometheus = format!("http://127.0.0.1:{prometheus_port}");
+    let query = |expr: String| {
+        let prometheus = prometheus.clone();
+        async move { get_json(&format!("{prometheus}/api/v1/query?query={}", urlencode(&expr))).await }
+    };
+
+    // The target is up.
+    eventually(
+        "the orchestrator target up",
+        Duration::from_secs(60),
+        async || {
+            let result = query("up{job=\"fog-orchestrator\"}".into()).await;
+            (result["data"]["result"][0]["value"][1] == "1").then_some(())
+        },
+    )
+    .await;
+
+    // Break things: web unhealthy (api depends on it and fails too, but only because of web); slow
+    // degraded; crashy crashes at every start (a sticky fault); agent, a service registered at run time,
+    // sends heartbeats and then falls silent.
+    let registration = "{\"name\": \"agent\", \"metadata\": {\"team\": \"edge\"}}";
+    assert_eq!(
+        post(&format!("{orch}/api/orchestration/registry"), registration).await,
+        201
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            post(&format!("{orch}/api/orchestration/registry/agent/heartbeat"), "").await,
+            200
+        );
+        sleep(Duration::from_millis(500)).await;
+    }
+    for port in [web, api_service, slow] {
+        assert_eq!(
+            post(
+                &format!("http://127.0.0.1:{port}/fault"),
+                "{\"mode\": \"unhealthy\"}"
+            )
+            .await,
+            200
+        );
+    }
+    let sticky_crash = "{\"mode\": \"crash\", \"sticky\": true}";
+    assert_eq!(
+        post(&format!("http://127.0.0.1:{crashy}/fault"), sticky_crash).await,
+        200
+    );
+
+    let expected = [
+        ("OrchestratorServiceUnhealthy", "web"),
+        ("OrchestratorServiceDegraded", "slow"),
+        ("OrchestratorHeartbeatTimeout", "agent"),
+        ("OrchestratorServiceRestartingTooOften", "crashy"),
+        ("OrchestratorServiceFailed", "crashy"),
+    ];
+    eventually(
+        "every expected alert firing",
+        Duration::from_secs(90),
+        async || {
+            let firing = firing(&get_json(&format!("{prometheus}/api/v1/alerts")).await);
+            let all = expected.iter().all(|(name, service)| {
+                firing
+                    .iter()
+                    .any(|f| f.alertname == *name && f.service == *service)
+            });
+            all.then_some(())
+        },
+    )
+    .await;
+    // The dependent of the broken service is unhealthy too, but does not page on its own.
+    let unhealthy_api =
+        query("orchestrator_service_health{service=\"api\",status=\"unhealthy\"}".into()).await;
+    assert_eq!(
+        unhealthy_api["data"]["result"][0]["value"][1], "1",
+        "api is unhealthy"
+    );
+    let alerts = get_json(&format!("{prometheus}/api/v1/alerts")).await;
+    let about_api: Vec<&Value> = alerts["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["labels"]["service"] == "api")
+        .collect();
+    assert!(about_api.is_empty(), "the blocked dependent pages: {about_api:?}");
+    // Services that are unhealthy or failed are not paged again for their stale heartbeats.
+    let stale: Vec<String> = firing(&alerts)
+        .into_iter()
+        .filter(|f| f.alertname == "OrchestratorHeartbeatTimeout")
+        .map(|f| f.service)
+        .collect();
+    assert_eq!(stale, ["agent"], "only the silent service");
+
+    // The alerts arrive in Alertmanager with their labels and annotations.
+    let received = eventually("alerts in Alertmanager", Duration::from_secs(60), async || {
+        let alerts = get_json(&format!("http://{alertmanager_address}/api/v2/alerts")).await;
+        let names: BTreeSet<(String, String)> = alerts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let labels = &a["labels"];
+                (
+                    labels["alertname"].as_str().unwrap_or_default().to_owned(),
+                    labels["service"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        expected
+            .iter()
+            .all(|(n, s)| names.contains(&(n.to_string(), s.to_string())))
+            .then_some(alerts)
+    })
+    .await;
+    let web_alert = received
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| {
+            a["labels"]["alertname"] == "OrchestratorServiceUnhealthy" && a["labels"]["service"] == "web"
+        })
+        .unwrap();
+    assert_eq!(web_alert["labels"]["severity"], "critical");
+    assert_eq!(web_alert["annotations"]["summary"], "Service web is unhealthy");
+    assert_eq!(
+        web_alert["annotations"]["runbook_url"],
+        "docs/runbook.md#orchestratorserviceunhealthy"
+    );
+    assert!(
+        web_alert["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("web")
+    );
+
+    // Every dashboard query is valid PromQL and returns data (for at least one candidate service).
+    for (file, title, expr) in dashboard_queries() {
+        let candidates: &[&str] = if file == "overview.json" {
+            &[".+"]
+        } else {
+            &["web", "agent", "crashy", "slow"]
+        };
+        let mut any_data = false;
+        for service in candidates {
+            let result = query(expand(&expr, service)).await;
+            assert_eq!(result["status"], "success", "{file}/{title}: {expr}\n{result}");
+            any_data |= result["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
+        }
+        assert!(any_data, "{file}/{title}: no data for {expr}");
+    }
+
+    // Every metric the dashboards and rules name is one the orchestrator exports.
+    let exported = scrape(&format!("{orch}/metrics")).await;
+    let mut sources: Vec<String> = dashboard_queries().into_iter().map(|(_, _, e)| e).collect();
+    sources.push(read("alerts/orchestrator.rules.yml"));
+    for source in sources {
+        for word in source.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            if word.starts_with("orchestrator_") || word.starts_with("process_") {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
+                assert!(
+                    exported.contains(&format!("\n{word}")) || exported.contains(&format!("# TYPE {base} ")),
+                    "{word} is not exported"
+                );
+            }
+        }
+    }
+
+    let _ = orchestrator.start_kill();
+}
