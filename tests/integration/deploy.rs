@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep};
+
+use crate::binary::{Orchestrator, http, http_text};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -295,41 +294,11 @@ fn free_port() -> u16 {
 }
 
 async fn get_json(url: &str) -> Value {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    // A server still starting refuses connections: that is "nothing yet", not a failure.
-    let Ok(Ok(response)) = timeout(Duration::from_secs(10), client.get(url.parse().unwrap())).await else {
-        return Value::Null;
-    };
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    serde_json::from_slice(&body).unwrap_or(Value::Null)
+    http("GET", url, "").await.1
 }
 
 async fn post(url: &str, body: &str) -> u16 {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let request = hyper::Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    timeout(Duration::from_secs(10), client.request(request))
-        .await
-        .unwrap()
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn scrape(url: &str) -> String {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let response = client.get(url.parse().unwrap()).await.unwrap();
-    String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned()
+    http("POST", url, body).await.0
 }
 
 /// Polls `check` (an external server's state) until it yields a value, at most `limit`.
@@ -471,49 +440,10 @@ fn urlencode(text: &str) -> String {
 async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
     let dir = tempfile::tempdir().unwrap();
     let (web, api_service, slow, crashy) = (free_port(), free_port(), free_port(), free_port());
-    let config_path = dir.path().join("orchestrator.toml");
     let state = dir.path().join("demo-state");
-    std::fs::write(
-        &config_path,
-        orchestrator_config(web, api_service, slow, crashy, &state),
-    )
-    .unwrap();
-    let mut orchestrator = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
-        .args([
-            "run",
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(orchestrator.stderr.take().unwrap()).lines();
-    let address = timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(line) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if line["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("API listening"))
-            {
-                return line["fields"]["address"].as_str().map(str::to_owned);
-            }
-        }
-        None
-    })
-    .await
-    .unwrap()
-    .expect("the API address is logged");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let orch = format!("http://{address}");
+    let mut orchestrator = Orchestrator::start(&orchestrator_config(web, api_service, slow, crashy, &state));
+    let orch = orchestrator.api().await;
+    let address = orch.trim_start_matches("http://").to_owned();
 
     let (prometheus_port, alertmanager_port) = (free_port(), free_port());
     let alertmanager_address = format!("127.0.0.1:{alertmanager_port}");
@@ -687,7 +617,7 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
     }
 
     // Every metric the dashboards and rules name is one the orchestrator exports.
-    let exported = scrape(&format!("{orch}/metrics")).await;
+    let exported = http_text("GET", &format!("{orch}/metrics"), "").await.1;
     let mut sources: Vec<String> = dashboard_queries().into_iter().map(|(_, _, e)| e).collect();
     sources.push(read("alerts/orchestrator.rules.yml"));
     for source in sources {
@@ -704,5 +634,5 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
         }
     }
 
-    let _ = orchestrator.start_kill();
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
 }

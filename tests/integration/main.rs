@@ -1,6 +1,7 @@
 //! Integration tests: the built binary and the engine driven from outside, as users meet them.
 
 mod api;
+mod binary;
 mod cli;
 mod deploy;
 mod harness;

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,13 +23,9 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::Command;
-use tokio::time::timeout;
 
-const LIMIT: Duration = Duration::from_secs(30);
+use crate::binary::{Orchestrator, http, message};
 
 /// Everything a receiver got: spans with the resource's `service.name`.
 #[derive(Clone, Default)]
@@ -150,64 +145,16 @@ async fn http_server(received: Received, traceparents: Arc<Mutex<Vec<String>>>) 
 /// Runs the orchestrator with `config` and the OTLP variables until it has started, passes one round of
 /// check-now, restarts `worker` through the API, then stops it with SIGTERM (which flushes the spans).
 async fn run_and_stop(config: &str, otlp: &[(&str, &str)]) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("orchestrator.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
-        .args([
-            "run",
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&path)
-        .envs(otlp.iter().copied())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut api = None;
-    timeout(LIMIT, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(line) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            let message = line["fields"]["message"].as_str().unwrap_or_default().to_owned();
-            if message.starts_with("API listening") {
-                api = line["fields"]["address"].as_str().map(|a| format!("http://{a}"));
-            }
-            if message.contains("ready in") {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the orchestrator starts");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let api = api.expect("the API address was logged");
-
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let mut orchestrator = Orchestrator::start_with(config, otlp);
+    let api = orchestrator.api().await;
+    orchestrator.wait_ready().await;
     for path in [
         "/api/orchestration/health/check-now",
         "/api/orchestration/restart/worker",
     ] {
-        let request = hyper::Request::post(format!("{api}{path}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = timeout(LIMIT, client.request(request)).await.unwrap().unwrap();
-        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(http("POST", &format!("{api}{path}"), "").await.0, 200, "{path}");
     }
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = timeout(LIMIT, child.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
 }
 
 fn config(target: &str) -> String {
@@ -356,47 +303,21 @@ async fn a_failed_check_is_an_error_span_and_the_restart_links_to_it() {
          [services.flaky.restart]\ninitial_delay = \"0s\"\nmax_attempts = 1\n",
         marker.display()
     );
-    let path = dir.path().join("orchestrator.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
-        .args([
-            "run",
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&path)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut wait_for = async |text: &str| {
-        timeout(LIMIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains(text) {
-                    return;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no log line with {text:?}"));
-    };
-    wait_for("service ready").await;
+    let otlp = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ];
+    let mut orchestrator = Orchestrator::start_with(&config, &otlp);
+    orchestrator
+        .wait_for("flaky ready", |f| message(f) == "service ready")
+        .await;
     std::fs::remove_file(&marker).unwrap();
-    wait_for("automatic restarts exhausted").await;
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    assert_eq!(
-        timeout(LIMIT, child.wait()).await.unwrap().unwrap().code(),
-        Some(0)
-    );
+    orchestrator
+        .wait_for("restarts exhausted", |f| {
+            message(f).contains("automatic restarts exhausted")
+        })
+        .await;
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
 
     let spans = received.spans();
     let failed_check = find(&spans, "check health")

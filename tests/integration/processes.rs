@@ -10,97 +10,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-use crate::harness::exited;
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// A running orchestrator with its log lines.
-struct Orchestrator {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<Value>,
-    seen: Vec<Value>,
-    _dir: tempfile::TempDir,
-}
-
-impl Orchestrator {
-    fn start(config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("orchestrator.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
-            .args([
-                "run",
-                "--log-format",
-                "json",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-            ])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env_remove("ORCHESTRATOR_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (sender, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                    let _ = sender.send(value);
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("still running")
-    }
-
-    /// Waits for the next log line matching `wanted` and returns its fields.
-    async fn wait_for(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
-        let found = timeout(LIMIT, async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line.clone());
-                if wanted(&line["fields"]) {
-                    return Some(line["fields"].clone());
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(fields)) => fields,
-            _ => panic!("no log line for {what}; saw:\n{}", self.transcript()),
-        }
-    }
-
-    fn transcript(&self) -> String {
-        self.seen
-            .iter()
-            .map(|l| l["fields"].to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-fn message(fields: &Value) -> &str {
-    fields["message"].as_str().unwrap_or_default()
-}
+use crate::binary::{LIMIT, Orchestrator, http, message, signal};
+use crate::harness::exited;
 
 fn is_ready_line(fields: &Value, service: &str) -> bool {
     message(fields) == "service ready" && fields["service"] == service
@@ -154,21 +68,11 @@ fn children_of(parent: u32) -> Vec<(u32, char)> {
     children
 }
 
-fn signal(pid: u32, signal: i32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid as i32, signal);
-    }
-}
-
 #[tokio::test]
 async fn the_demo_topology_starts_and_a_killed_child_is_restarted_without_zombies() {
     let mut orchestrator = Orchestrator::start(&fog_config());
-    orchestrator
-        .wait_for("the startup summary", |f| {
-            message(f).starts_with("10 services ready in")
-        })
-        .await;
+    let summary = orchestrator.wait_ready().await;
+    assert!(message(&summary).starts_with("10 services ready"), "{summary}");
 
     let ready = orchestrator
         .seen
@@ -207,34 +111,21 @@ async fn the_demo_topology_starts_and_a_killed_child_is_restarted_without_zombie
     assert!(children.iter().any(|(pid, _)| *pid == replacement));
     assert!(!children.iter().any(|(pid, _)| *pid == onion));
 
-    signal(orchestrator.pid(), libc::SIGTERM);
-    let status = timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
 }
 
 #[tokio::test]
 async fn sigterm_stops_services_in_reverse_order_and_exits_zero() {
     let mut orchestrator = Orchestrator::start(&fog_config());
-    orchestrator
-        .wait_for("the startup summary", |f| {
-            message(f).starts_with("10 services ready in")
-        })
-        .await;
+    let summary = orchestrator.wait_ready().await;
+    assert!(message(&summary).starts_with("10 services ready"), "{summary}");
     let children: Vec<u32> = children_of(orchestrator.pid())
         .into_iter()
         .map(|(pid, _)| pid)
         .collect();
 
-    signal(orchestrator.pid(), libc::SIGTERM);
-    let status = timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0));
-    while orchestrator
-        .lines
-        .recv()
-        .await
-        .map(|l| orchestrator.seen.push(l))
-        .is_some()
-    {}
+    // stop() has read every remaining log line.
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
 
     let stopped: Vec<String> = orchestrator
         .seen
@@ -267,11 +158,8 @@ async fn sigterm_stops_services_in_reverse_order_and_exits_zero() {
 #[tokio::test]
 async fn no_child_survives_a_sigkill_of_the_orchestrator() {
     let mut orchestrator = Orchestrator::start(&fog_config());
-    orchestrator
-        .wait_for("the startup summary", |f| {
-            message(f).starts_with("10 services ready in")
-        })
-        .await;
+    let summary = orchestrator.wait_ready().await;
+    assert!(message(&summary).starts_with("10 services ready"), "{summary}");
     let children: HashSet<u32> = children_of(orchestrator.pid())
         .into_iter()
         .map(|(pid, _)| pid)
@@ -293,11 +181,8 @@ async fn a_second_sigterm_kills_a_service_that_ignores_the_first() {
         "[services.stubborn]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; exec sleep 1000\"]\n\
          shutdown.timeout = \"1h\"\n",
     );
-    orchestrator
-        .wait_for("the startup summary", |f| {
-            message(f).starts_with("1 service ready in")
-        })
-        .await;
+    let summary = orchestrator.wait_ready().await;
+    assert!(message(&summary).starts_with("1 service ready"), "{summary}");
     let children: Vec<u32> = children_of(orchestrator.pid())
         .into_iter()
         .map(|(pid, _)| pid)
@@ -358,27 +243,6 @@ async fn demo_service(state_dir: &Path) -> (Child, String) {
     (child, url)
 }
 
-async fn http(method: &str, url: &str, body: &str) -> (u16, Value) {
-    let content_type = if body.is_empty() {
-        "text/plain"
-    } else {
-        "application/json"
-    };
-    use http_body_util::{BodyExt, Full};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<bytes::Bytes>>();
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", content_type)
-        .body(Full::new(bytes::Bytes::from(body.to_owned())))
-        .unwrap();
-    let response = timeout(LIMIT, client.request(request)).await.unwrap().unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn demo_service_injects_faults_and_keeps_sticky_ones() {
     let state = tempfile::tempdir().unwrap();
@@ -423,23 +287,12 @@ async fn demo_service_injects_faults_and_keeps_sticky_ones() {
     assert_eq!(timeout(LIMIT, again).await.unwrap().unwrap().code(), Some(1));
 }
 
-/// The API address the orchestrator logged.
-async fn api_address(orchestrator: &mut Orchestrator) -> String {
-    let line = orchestrator
-        .wait_for("the API address", |f| message(f).starts_with("API listening"))
-        .await;
-    format!("http://{}", line["address"].as_str().unwrap())
-}
-
 #[tokio::test]
 async fn the_rest_api_serves_the_seed_shapes_over_a_real_socket() {
     let mut orchestrator = Orchestrator::start(&fog_config());
-    let api = api_address(&mut orchestrator).await;
-    orchestrator
-        .wait_for("the startup summary", |f| {
-            message(f).starts_with("10 services ready in")
-        })
-        .await;
+    let api = orchestrator.api().await;
+    let summary = orchestrator.wait_ready().await;
+    assert!(message(&summary).starts_with("10 services ready"), "{summary}");
 
     let (status, services) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
     assert_eq!(status, 200);
@@ -488,20 +341,15 @@ async fn the_rest_api_serves_the_seed_shapes_over_a_real_socket() {
     let (status, missing) = http("GET", &format!("{api}/api/orchestration/service/ghost"), "").await;
     assert_eq!((status, missing["success"].clone()), (404, Value::Bool(false)));
 
-    signal(orchestrator.pid(), libc::SIGTERM);
-    let status = timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
 }
 
 #[tokio::test]
 async fn promtool_accepts_a_real_scrape() {
     let mut orchestrator = Orchestrator::start(&fog_config());
-    let api = api_address(&mut orchestrator).await;
-    orchestrator
-        .wait_for("the startup summary", |f| {
-            message(f).starts_with("10 services ready in")
-        })
-        .await;
+    let api = orchestrator.api().await;
+    let summary = orchestrator.wait_ready().await;
+    assert!(message(&summary).starts_with("10 services ready"), "{summary}");
     // Some API traffic first, so its series exist too.
     http("GET", &format!("{api}/api/orchestration/services"), "").await;
     let scrape = {
@@ -561,6 +409,5 @@ async fn promtool_accepts_a_real_scrape() {
     );
     assert!(report.trim().is_empty(), "promtool found problems:\n{report}");
 
-    signal(orchestrator.pid(), libc::SIGTERM);
-    timeout(LIMIT, orchestrator.child.wait()).await.unwrap().unwrap();
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
 }

@@ -1,0 +1,174 @@
+//! Driving the built binary: start `fog-orchestrator run` on a config with JSON logs and the API on a port
+//! picked at run time, wait on its log lines, talk HTTP to it, and stop it with a signal.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// How long any one wait on the binary may take.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// A running orchestrator and the JSON log lines it wrote so far.
+pub struct Orchestrator {
+    pub child: Child,
+    pub lines: mpsc::UnboundedReceiver<Value>,
+    pub seen: Vec<Value>,
+    _dir: tempfile::TempDir,
+}
+
+impl Orchestrator {
+    /// `run` on `config`, with `env` added to a clean `ORCHESTRATOR*` environment.
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orchestrator.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
+            .args([
+                "run",
+                "--log-format",
+                "json",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env_remove("ORCHESTRATOR_CONFIG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    let _ = sender.send(value);
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// `run` on `config`.
+    pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
+    /// Waits for the next log line whose fields match `wanted` and returns the fields.
+    pub async fn wait_for(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let found = timeout(LIMIT, async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if wanted(&line["fields"]) {
+                    return Some(line["fields"].clone());
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(fields)) => fields,
+            _ => panic!("no log line for {what}; saw:\n{}", self.transcript()),
+        }
+    }
+
+    /// Waits for the startup summary ("N services ready in ...").
+    pub async fn wait_ready(&mut self) -> Value {
+        self.wait_for("the startup summary", |f| message(f).contains(" ready in "))
+            .await
+    }
+
+    /// The API's base URL, from its log line.
+    pub async fn api(&mut self) -> String {
+        let line = self
+            .wait_for("the API address", |f| message(f).starts_with("API listening"))
+            .await;
+        format!("http://{}", line["address"].as_str().unwrap())
+    }
+
+    /// SIGTERM, then the exit status; the remaining log lines are read into `seen`.
+    pub async fn stop(&mut self) -> ExitStatus {
+        signal(self.pid(), libc::SIGTERM);
+        let status = timeout(LIMIT, self.child.wait()).await.unwrap().unwrap();
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        status
+    }
+
+    pub fn transcript(&self) -> String {
+        self.seen
+            .iter()
+            .map(|l| l["fields"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The `message` field of a log line's fields.
+pub fn message(fields: &Value) -> &str {
+    fields["message"].as_str().unwrap_or_default()
+}
+
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// One HTTP request; the status and the body as text. A refused connection (a server still starting) is
+/// status 0 with an empty body.
+pub async fn http_text(method: &str, url: &str, body: &str) -> (u16, String) {
+    let content_type = if body.is_empty() {
+        "text/plain"
+    } else {
+        "application/json"
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let Ok(Ok(response)) = timeout(LIMIT, client.request(request)).await else {
+        return (0, String::new());
+    };
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// One HTTP request; the status and the body as JSON (`Null` when it is not JSON).
+pub async fn http(method: &str, url: &str, body: &str) -> (u16, Value) {
+    let (status, text) = http_text(method, url, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
