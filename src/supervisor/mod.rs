@@ -374,11 +374,14 @@ impl SupervisorBuilder {
                     let name = handle.name();
                     let mut optional: Vec<Peer> =
                         graph.optional_dependencies(name).into_iter().map(peer).collect();
-                    // `priority = p` waits, in the optional sense, for every service of a layer below p.
+                    // `priority = p` waits, in the optional sense, for every service of a layer below p
+                    // (each peer once: the actor reads all of them at the same time).
                     let priority = handle.spec.priority;
+                    let required = graph.dependencies(name);
                     for other in &handles {
                         if other.layer < priority
                             && other.name() != name
+                            && !required.contains(&other.name())
                             && !optional.iter().any(|p| p.name == other.name())
                         {
                             optional.push(peer(other.name()));

@@ -679,3 +679,24 @@ async fn in_process_services_must_be_declared_without_a_command() {
         .start();
     assert!(result.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn priority_waits_for_lower_layers_and_a_required_dependency_counts_once() {
+    let world = World::default();
+    world.set("db", |b| b.ready_after = Duration::from_millis(300));
+    world.set("cache", |b| b.ready_after = Duration::from_millis(500));
+    let supervisor = supervise(
+        &world,
+        "[services.db]\ncommand = [\"fake\"]\nhealth.http = \"http://fake/\"\n\
+         [services.cache]\ncommand = [\"fake\"]\nhealth.http = \"http://fake/\"\n\
+         [services.api]\npriority = 1\ndepends_on = [\"db\"]\ncommand = [\"fake\"]\n",
+    );
+    let start = Instant::now();
+    within(10 * SECOND, supervisor.initialized()).await;
+    // api depends on db only, but priority 1 also makes it wait (optionally) for cache in layer 0.
+    let api_launched = ms(world.launches("api")[0] - start);
+    assert!(
+        (500..=520).contains(&api_launched),
+        "api launched at {api_launched} ms"
+    );
+}

@@ -561,11 +561,12 @@ impl Actor {
     }
 
     fn gate(&self) -> Gate {
-        let required: Vec<(String, Snapshot)> = peers(&self.parts.required);
-        let optional: Vec<(String, Snapshot)> = peers(&self.parts.optional);
+        // Read guards, not copies: a service with a high priority watches every service below it.
+        let required = borrow_all(&self.parts.required);
+        let optional = borrow_all(&self.parts.optional);
         gate::evaluate(
-            required.iter().map(|(n, s)| (n.as_str(), s)),
-            optional.iter().map(|(n, s)| (n.as_str(), s)),
+            required.iter().map(|(n, s)| (*n, &**s)),
+            optional.iter().map(|(n, s)| (*n, &**s)),
         )
     }
 
@@ -645,9 +646,9 @@ impl Actor {
     }
 }
 
-fn peers(list: &[Peer]) -> Vec<(String, Snapshot)> {
+fn borrow_all(list: &[Peer]) -> Vec<(&str, watch::Ref<'_, Snapshot>)> {
     list.iter()
-        .map(|peer| (peer.name.clone(), peer.snapshot.borrow().clone()))
+        .map(|peer| (peer.name.as_str(), peer.snapshot.borrow()))
         .collect()
 }
 
