@@ -1,7 +1,7 @@
 //! Supervision: one actor per service, started in dependency order, health-checked, restarted with backoff,
 //! stopped in reverse order.
 //!
-//! [`Supervisor::builder`] spawns an actor task per service ([`actor`]). Each actor owns its instance and
+//! [`Supervisor::builder`] spawns an actor task per service (module `actor`). Each actor owns its instance and
 //! counters, receives [`Command`]s on a bounded channel (with a oneshot reply), and publishes a
 //! [`Snapshot`] through a `watch` channel; [`ServiceHandle`] is the cloneable way in. Actors gate their own
 //! start on their dependencies' snapshots ([`gate`]), so every service starts as soon as its dependencies

@@ -3,7 +3,7 @@
 //!
 //! The batch processor exports from its own thread, which has no Tokio runtime. The HTTP exporter uses the
 //! blocking reqwest client, which needs none. The gRPC (tonic) exporter does, so it is wrapped in
-//! [`OnOwnRuntime`], which gives it a small runtime of its own.
+//! `OnOwnRuntime`, which gives it a small runtime of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
