@@ -23,7 +23,7 @@ const SHUTDOWN_REPORT_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The API address is taken or not ours.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Listen {
         /// The configured address.
         address: SocketAddr,
