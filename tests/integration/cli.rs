@@ -214,3 +214,14 @@ fn unknown_arguments_are_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("svg"));
 }
+
+#[test]
+fn run_refuses_a_taken_api_address_before_starting_anything() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = run(&["run", "--listen", &address]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(text.contains(&format!("cannot listen on {address}")), "{text}");
+    assert!(!text.contains("service ready"), "no service was started: {text}");
+}
