@@ -44,6 +44,8 @@ const API_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
+/// Options for one metric. Every name, help text and label set in this file is a constant, so building a
+/// metric cannot fail at run time (each test that starts a supervisor builds them all); hence `expect`.
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NAMESPACE)
 }
