@@ -67,6 +67,10 @@ async fn get(api: &Api, path: &str) -> Response {
     call(api, Method::GET, path, None, None).await
 }
 
+async fn delete(api: &Api, path: &str) -> Response {
+    call(api, Method::DELETE, path, None, None).await
+}
+
 async fn post(api: &Api, path: &str, body: Value) -> Response {
     call(
         api,
@@ -394,24 +398,10 @@ async fn the_registry_over_http() {
 
     let configured = post(&api, "/api/orchestration/registry", json!({"name": "dao"})).await;
     assert_eq!(configured.status, StatusCode::CONFLICT);
-    let deconfigured = call(
-        &api,
-        Method::DELETE,
-        "/api/orchestration/registry/dao",
-        None,
-        None,
-    )
-    .await;
+    let deconfigured = delete(&api, "/api/orchestration/registry/dao").await;
     assert_eq!(deconfigured.status, StatusCode::CONFLICT);
 
-    let removed = call(
-        &api,
-        Method::DELETE,
-        "/api/orchestration/registry/cache",
-        None,
-        None,
-    )
-    .await;
+    let removed = delete(&api, "/api/orchestration/registry/cache").await;
     assert_eq!(removed.status, StatusCode::OK);
     assert_eq!(
         get(&api, "/api/orchestration/registry/cache").await.status,
@@ -613,14 +603,7 @@ async fn a_token_guards_every_post_and_delete() {
     )
     .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
-    let delete = call(
-        &api,
-        Method::DELETE,
-        "/api/orchestration/registry/dao",
-        None,
-        None,
-    )
-    .await;
+    let delete = delete(&api, "/api/orchestration/registry/dao").await;
     assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
     assert_eq!(service(&supervisor, "dao").snapshot().restart_count, 0);
 
