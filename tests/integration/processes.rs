@@ -46,6 +46,11 @@ fn fog_config() -> String {
     text + "\n[defaults.restart]\ninitial_delay = \"100ms\"\n"
 }
 
+/// Process ids of the direct children of `parent`.
+fn child_pids(parent: u32) -> Vec<u32> {
+    children_of(parent).into_iter().map(|(pid, _)| pid).collect()
+}
+
 /// Direct children of `parent` with their state letter (R, S, Z, ...), from /proc.
 fn children_of(parent: u32) -> Vec<(u32, char)> {
     let mut children = Vec::new();
@@ -119,10 +124,7 @@ async fn sigterm_stops_services_in_reverse_order_and_exits_zero() {
     let mut orchestrator = Orchestrator::start(&fog_config());
     let summary = orchestrator.wait_ready().await;
     assert!(message(&summary).starts_with("10 services ready"), "{summary}");
-    let children: Vec<u32> = children_of(orchestrator.pid())
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect();
+    let children: Vec<u32> = child_pids(orchestrator.pid()).into_iter().collect();
 
     // stop() has read every remaining log line.
     assert_eq!(orchestrator.stop().await.code(), Some(0));
@@ -160,10 +162,7 @@ async fn no_child_survives_a_sigkill_of_the_orchestrator() {
     let mut orchestrator = Orchestrator::start(&fog_config());
     let summary = orchestrator.wait_ready().await;
     assert!(message(&summary).starts_with("10 services ready"), "{summary}");
-    let children: HashSet<u32> = children_of(orchestrator.pid())
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect();
+    let children: HashSet<u32> = child_pids(orchestrator.pid()).into_iter().collect();
     assert_eq!(children.len(), 10);
 
     orchestrator.child.start_kill().unwrap();
@@ -183,10 +182,7 @@ async fn a_second_sigterm_kills_a_service_that_ignores_the_first() {
     );
     let summary = orchestrator.wait_ready().await;
     assert!(message(&summary).starts_with("1 service ready"), "{summary}");
-    let children: Vec<u32> = children_of(orchestrator.pid())
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect();
+    let children: Vec<u32> = child_pids(orchestrator.pid()).into_iter().collect();
     assert_eq!(children.len(), 1);
 
     signal(orchestrator.pid(), libc::SIGTERM);
