@@ -33,6 +33,8 @@ struct Record {
     heartbeats: u64,
     timeouts: u64,
     deadline: Option<Key>,
+    /// Its process runs: heartbeated every interval by the sweep.
+    process_alive: bool,
 }
 
 pub(super) struct RegistryActor {
@@ -74,6 +76,7 @@ impl RegistryActor {
                     heartbeats: 0,
                     timeouts: 0,
                     deadline: None,
+                    process_alive: false,
                 };
                 (spec.name.clone(), record)
             })
@@ -93,9 +96,14 @@ impl RegistryActor {
     }
 
     pub(super) async fn run(mut self) {
+        // One timer for every running process's heartbeat, instead of one per service.
+        let mut sweep =
+            tokio::time::interval_at(Instant::now() + self.heartbeat_interval, self.heartbeat_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
+                _ = sweep.tick() => self.heartbeat_running_processes(),
                 Some(notice) = self.notices.recv() => self.on_notice(notice),
                 request = self.requests.recv() => match request {
                     Some(request) => self.on_request(request),
@@ -110,8 +118,14 @@ impl RegistryActor {
 
     fn on_notice(&mut self, notice: Notice) {
         match notice {
-            Notice::Alive(name) => {
-                let _ = self.heartbeat(&name);
+            Notice::Alive(name) => self.beat(&name),
+            Notice::Process(name, alive) => {
+                if let Some(record) = self.records.get_mut(&name) {
+                    record.process_alive = alive;
+                }
+                if alive {
+                    self.beat(&name);
+                }
             }
             Notice::State(name, state) => {
                 if let Some(record) = self.records.get_mut(&name) {
@@ -174,10 +188,33 @@ impl RegistryActor {
         );
     }
 
+    fn heartbeat_running_processes(&mut self) {
+        let running: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.process_alive)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in running {
+            self.beat(&name);
+        }
+    }
+
+    /// A heartbeat from the service, answered with its entry.
     fn heartbeat(&mut self, name: &str) -> Result<RegistryEntry, RegistryError> {
+        if !self.records.contains_key(name) {
+            return Err(RegistryError::UnknownService(name.to_owned()));
+        }
+        self.beat(name);
+        let record = &self.records[name];
+        Ok(self.entry(name, record, Instant::now()))
+    }
+
+    /// Records one heartbeat of `name` (unknown names are ignored).
+    fn beat(&mut self, name: &str) {
         let now = Instant::now();
         let Some(record) = self.records.get_mut(name) else {
-            return Err(RegistryError::UnknownService(name.to_owned()));
+            return;
         };
         record.last_heartbeat = Some(now);
         record.heartbeats += 1;
@@ -190,8 +227,6 @@ impl RegistryActor {
             Some(key) => self.deadlines.reset(key, self.heartbeat_timeout),
             None => record.deadline = Some(self.deadlines.insert(name.to_owned(), self.heartbeat_timeout)),
         }
-        let record = &self.records[name];
-        Ok(self.entry(name, record, now))
     }
 
     fn register(&mut self, registration: Registration) -> Result<RegistryEntry, RegistryError> {
@@ -238,6 +273,7 @@ impl RegistryActor {
                     heartbeats: 0,
                     timeouts: 0,
                     deadline: None,
+                    process_alive: false,
                 };
                 self.records.insert(name.clone(), record);
             }

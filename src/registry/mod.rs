@@ -49,6 +49,8 @@ enum Notice {
     Alive(String),
     /// A managed service changed lifecycle state.
     State(String, &'static str),
+    /// A managed service's process started (true) or ended (false).
+    Process(String, bool),
 }
 
 /// The way in to the registry. Cheap to clone.
@@ -110,6 +112,12 @@ impl RegistryHandle {
     /// The engine observed `name` alive (never waits).
     pub fn observed_alive(&self, name: &str) {
         let _ = self.notices.send(Notice::Alive(name.to_owned()));
+    }
+
+    /// The process of `name` started or ended (never waits). While it runs, the registry records a
+    /// heartbeat for it every heartbeat interval.
+    pub fn process_alive(&self, name: &str, alive: bool) {
+        let _ = self.notices.send(Notice::Process(name.to_owned(), alive));
     }
 
     /// The engine moved `name` to `state` (never waits).

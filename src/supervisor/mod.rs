@@ -419,6 +419,7 @@ impl SupervisorBuilder {
                 prober: prober.clone(),
                 clock,
                 heartbeat_timeout: config.registry.heartbeat_timeout,
+                heartbeat_interval: config.registry.heartbeat_interval,
                 registry: registry.clone(),
                 metrics: handle.metrics.clone(),
                 commands,

@@ -102,9 +102,17 @@ impl Actor {
                 tracing::warn!(parent: span, service = self.name(), message = %result.message, "heartbeat timeout");
             }
         }
-        if passed && self.parts.spec.probe != Some(Probe::Heartbeat) {
-            // A passing check is the engine observing the service alive.
-            self.parts.registry.observed_alive(&self.parts.spec.name);
+        if passed && self.instance.is_none() && self.parts.spec.probe != Some(Probe::Heartbeat) {
+            // A passing check of a service without a process of ours is the engine observing it alive
+            // (processes are heartbeated while they run). At most one per quarter heartbeat interval.
+            let spacing = self.parts.heartbeat_interval / 4;
+            if self
+                .last_alive_notice
+                .is_none_or(|at| now.duration_since(at) >= spacing)
+            {
+                self.last_alive_notice = Some(now);
+                self.parts.registry.observed_alive(&self.parts.spec.name);
+            }
         }
         match self.health.status() {
             HealthStatus::Healthy => {

@@ -67,6 +67,7 @@ pub(super) struct ActorParts {
     pub prober: Arc<dyn Prober>,
     pub clock: Clock,
     pub heartbeat_timeout: Duration,
+    pub heartbeat_interval: Duration,
     pub registry: RegistryHandle,
     pub metrics: ServiceMetrics,
     pub commands: mpsc::Receiver<Command>,
@@ -94,6 +95,7 @@ pub(super) struct Actor {
     healthy_since: Option<Instant>,
     launched_at: Instant,
     started_once: bool,
+    last_alive_notice: Option<Instant>,
     start_span: Option<tracing::Span>,
     restart_span: Option<tracing::Span>,
     last_failure: Option<opentelemetry::trace::SpanContext>,
@@ -114,6 +116,7 @@ impl Actor {
             healthy_since: None,
             launched_at: now,
             started_once: false,
+            last_alive_notice: None,
             start_span: None,
             restart_span: None,
             last_failure: None,
@@ -197,6 +200,7 @@ impl Actor {
                 Ok(instance) => {
                     self.snapshot.pid = instance.pid();
                     self.instance = Some(instance);
+                    self.set_process_alive(true);
                     self.publish();
                 }
                 Err(error) => {
@@ -272,12 +276,7 @@ impl Actor {
                         return next;
                     }
                 }
-                _ = tick.tick(), if self.check.is_none() => {
-                    self.observe_process_alive();
-                    if checks {
-                        self.check = Some(self.check_future(true));
-                    }
-                }
+                _ = tick.tick(), if checks && self.check.is_none() => self.check = Some(self.check_future(true)),
                 () = sleep_until(reset_at.unwrap_or_else(Instant::now)), if reset_at.is_some() => {
                     tracing::info!(service = self.name(), attempts = self.snapshot.attempts, "healthy long enough: restart attempts reset");
                     self.snapshot.attempts = 0;
@@ -353,7 +352,6 @@ impl Actor {
         self.snapshot.settled = true;
         self.snapshot.ready_since = Some(self.parts.clock.now());
         self.healthy_since = (self.health.status() != HealthStatus::Unhealthy).then_some(now);
-        self.observe_process_alive();
         tracing::info!(
             service = self.name(),
             layer = self.parts.layer,
@@ -378,6 +376,7 @@ impl Actor {
     /// The instance exited on its own.
     async fn on_exit(&mut self, status: Exit) -> Phase {
         self.instance = None;
+        self.set_process_alive(false);
         self.snapshot.pid = None;
         let message = format!("process {status}");
         tracing::warn!(service = self.name(), %status, "service exited unexpectedly");
@@ -500,6 +499,7 @@ impl Actor {
         let Some(instance) = self.instance.take() else {
             return;
         };
+        self.set_process_alive(false);
         let parent = self.restart_span.as_ref().and_then(tracing::Span::id);
         let span = tracing::info_span!(
             parent: parent,
@@ -552,11 +552,12 @@ impl Actor {
 
     // ---- helpers -------------------------------------------------------------------------------------------
 
-    /// A process still running is a process observed alive: a heartbeat, whatever its checks say (they
-    /// have their own alerts). Services with the `heartbeat` probe send their own heartbeats.
-    fn observe_process_alive(&self) {
-        if self.instance.is_some() && self.parts.spec.probe != Some(Probe::Heartbeat) {
-            self.parts.registry.observed_alive(&self.parts.spec.name);
+    /// Tells the registry whether this service's process runs: while it does, the registry records a
+    /// heartbeat for it every heartbeat interval, whatever its checks say (they have their own alerts).
+    /// Services with the `heartbeat` probe send their own heartbeats.
+    fn set_process_alive(&self, alive: bool) {
+        if self.parts.spec.probe != Some(Probe::Heartbeat) {
+            self.parts.registry.process_alive(&self.parts.spec.name, alive);
         }
     }
 
