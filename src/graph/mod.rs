@@ -221,11 +221,6 @@ impl DependencyGraph {
         self.entries.is_empty()
     }
 
-    /// Whether `name` is a service of the graph.
-    pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
-    }
-
     /// Service names in declaration order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|entry| entry.name.as_str())

@@ -11,8 +11,6 @@
 mod actor;
 mod types;
 
-use std::time::Duration;
-
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -133,11 +131,6 @@ impl RegistryHandle {
             .map_err(|_| RegistryError::Unavailable)?;
         answer.await.map_err(|_| RegistryError::Unavailable)
     }
-}
-
-/// Whether a heartbeat at `last` is recent enough at `now`.
-pub fn is_alive(last: Option<Instant>, timeout: Duration, now: Instant) -> bool {
-    last.is_some_and(|at| now.saturating_duration_since(at) <= timeout)
 }
 
 #[cfg(test)]

@@ -165,11 +165,6 @@ impl ServiceHandle {
         self.snapshot.borrow().clone()
     }
 
-    /// A receiver of every snapshot change.
-    pub fn watch(&self) -> watch::Receiver<Snapshot> {
-        self.snapshot.clone()
-    }
-
     /// Waits until the snapshot satisfies `condition` (or the actor is gone), returning it.
     pub async fn wait_for(&self, condition: impl FnMut(&Snapshot) -> bool) -> Snapshot {
         let mut receiver = self.snapshot.clone();
@@ -584,11 +579,6 @@ impl Supervisor {
     pub fn force_shutdown(&self) {
         self.shutdown.cancel();
         self.force.cancel();
-    }
-
-    /// Whether a shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled()
     }
 
     /// Shuts down gracefully and waits until every actor has stopped its service, logging every

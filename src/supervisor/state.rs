@@ -111,13 +111,6 @@ pub enum Exit {
     Error(String),
 }
 
-impl Exit {
-    /// Whether this is a clean exit (code 0).
-    pub fn is_success(&self) -> bool {
-        *self == Exit::Code(0)
-    }
-}
-
 impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

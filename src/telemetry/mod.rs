@@ -87,16 +87,6 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
     Telemetry { pipeline }
 }
 
-/// Installs only the log layer (tests and tools that never export traces).
-pub fn init_logging(format: LogFormat) {
-    let settings = TelemetrySettings {
-        log_format: format,
-        otlp_endpoint: None,
-        otlp_protocol: crate::config::OtlpProtocol::Grpc,
-    };
-    let _ = init(&settings);
-}
-
 /// Writes the W3C `traceparent` (and `tracestate`) of the current span into outgoing HTTP headers, so a
 /// probed service's own spans join the check's trace. Writes nothing when traces are not exported.
 pub fn inject_trace_context(headers: &mut hyper::HeaderMap) {
