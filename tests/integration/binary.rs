@@ -172,3 +172,19 @@ pub async fn http(method: &str, url: &str, body: &str) -> (u16, Value) {
     let (status, text) = http_text(method, url, body).await;
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// A free port on 127.0.0.1 for a server the test must name before it starts (a service in a config, a
+/// Prometheus). Picked at random below the kernel's ephemeral range (32768 and up on Linux), so a server
+/// another test binds to port 0 meanwhile cannot be handed the same port, and never handed out twice by
+/// this test binary; it was free when checked.
+pub fn spare_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let port = fastrand::u16(20_000..32_000);
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+}

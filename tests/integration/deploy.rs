@@ -4,7 +4,6 @@
 //! the shipped files) and a real Alertmanager receives the alerts.
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
 
-use crate::binary::{Orchestrator, http, http_text};
+use crate::binary::{Orchestrator, http, http_text, spare_port};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -284,15 +283,6 @@ fn dashboards_follow_the_conventions() {
     assert_eq!(uids.len(), 2);
 }
 
-/// A port the kernel just handed out (for servers that cannot report a port picked at bind time).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn get_json(url: &str) -> Value {
     http("GET", url, "").await.1
 }
@@ -439,13 +429,13 @@ fn urlencode(text: &str) -> String {
 #[tokio::test]
 async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
     let dir = tempfile::tempdir().unwrap();
-    let (web, api_service, slow, crashy) = (free_port(), free_port(), free_port(), free_port());
+    let (web, api_service, slow, crashy) = (spare_port(), spare_port(), spare_port(), spare_port());
     let state = dir.path().join("demo-state");
     let mut orchestrator = Orchestrator::start(&orchestrator_config(web, api_service, slow, crashy, &state));
     let orch = orchestrator.api().await;
     let address = orch.trim_start_matches("http://").to_owned();
 
-    let (prometheus_port, alertmanager_port) = (free_port(), free_port());
+    let (prometheus_port, alertmanager_port) = (spare_port(), spare_port());
     let alertmanager_address = format!("127.0.0.1:{alertmanager_port}");
     let rules = fast_rules(dir.path());
     let prometheus_config = prometheus_config(dir.path(), &address, &alertmanager_address, &rules);

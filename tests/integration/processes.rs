@@ -3,7 +3,6 @@
 //! orchestrator's own JSON log lines and on process exits, never on fixed sleeps.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,26 +12,18 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
 
-use crate::binary::{LIMIT, Orchestrator, http, message, signal};
+use crate::binary::{LIMIT, Orchestrator, http, message, signal, spare_port};
 use crate::harness::exited;
 
 fn is_ready_line(fields: &Value, service: &str) -> bool {
     message(fields) == "service ready" && fields["service"] == service
 }
 
-/// Ten free ports on 127.0.0.1, picked by the kernel.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
 /// examples/fog.toml with its ports replaced by free ones, restarts after 100 ms.
 fn fog_config() -> String {
     let mut text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fog.toml")).unwrap();
-    for (offset, port) in free_ports(10).into_iter().enumerate() {
+    for (offset, port) in (0..10).map(|_| spare_port()).enumerate() {
         text = text.replace(
             &format!("127.0.0.1:{}", 7100 + offset),
             &format!("127.0.0.1:{port}"),
