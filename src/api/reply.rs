@@ -85,6 +85,7 @@ impl From<ControlError> for ApiError {
             ControlError::Refused { .. }
             | ControlError::NotManaged(_)
             | ControlError::Blocked { .. }
+            | ControlError::Busy(_)
             | ControlError::Stopped(_) => StatusCode::CONFLICT,
             ControlError::StartFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

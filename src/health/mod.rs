@@ -237,8 +237,9 @@ impl HealthTracker {
         self.uptime.percent_healthy(window, now)
     }
 
-    /// Applies one probe outcome. Degraded below the failure threshold, unhealthy at it; a degraded service
-    /// is healthy again on its next pass, an unhealthy one after `recovery_threshold` consecutive passes.
+    /// Applies one probe outcome. Degraded below the failure threshold, unhealthy at it; back to healthy
+    /// from degraded or unhealthy only after `recovery_threshold` consecutive passes (a flapping service
+    /// stays degraded). The first pass of a new instance (status unknown) is its readiness: healthy.
     pub fn record(
         &mut self,
         service: &str,
@@ -251,15 +252,15 @@ impl HealthTracker {
         if outcome.passed {
             self.consecutive_failures = 0;
             self.consecutive_successes = self.consecutive_successes.saturating_add(1);
-            let recovered =
-                from != HealthStatus::Unhealthy || self.consecutive_successes >= self.recovery_threshold;
+            let recovered = matches!(from, HealthStatus::Unknown | HealthStatus::Healthy)
+                || self.consecutive_successes >= self.recovery_threshold;
             if recovered {
                 self.status = HealthStatus::Healthy;
             }
         } else {
             self.consecutive_successes = 0;
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-            // Below the threshold a healthy service is degraded; an unhealthy one stays unhealthy.
+            // Below the threshold a service is degraded; an unhealthy one stays unhealthy.
             let at_threshold = self.consecutive_failures >= self.failure_threshold;
             self.status = if at_threshold || from == HealthStatus::Unhealthy {
                 HealthStatus::Unhealthy
@@ -275,7 +276,7 @@ impl HealthTracker {
             timestamp,
             message: outcome.message,
             details: outcome.details,
-            response_time_ms: elapsed.as_secs_f64() * 1e3,
+            response_time_ms: milliseconds(elapsed),
         };
         self.push(result.clone());
         (result, self.set(from, now))
@@ -309,6 +310,14 @@ impl HealthTracker {
         (result, self.set(from, now))
     }
 
+    /// The process of a service without a probe runs: healthy (its liveness is the process).
+    pub fn process_running(&mut self, now: Instant) -> Option<Transition> {
+        let from = self.status;
+        self.consecutive_failures = 0;
+        self.status = HealthStatus::Healthy;
+        self.set(from, now)
+    }
+
     /// Forget the counts (a new instance starts, or the service was stopped): status unknown, history kept.
     pub fn reset(&mut self, now: Instant) -> Option<Transition> {
         let from = self.status;
@@ -332,6 +341,11 @@ impl HealthTracker {
             to: self.status,
         })
     }
+}
+
+/// `elapsed` in milliseconds, rounded to the microsecond (what a probe's timing can honestly claim).
+pub fn milliseconds(elapsed: Duration) -> f64 {
+    elapsed.as_micros() as f64 / 1e3
 }
 
 /// The system's health from every service's: unhealthy if any is; else degraded if any is degraded or not

@@ -69,11 +69,60 @@ fn degraded_below_the_failure_threshold_unhealthy_at_it() {
 }
 
 #[test]
-fn a_degraded_service_is_healthy_on_its_next_pass() {
+fn a_degraded_service_needs_recovery_threshold_passes_too() {
     let mut harness = Harness::new(3, 2);
+    harness.check(true);
     harness.check(false);
-    assert_eq!(harness.check(true), HealthStatus::Healthy);
+    assert_eq!(harness.check(true), HealthStatus::Degraded);
     assert_eq!(harness.tracker.consecutive_failures(), 0);
+    assert_eq!(harness.check(true), HealthStatus::Healthy);
+}
+
+#[test]
+fn a_flapping_service_stays_degraded() {
+    let mut harness = Harness::new(3, 2);
+    harness.check(true);
+    for _ in 0..20 {
+        assert_eq!(harness.check(false), HealthStatus::Degraded);
+        assert_eq!(harness.check(true), HealthStatus::Degraded);
+    }
+}
+
+#[test]
+fn the_first_pass_of_a_new_instance_is_readiness_not_recovery() {
+    let mut harness = Harness::new(3, 5);
+    assert_eq!(harness.check(true), HealthStatus::Healthy);
+    harness.check(false);
+    harness.tracker.reset(harness.now);
+    assert_eq!(harness.check(true), HealthStatus::Healthy);
+}
+
+#[test]
+fn a_service_without_a_probe_is_healthy_while_its_process_runs() {
+    let mut harness = Harness::new(3, 2);
+    harness.now += Duration::from_secs(60);
+    let transition = harness.tracker.process_running(harness.now);
+    assert_eq!(
+        transition,
+        Some(Transition {
+            from: HealthStatus::Unknown,
+            to: HealthStatus::Healthy
+        })
+    );
+    harness.now += Duration::from_secs(60);
+    let uptime = harness
+        .tracker
+        .uptime_percent(Duration::from_secs(3600), harness.now);
+    assert!(uptime > 0.0, "uptime counts the time it ran: {uptime}");
+}
+
+#[test]
+fn response_times_are_rounded_to_the_microsecond() {
+    assert_eq!(milliseconds(Duration::from_nanos(1_396_232_123)), 1396.232);
+    assert_eq!(
+        serde_json::to_string(&milliseconds(Duration::from_nanos(1_396_232_000))).unwrap(),
+        "1396.232"
+    );
 }
 
 #[test]

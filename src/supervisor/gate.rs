@@ -12,7 +12,12 @@ pub enum Gate {
     /// Every dependency allows the start.
     Open,
     /// A dependency is still on its way up; the start waits for it.
-    Waiting(String),
+    Waiting {
+        /// The dependency.
+        dependency: String,
+        /// It is a required dependency (not an optional one or a lower-priority service).
+        required: bool,
+    },
     /// A required dependency settled without being ready (failed, stopped, down): the start waits for it
     /// to recover, and the startup sequence no longer waits for this service.
     Blocked(String),
@@ -34,20 +39,42 @@ pub fn evaluate<'a>(
         }
         waiting.get_or_insert_with(|| name.to_owned());
     }
-    if let Some(name) = waiting {
-        return Gate::Waiting(name);
+    if let Some(dependency) = waiting {
+        return Gate::Waiting {
+            dependency,
+            required: true,
+        };
     }
     for (name, snapshot) in optional {
         if !(snapshot.ready || snapshot.settled) {
-            return Gate::Waiting(name.to_owned());
+            return Gate::Waiting {
+                dependency: name.to_owned(),
+                required: false,
+            };
         }
     }
     Gate::Open
 }
 
+/// The first required dependency being stopped on request, if any: its running dependents stop first and
+/// wait in `pending` until it is ready again.
+pub fn held_by<'a>(required: impl IntoIterator<Item = (&'a str, &'a Snapshot)>) -> Option<String> {
+    required
+        .into_iter()
+        .find(|(_, snapshot)| snapshot.stop_requested)
+        .map(|(name, _)| name.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn waiting(dependency: &str, required: bool) -> Gate {
+        Gate::Waiting {
+            dependency: dependency.into(),
+            required,
+        }
+    }
 
     fn snapshot(ready: bool, settled: bool) -> Snapshot {
         Snapshot {
@@ -65,7 +92,7 @@ mod tests {
     #[test]
     fn a_required_dependency_must_be_ready() {
         let starting = snapshot(false, false);
-        assert_eq!(evaluate([("db", &starting)], []), Gate::Waiting("db".into()));
+        assert_eq!(evaluate([("db", &starting)], []), waiting("db", true));
         let ready = snapshot(true, true);
         assert_eq!(evaluate([("db", &ready)], []), Gate::Open);
     }
@@ -85,7 +112,7 @@ mod tests {
         let starting = snapshot(false, false);
         let failed = snapshot(false, true);
         let ready = snapshot(true, true);
-        assert_eq!(evaluate([], [("p2p", &starting)]), Gate::Waiting("p2p".into()));
+        assert_eq!(evaluate([], [("p2p", &starting)]), waiting("p2p", false));
         assert_eq!(evaluate([], [("p2p", &failed)]), Gate::Open);
         assert_eq!(evaluate([], [("p2p", &ready)]), Gate::Open);
     }
@@ -95,7 +122,7 @@ mod tests {
         let starting = snapshot(false, false);
         assert_eq!(
             evaluate([("db", &starting)], [("p2p", &starting)]),
-            Gate::Waiting("db".into())
+            waiting("db", true)
         );
     }
 }

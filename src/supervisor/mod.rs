@@ -13,6 +13,7 @@ mod actor;
 pub mod backoff;
 pub mod gate;
 pub mod launcher;
+pub mod lifecycle;
 pub mod state;
 
 use std::collections::HashMap;
@@ -100,6 +101,9 @@ pub enum ControlError {
         /// The dependency it waits on.
         dependency: String,
     },
+    /// It is being stopped; ask again once it has.
+    #[error("service {0:?} is stopping; try again once it has stopped")]
+    Busy(String),
     /// The start failed.
     #[error("service {service:?} did not start: {error}")]
     StartFailed {
@@ -389,17 +393,18 @@ impl SupervisorBuilder {
                             .into_iter()
                             .map(peer)
                             .collect(),
+                        required_dependents: graph
+                            .dependents(name)
+                            .into_iter()
+                            .filter(|dependent| graph.dependencies(dependent).contains(&name))
+                            .map(peer)
+                            .collect(),
                     }
                 })
                 .collect()
         });
         metrics.set_dependency_resolution(started_resolving.elapsed());
         drop(resolving);
-        let required: Vec<Vec<usize>> = handles
-            .iter()
-            .map(|h| graph.dependencies(h.name()).iter().map(|d| index[*d]).collect())
-            .collect();
-
         for ((handle, (publish, commands)), gates) in handles.iter().zip(senders).zip(gates) {
             let name = handle.name();
             let launcher: Option<Arc<dyn Launcher>> = match in_process.remove(name) {
@@ -423,6 +428,7 @@ impl SupervisorBuilder {
                 required: gates.required,
                 optional: gates.optional,
                 dependents: gates.dependents,
+                required_dependents: gates.required_dependents,
                 shutdown: shutdown.clone(),
                 force: force.clone(),
                 boot,
@@ -447,7 +453,7 @@ impl SupervisorBuilder {
             supervisor.clone().log_startup_summary(),
             startup_span,
         ));
-        tokio::spawn(supervisor.clone().track_dependencies(required));
+        tokio::spawn(supervisor.clone().track_readiness());
         Ok(supervisor)
     }
 }
@@ -457,6 +463,7 @@ struct Gates {
     required: Vec<Peer>,
     optional: Vec<Peer>,
     dependents: Vec<Peer>,
+    required_dependents: Vec<Peer>,
 }
 
 /// The services that must stop before `service` does: its dependents, and every service whose `priority`
@@ -610,16 +617,12 @@ impl Supervisor {
         }
     }
 
-    /// Keeps `service_dependency_blocked`, `ready` and `initialized` current: they change only when some
-    /// service's readiness does, which is when the shared change counter moves.
-    async fn track_dependencies(self, required: Vec<Vec<usize>>) {
+    /// Keeps `ready` and `initialized` current: they change only when some service's readiness does, which
+    /// is when the shared change counter moves. (`service_dependency_blocked` is each actor's, published
+    /// with `waiting_on`.)
+    async fn track_readiness(self) {
         let mut changes = self.changes.clone();
         loop {
-            let ready: Vec<bool> = self.services.iter().map(|s| s.snapshot.borrow().ready).collect();
-            for (service, dependencies) in self.services.iter().zip(&required) {
-                let blocked = dependencies.iter().any(|&d| !ready[d]);
-                service.metrics.set_blocked(blocked);
-            }
             self.metrics.set_readiness(self.is_ready(), self.is_initialized());
             if changes.changed().await.is_err() {
                 return;

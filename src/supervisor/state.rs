@@ -155,8 +155,13 @@ pub struct Snapshot {
     pub last_restart: Option<SystemTime>,
     /// Why the last restart happened.
     pub last_restart_reason: Option<RestartReason>,
-    /// The last error: a crash, a failed start, a failed check.
+    /// The last real failure: a crash, a failed start, a failed check after readiness (never a probe of
+    /// an instance that was still starting).
     pub last_error: Option<String>,
+    /// When the last error happened.
+    pub last_error_at: Option<SystemTime>,
+    /// Stopped, or being stopped, on request: its running required dependents stop first and wait.
+    pub stop_requested: bool,
     /// The required dependency this service waits on, if any.
     pub waiting_on: Option<String>,
     /// Process id of the running instance.
@@ -167,7 +172,7 @@ pub struct Snapshot {
     pub last_check: Option<CheckResult>,
     /// The delay being waited out, in the backoff state.
     pub backoff: Option<Duration>,
-    /// When the current instance became ready.
+    /// When the current instance became ready; `None` while no instance runs.
     pub ready_since: Option<SystemTime>,
 }
 
@@ -184,6 +189,8 @@ impl Snapshot {
             last_restart: None,
             last_restart_reason: None,
             last_error: None,
+            last_error_at: None,
+            stop_requested: false,
             waiting_on: None,
             pid: None,
             consecutive_failures: 0,

@@ -391,6 +391,17 @@ impl ServiceMetrics {
         self.set_consecutive_failures(consecutive_failures);
     }
 
+    /// The service went down without a probe saying so (its process exited, a start failed or timed
+    /// out): counted as a failed check with `reason`, outside the duration histogram (nothing was timed).
+    pub fn down(&self, reason: FailureReason, consecutive_failures: u32) {
+        let series = &self.0;
+        series.checks.fetch_add(1, Ordering::Relaxed);
+        if let Some(position) = FailureReason::ALL.iter().position(|r| *r == reason) {
+            series.failures[position].fetch_add(1, Ordering::Relaxed);
+        }
+        self.set_consecutive_failures(consecutive_failures);
+    }
+
     /// The consecutive failure count changed outside a check (down, reset).
     pub fn set_consecutive_failures(&self, failures: u32) {
         self.0

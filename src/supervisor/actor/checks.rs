@@ -13,6 +13,8 @@ use super::{Actor, CheckFuture};
 use crate::config::Probe;
 use crate::health::{CheckResult, FailureReason, HealthStatus, ProbeOutcome};
 use crate::supervisor::launcher::{Instance, Service};
+use crate::supervisor::lifecycle::Event;
+use crate::supervisor::state::{RestartReason, ServiceState};
 
 impl Actor {
     pub(super) fn has_health_check(&self) -> bool {
@@ -77,29 +79,54 @@ impl Actor {
         )
     }
 
+    /// A check finished. While the instance is starting, a pass is its readiness and a failure is only
+    /// remembered (a probe that ran before the instance listened is not an error); once it runs, the result
+    /// moves the health record, and reaching the failure threshold is reported.
+    pub(super) fn checked(&mut self, outcome: ProbeOutcome, elapsed: Duration, span: Span) -> Option<Event> {
+        if self.lifecycle.state() == ServiceState::Starting {
+            if outcome.passed {
+                self.record(outcome, elapsed, &span);
+                return Some(Event::Ready);
+            }
+            self.startup_failure = Some(outcome.message);
+            return None;
+        }
+        let result = self.record(outcome, elapsed, &span);
+        drop(span);
+        for waiter in self.check_waiters.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+        if result.passed || self.health.status() != HealthStatus::Unhealthy {
+            return None;
+        }
+        let reason = match self.parts.spec.probe {
+            Some(Probe::Heartbeat) => RestartReason::HeartbeatTimeout,
+            _ => RestartReason::Unhealthy,
+        };
+        tracing::warn!(service = self.name(), failures = self.health.consecutive_failures(), error = %result.message, "service unhealthy");
+        Some(Event::Unhealthy(reason, result.message))
+    }
+
     /// Applies one check's outcome: thresholds, history, metrics, and its span's status and events.
-    pub(super) fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration, span: &Span) -> CheckResult {
+    fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration, span: &Span) -> CheckResult {
         let now = Instant::now();
         let passed = outcome.passed;
         let reason = outcome.reason;
-        let (result, transition) = self.health.record(
-            &self.parts.spec.name,
-            outcome,
-            elapsed,
-            self.parts.clock.at(now),
-            now,
-        );
+        let at = self.parts.clock.at(now);
+        let (result, transition) = self
+            .health
+            .record(&self.parts.spec.name, outcome, elapsed, at, now);
         self.parts
             .metrics
             .check(reason, elapsed, self.health.consecutive_failures());
         span.record("orchestrator.check.passed", passed);
         span.record("orchestrator.health.status", self.health.status().as_str());
         if !passed {
-            self.snapshot.last_error = Some(result.message.clone());
+            self.set_last_error(result.message.clone(), at);
             super::spans::fail(span, &result.message);
             self.remember_failure(span);
             if reason == Some(FailureReason::Heartbeat) {
-                tracing::warn!(parent: span, service = self.name(), message = %result.message, "heartbeat timeout");
+                tracing::warn!(parent: span, service = self.name(), error = %result.message, "heartbeat timeout");
             }
         }
         if passed && self.instance.is_none() && self.parts.spec.probe != Some(Probe::Heartbeat) {
@@ -121,25 +148,11 @@ impl Actor {
             _ => self.healthy_since = None,
         }
         if let Some(transition) = transition {
-            tracing::info!(parent: span, service = self.name(), from = %transition.from, to = %transition.to, message = %result.message, "health changed");
+            tracing::info!(parent: span, service = self.name(), from = %transition.from, to = %transition.to, detail = %result.message, "health changed");
         }
         self.snapshot.last_check = Some(result.clone());
         self.publish();
         result
-    }
-
-    pub(super) fn record_down(&mut self, reason: FailureReason, message: String) {
-        let now = Instant::now();
-        let (result, _) = self.health.record_down(
-            &self.parts.spec.name,
-            reason,
-            message,
-            self.parts.clock.at(now),
-            now,
-        );
-        self.snapshot.last_check = Some(result);
-        self.healthy_since = None;
-        self.publish();
     }
 }
 

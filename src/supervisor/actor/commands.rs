@@ -1,110 +1,46 @@
-//! The actor's commands: restart, start, stop, check now, heartbeat, report.
+//! The actor's commands: control requests go to the lifecycle; check-now and reports are answered here.
 
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Actor, Phase};
+use super::{Actor, Input};
 use crate::health::CheckResult;
-use crate::supervisor::state::{RestartReason, ServiceState};
-use crate::supervisor::{Command, ControlError, HealthReport, Reply};
+use crate::supervisor::lifecycle::Request;
+use crate::supervisor::state::ServiceState;
+use crate::supervisor::{Command, HealthReport};
 
 impl Actor {
-    /// Handles one command; returns the next phase when it changes. A closed channel means the supervisor
-    /// is gone: shut down.
-    pub(super) async fn on_command(&mut self, command: Option<Command>) -> Option<Phase> {
+    /// Turns a control request into the lifecycle's input and answers the rest at once. A closed channel
+    /// means the supervisor is gone: shut down.
+    pub(super) fn on_command(&mut self, command: Option<Command>) -> Option<Input> {
         let Some(command) = command else {
-            return Some(Phase::Exit);
+            return Some(Input::Shutdown);
         };
-        match command {
+        let (request, force, reply) = match command {
             Command::CheckNow(reply) => {
                 self.check_now(reply);
-                None
+                return None;
             }
             Command::Report { history, reply } => {
                 let _ = reply.send(self.report(history));
-                None
+                return None;
             }
-            Command::Restart { force, reply } => self.restart(force, reply).await,
-            Command::Start { force, reply } => self.start(force, reply),
-            Command::Stop { force, reply } => self.stop(force, reply).await,
-        }
-    }
-
-    /// Passes the reply back when the command may go ahead; answers it with the refusal otherwise:
-    /// external services are not managed, and a failed service needs `force`.
-    pub(super) fn admit(&self, force: bool, reply: Reply) -> Option<Reply> {
-        if self.is_external() {
-            let _ = reply.send(Err(ControlError::NotManaged(self.name().to_owned())));
-            return None;
-        }
-        if self.snapshot.state == ServiceState::Failed && !force {
-            let _ = reply.send(Err(ControlError::Refused {
-                service: self.name().to_owned(),
-                attempts: self.snapshot.attempts,
-            }));
-            return None;
-        }
-        Some(reply)
-    }
-
-    pub(super) async fn restart(&mut self, force: bool, reply: Reply) -> Option<Phase> {
-        let reply = self.admit(force, reply)?;
-        if force {
-            self.snapshot.attempts = 0;
-        }
-        let in_progress = !self.start_waiters.is_empty();
-        self.start_waiters.push(reply);
-        if in_progress {
-            // Concurrent restarts coalesce: this caller waits for the restart already under way.
-            return None;
-        }
-        self.open_restart_span(RestartReason::Manual, self.snapshot.attempts, Duration::ZERO);
-        match self.snapshot.state {
-            ServiceState::Starting | ServiceState::Running => {
-                self.stop_instance().await;
-                Some(Phase::Pending(Some(RestartReason::Manual)))
-            }
-            _ => Some(Phase::Pending(Some(RestartReason::Manual))),
-        }
-    }
-
-    pub(super) fn start(&mut self, force: bool, reply: Reply) -> Option<Phase> {
-        let reply = self.admit(force, reply)?;
-        match self.snapshot.state {
-            ServiceState::Running => {
-                let _ = reply.send(Ok(self.snapshot.clone()));
-                None
-            }
-            ServiceState::Starting | ServiceState::Pending => {
-                self.start_waiters.push(reply);
-                None
-            }
-            ServiceState::Backoff => {
-                self.start_waiters.push(reply);
-                Some(Phase::Pending(Some(RestartReason::Manual)))
-            }
-            ServiceState::Stopped | ServiceState::Failed | ServiceState::Stopping => {
-                self.snapshot.attempts = 0;
-                self.start_waiters.push(reply);
-                Some(Phase::Pending(None))
-            }
-        }
-    }
-
-    pub(super) async fn stop(&mut self, force: bool, reply: Reply) -> Option<Phase> {
-        let reply = self.admit(force, reply)?;
-        self.fail_start_waiters(ControlError::Stopped(self.name().to_owned()));
-        self.stop_instance().await;
-        self.health.reset(Instant::now());
-        self.set_state(ServiceState::Stopped);
-        let _ = reply.send(Ok(self.snapshot.clone()));
-        Some(Phase::Stopped)
+            Command::Restart { force, reply } => (Request::Restart, force, reply),
+            Command::Start { force, reply } => (Request::Start, force, reply),
+            Command::Stop { force, reply } => (Request::Stop, force, reply),
+        };
+        Some(Input::Request {
+            request,
+            force,
+            reply,
+        })
     }
 
     pub(super) fn check_now(&mut self, reply: oneshot::Sender<CheckResult>) {
-        let checkable = self.has_health_check() && self.snapshot.state == ServiceState::Running;
+        let state = self.lifecycle.state();
+        let checkable = self.has_health_check() && state == ServiceState::Running;
         if checkable {
             if self.check.is_none() {
                 self.check = Some(self.check_future(true));
@@ -113,9 +49,9 @@ impl Actor {
             return;
         }
         let message = if self.has_health_check() {
-            format!("service is {}", self.snapshot.state)
+            format!("service is {state}")
         } else {
-            format!("service is {} and has no health probe", self.snapshot.state)
+            format!("service is {state} and has no health probe")
         };
         let _ = reply.send(CheckResult {
             service_name: self.name().to_owned(),

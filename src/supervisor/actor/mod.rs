@@ -1,23 +1,26 @@
-//! One actor per service: it owns the service's instance, health record and restart counters, runs one
-//! async fn per lifecycle phase, and publishes a [`Snapshot`] on every change.
+//! One actor per service: it owns the service's instance, health record and timers, and executes what the
+//! pure [`Lifecycle`] decides.
 //!
-//! Phases: `pending` (waiting for dependencies) → `starting` (launched, probed every startup_interval until
-//! the first pass) → `running` (probed every check_interval; a crash or turning unhealthy leads to
-//! `recover`) → `backoff` → `pending` again, or `failed` when the attempts are spent. `stopped` is a manual
-//! stop. On shutdown every phase returns [`Phase::Exit`] and the actor stops its instance once every
-//! dependent has stopped.
+//! The loop is: wait for the next input (one `select!` over shutdown, the instance's exit, commands, the
+//! dependencies' changes, the check in flight and the timers armed in the current state), turn it into an
+//! [`Event`], hand it to [`Lifecycle::on`], publish the new [`Snapshot`], and carry out the [`Action`]s it
+//! returns (launch, stop, wait for dependents, answer requests). Actions that take time report back with the
+//! next event (`InstanceStopped`, `DependentsStopped`, `Ready`, ...). No decision is taken here.
 
 mod checks;
 mod commands;
 mod spans;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep, sleep_until, timeout};
+use tokio::time::{
+    Instant, Interval, MissedTickBehavior, interval, interval_at, sleep, sleep_until, timeout,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -26,29 +29,18 @@ use self::checks::poll_check;
 use crate::clock::Clock;
 use crate::config::{Probe, ServiceSpec};
 use crate::health::probe::Prober;
-use crate::health::{CheckResult, FailureReason, HealthStatus, HealthTracker, ProbeOutcome};
+use crate::health::{CheckResult, FailureReason, HealthTracker, ProbeOutcome};
 use crate::registry::RegistryHandle;
 use crate::supervisor::backoff::Backoff;
-use crate::supervisor::gate::{self, Gate};
+use crate::supervisor::gate;
 use crate::supervisor::launcher::{Instance, Launcher};
+use crate::supervisor::lifecycle::{Action, Dependents, Event, Lifecycle, Policy, Request};
 use crate::supervisor::state::{Exit, RestartReason, ServiceState, Snapshot};
 use crate::supervisor::{Command, ControlError, Reply};
 use crate::telemetry::metrics::ServiceMetrics;
 
 /// How long to wait for a process to disappear after SIGKILL before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-
-/// Where the actor goes next.
-#[derive(Debug)]
-pub(super) enum Phase {
-    Pending(Option<RestartReason>),
-    Starting(Option<RestartReason>),
-    Running,
-    Backoff(Duration, RestartReason),
-    Stopped,
-    Failed,
-    Exit,
-}
 
 /// A health check in flight: the outcome and how long it took.
 type CheckFuture = Pin<Box<dyn Future<Output = (ProbeOutcome, Duration, tracing::Span)> + Send>>;
@@ -75,21 +67,44 @@ pub(super) struct ActorParts {
     pub changes: Arc<watch::Sender<u64>>,
     pub required: Vec<Peer>,
     pub optional: Vec<Peer>,
+    /// Every service that must stop before this one at shutdown.
     pub dependents: Vec<Peer>,
+    /// The services that require this one: they stop first when it is stopped on request.
+    pub required_dependents: Vec<Peer>,
     pub shutdown: CancellationToken,
     pub force: CancellationToken,
     pub boot: Instant,
     pub startup_span: tracing::Span,
 }
 
+/// What the actor waits for between decisions.
+enum Input {
+    Event(Event),
+    Request {
+        request: Request,
+        force: bool,
+        reply: Reply,
+    },
+    Shutdown,
+}
+
 pub(super) struct Actor {
     parts: ActorParts,
     changes: watch::Receiver<u64>,
+    lifecycle: Lifecycle,
     snapshot: Snapshot,
     instance: Option<Instance>,
+    exit: Option<watch::Receiver<Option<Exit>>>,
     health: HealthTracker,
     backoff: Backoff,
     check: Option<CheckFuture>,
+    /// Probe cadence: startup_interval while starting, check_interval once ready.
+    ticker: Interval,
+    /// When a start that has not passed a check yet times out.
+    startup_deadline: Option<Instant>,
+    /// The last probe failure of the instance still starting (not an error until the start times out).
+    startup_failure: Option<String>,
+    backoff_until: Option<Instant>,
     check_waiters: Vec<oneshot::Sender<CheckResult>>,
     start_waiters: Vec<Reply>,
     healthy_since: Option<Instant>,
@@ -104,13 +119,24 @@ pub(super) struct Actor {
 impl Actor {
     pub(super) fn new(parts: ActorParts) -> Self {
         let now = Instant::now();
+        let policy = Policy {
+            managed: parts.launcher.is_some(),
+            auto_recovery: parts.spec.health.auto_recovery,
+            max_attempts: parts.spec.restart.max_attempts,
+        };
         Self {
             changes: parts.changes.subscribe(),
+            lifecycle: Lifecycle::new(parts.spec.name.clone(), policy),
             snapshot: Snapshot::initial(),
             instance: None,
+            exit: None,
             health: HealthTracker::new(&parts.spec.health, now),
             backoff: Backoff::new(&parts.spec.restart),
             check: None,
+            ticker: interval(parts.spec.health.check_interval),
+            startup_deadline: None,
+            startup_failure: None,
+            backoff_until: None,
             check_waiters: Vec::new(),
             start_waiters: Vec::new(),
             healthy_since: None,
@@ -132,226 +158,296 @@ impl Actor {
         self.parts.launcher.is_none()
     }
 
-    /// Runs the service until shutdown.
+    /// Runs the service until shutdown, then stops it once its dependents have stopped.
     pub(super) async fn run(mut self) {
-        let mut phase = Phase::Pending(None);
+        let first = self.dependencies();
+        self.feed(first, None).await;
         loop {
-            phase = match phase {
-                Phase::Pending(reason) => self.pending(reason).await,
-                Phase::Starting(reason) => self.starting(reason).await,
-                Phase::Running => self.running().await,
-                Phase::Backoff(delay, reason) => self.backoff(delay, reason).await,
-                Phase::Stopped => self.stopped().await,
-                Phase::Failed => self.failed().await,
-                Phase::Exit => break,
-            };
+            if let Some(event) = self.dependencies_changed() {
+                self.feed(event, None).await;
+            }
+            match self.next_input().await {
+                Input::Event(event) => self.feed(event, None).await,
+                Input::Request {
+                    request,
+                    force,
+                    reply,
+                } => self.feed(Event::Request { request, force }, Some(reply)).await,
+                Input::Shutdown => break,
+            }
         }
-        self.shut_down().await;
+        self.feed(Event::Shutdown, None).await;
     }
 
-    // ---- phases ----------------------------------------------------------------------------------------
-
-    async fn pending(&mut self, reason: Option<RestartReason>) -> Phase {
-        loop {
-            match self.gate() {
-                Gate::Open => return Phase::Starting(reason),
-                Gate::Waiting(dependency) => self.snapshot.waiting_on = Some(dependency),
-                Gate::Blocked(dependency) => {
-                    self.fail_start_waiters(ControlError::Blocked {
-                        service: self.name().to_owned(),
-                        dependency: dependency.clone(),
-                    });
-                    self.snapshot.waiting_on = Some(dependency);
-                    self.snapshot.settled = true;
+    /// Hands `event` to the lifecycle and carries out what it decides, feeding back the events that the
+    /// actions report, until nothing is left to do. `reply` answers the request `event` is, if it is one.
+    async fn feed(&mut self, event: Event, mut reply: Option<Reply>) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            let from = self.lifecycle.state();
+            let actions = self.lifecycle.on(event);
+            let to = self.lifecycle.state();
+            if from != to {
+                self.entered(from, to);
+            }
+            self.publish();
+            for action in actions {
+                if let Some(next) = self.execute(action, &mut reply).await {
+                    events.push_back(next);
                 }
             }
-            self.set_state(ServiceState::Pending);
+        }
+        if let Some(reply) = reply {
+            // Every admitted request is answered by an action; this is only a safety net against a hang.
+            let _ = reply.send(Ok(self.snapshot.clone()));
+        }
+    }
+
+    /// Carries out one action; returns the event it reports, if any.
+    async fn execute(&mut self, action: Action, reply: &mut Option<Reply>) -> Option<Event> {
+        match action {
+            Action::Refuse(refusal) => {
+                if let Some(reply) = reply.take() {
+                    let _ = reply.send(Err(refusal));
+                }
+            }
+            Action::Answer => {
+                if let Some(reply) = reply.take() {
+                    let _ = reply.send(Ok(self.snapshot.clone()));
+                }
+            }
+            Action::AnswerWhenRunning => self.start_waiters.extend(reply.take()),
+            Action::FailWaiters(error) => self.fail_start_waiters(error),
+            Action::BeginManualRestart => {
+                self.open_restart_span(RestartReason::Manual, self.lifecycle.attempts(), Duration::ZERO);
+            }
+            Action::Launch(restart) => return self.launch(restart).await,
+            Action::AwaitDependents(scope) => {
+                self.await_dependents(scope).await;
+                return Some(Event::DependentsStopped);
+            }
+            Action::StopInstance => {
+                self.stop_instance().await;
+                return Some(Event::InstanceStopped);
+            }
+            Action::Backoff { attempt, reason } => self.schedule_restart(attempt, reason),
+            Action::AnnounceReady => self.became_ready(),
+            Action::GiveUp => {
+                self.close_restart_span(Some("automatic restarts exhausted"));
+                tracing::error!(
+                    service = self.name(),
+                    attempts = self.lifecycle.attempts(),
+                    last_error = self.snapshot.last_error.as_deref().unwrap_or(""),
+                    "service failed: automatic restarts exhausted; restart it with force=true"
+                );
+            }
+            Action::ForgiveAttempts => {
+                tracing::info!(
+                    service = self.name(),
+                    "healthy long enough: restart attempts reset"
+                );
+            }
+        }
+        None
+    }
+
+    /// Bookkeeping of a state change that is not a decision: what no longer applies in the new state.
+    fn entered(&mut self, from: ServiceState, to: ServiceState) {
+        self.state_event(from, to);
+        if from == ServiceState::Stopping && matches!(to, ServiceState::Pending | ServiceState::Stopped) {
+            // Stopped on purpose: no data about an instance that does not run.
+            self.health.reset(Instant::now());
+        }
+        if !matches!(to, ServiceState::Starting | ServiceState::Running) {
+            self.check = None;
+            self.startup_deadline = None;
+        }
+        if to != ServiceState::Backoff {
+            self.backoff_until = None;
+        }
+    }
+
+    // ---- waiting -------------------------------------------------------------------------------------------
+
+    /// Waits for the next thing the lifecycle must hear about, running health checks meanwhile.
+    async fn next_input(&mut self) -> Input {
+        loop {
+            let state = self.lifecycle.state();
+            let live = matches!(state, ServiceState::Starting | ServiceState::Running);
+            let probing = live && self.has_health_check() && self.check.is_none();
+            let startup_deadline = self.startup_deadline.filter(|_| state == ServiceState::Starting);
+            let backoff_until = self.backoff_until.filter(|_| state == ServiceState::Backoff);
+            let reset_at = self.reset_deadline().filter(|_| state == ServiceState::Running);
             tokio::select! {
                 biased;
-                () = self.parts.shutdown.cancelled() => return Phase::Exit,
+                () = self.parts.shutdown.cancelled() => return Input::Shutdown,
+                status = wait_exit(self.exit.as_mut()) => return Input::Event(self.exited(status)),
                 command = self.parts.commands.recv() => {
-                    if let Some(next) = self.on_command(command).await {
-                        return next;
+                    if let Some(input) = self.on_command(command) {
+                        return input;
                     }
                 }
-                _ = self.changes.changed() => {}
+                Ok(()) = self.changes.changed() => {
+                    if let Some(event) = self.dependencies_changed() {
+                        return Input::Event(event);
+                    }
+                }
+                (outcome, elapsed, span) = poll_check(&mut self.check) => {
+                    self.check = None;
+                    if let Some(event) = self.checked(outcome, elapsed, span) {
+                        return Input::Event(event);
+                    }
+                }
+                _ = self.ticker.tick(), if probing => {
+                    self.check = Some(self.check_future(state == ServiceState::Running));
+                }
+                () = sleep_until_armed(startup_deadline), if startup_deadline.is_some() => {
+                    return Input::Event(self.startup_timed_out());
+                }
+                () = sleep_until_armed(backoff_until), if backoff_until.is_some() => {
+                    return Input::Event(Event::BackoffElapsed);
+                }
+                () = sleep_until_armed(reset_at), if reset_at.is_some() => {
+                    return Input::Event(Event::HealthyLongEnough);
+                }
             }
         }
     }
 
-    async fn starting(&mut self, reason: Option<RestartReason>) -> Phase {
-        self.snapshot.waiting_on = None;
-        self.snapshot.backoff = None;
-        if let Some(reason) = reason {
-            let now = self.parts.clock.now();
-            self.snapshot.restart_count += 1;
-            self.snapshot.last_restart = Some(now);
-            self.snapshot.last_restart_reason = Some(reason);
-            self.parts.metrics.restart(reason, now);
-            tracing::info!(service = self.name(), %reason, restart_count = self.snapshot.restart_count, "restarting service");
+    /// The dependencies as they are now, when they differ from what the lifecycle last heard.
+    fn dependencies_changed(&self) -> Option<Event> {
+        let event = self.dependencies();
+        let Event::Dependencies { gate, held_by } = &event else {
+            return None;
+        };
+        let unchanged = gate == self.lifecycle.gate() && held_by.as_deref() == self.lifecycle.held_by();
+        (!unchanged).then_some(event)
+    }
+
+    /// The dependencies as they are now.
+    fn dependencies(&self) -> Event {
+        // Read guards, not copies: a service with a high priority watches every service below it.
+        let required = borrow_all(&self.parts.required);
+        let optional = borrow_all(&self.parts.optional);
+        let gate = gate::evaluate(
+            required.iter().map(|(n, s)| (*n, &**s)),
+            optional.iter().map(|(n, s)| (*n, &**s)),
+        );
+        let held_by = gate::held_by(required.iter().map(|(n, s)| (*n, &**s)));
+        Event::Dependencies { gate, held_by }
+    }
+
+    // ---- observations --------------------------------------------------------------------------------------
+
+    /// The instance exited on its own.
+    fn exited(&mut self, status: Exit) -> Event {
+        self.instance = None;
+        self.exit = None;
+        self.check = None;
+        self.set_process_alive(false);
+        self.snapshot.pid = None;
+        let message = format!("process {status}");
+        tracing::warn!(service = self.name(), %status, "service exited unexpectedly");
+        self.failure(FailureReason::ProcessDown, message.clone());
+        Event::Exited(message)
+    }
+
+    /// No check passed within startup_timeout.
+    fn startup_timed_out(&mut self) -> Event {
+        self.startup_deadline = None;
+        let message = format!(
+            "not ready within {}: {}",
+            humantime::format_duration(self.parts.spec.health.startup_timeout),
+            self.startup_failure.as_deref().unwrap_or("no check passed")
+        );
+        tracing::warn!(service = self.name(), error = %message, "start timed out");
+        self.failure(FailureReason::Timeout, message.clone());
+        if self.is_external() {
+            // An external service keeps being probed, at its normal cadence.
+            self.ticker = interval(self.parts.spec.health.check_interval);
+            self.ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
-        self.health.reset(Instant::now());
-        self.launched_at = Instant::now();
+        Event::StartupTimedOut(message)
+    }
+
+    /// A real failure: the service is down (unhealthy at once), and this is its last error.
+    fn failure(&mut self, reason: FailureReason, message: String) {
+        let now = Instant::now();
+        let at = self.parts.clock.at(now);
+        let (result, _) = self
+            .health
+            .record_down(&self.parts.spec.name, reason, message.clone(), at, now);
+        self.parts
+            .metrics
+            .down(reason, self.health.consecutive_failures());
+        self.snapshot.last_check = Some(result);
+        self.healthy_since = None;
+        self.close_start_span(Some(&message));
+        self.set_last_error(message, at);
+        self.publish();
+    }
+
+    fn set_last_error(&mut self, message: String, at: std::time::SystemTime) {
+        self.snapshot.last_error = Some(message);
+        self.snapshot.last_error_at = Some(at);
+    }
+
+    // ---- actions -------------------------------------------------------------------------------------------
+
+    /// Launches a new instance (or, for an external service, starts probing it); reports `LaunchFailed`, or
+    /// `Ready` at once when there is no probe.
+    async fn launch(&mut self, restart: Option<RestartReason>) -> Option<Event> {
+        let now = Instant::now();
+        if let Some(reason) = restart {
+            let at = self.parts.clock.at(now);
+            self.snapshot.last_restart = Some(at);
+            self.snapshot.last_restart_reason = Some(reason);
+            self.parts.metrics.restart(reason, at);
+            tracing::info!(service = self.name(), %reason, restart_count = self.lifecycle.restart_count(), "restarting service");
+        }
+        self.health.reset(now);
+        self.launched_at = now;
+        self.startup_failure = None;
+        self.startup_deadline = Some(now + self.parts.spec.health.startup_timeout);
+        self.ticker = interval(self.parts.spec.health.startup_interval);
+        self.ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.open_start_span();
-        self.set_state(ServiceState::Starting);
+        self.publish();
 
         if let Some(launcher) = self.parts.launcher.clone() {
             match launcher.launch(&self.parts.spec).await {
                 Ok(instance) => {
                     self.snapshot.pid = instance.pid();
+                    self.exit = Some(instance.exit_watch());
                     self.instance = Some(instance);
                     self.set_process_alive(true);
                     self.publish();
                 }
                 Err(error) => {
                     let message = format!("start failed: {error}");
-                    self.record_down(FailureReason::ProcessDown, message.clone());
-                    return self.recover(RestartReason::Crashed, message);
+                    self.failure(FailureReason::ProcessDown, message.clone());
+                    return Some(Event::LaunchFailed(message));
                 }
             }
         }
         if !self.has_health_check() {
-            return self.became_ready();
+            return Some(Event::Ready);
         }
-        self.await_first_pass().await
+        None
     }
 
-    /// Probes every startup_interval until the first pass, the instance exits, or startup_timeout passes.
-    async fn await_first_pass(&mut self) -> Phase {
-        let settings = &self.parts.spec.health;
-        let deadline = self.launched_at + settings.startup_timeout;
-        let mut tick = interval(settings.startup_interval);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut exit = self.instance.as_ref().map(Instance::exit_watch);
-        let mut timed_out = false;
-        loop {
-            tokio::select! {
-                biased;
-                () = self.parts.shutdown.cancelled() => return Phase::Exit,
-                status = wait_exit(exit.as_mut()) => return self.on_exit(status).await,
-                command = self.parts.commands.recv() => {
-                    if let Some(next) = self.on_command(command).await {
-                        return next;
-                    }
-                }
-                () = sleep_until(deadline), if !timed_out => {
-                    timed_out = true;
-                    if let Some(next) = self.on_startup_timeout().await {
-                        return next;
-                    }
-                    tick = interval(self.parts.spec.health.check_interval);
-                }
-                _ = tick.tick() => {
-                    let (outcome, elapsed, span) = self.check_future(false).await;
-                    if outcome.passed {
-                        self.record(outcome, elapsed, &span);
-                        return self.became_ready();
-                    }
-                    self.snapshot.last_error = Some(outcome.message);
-                }
-            }
-        }
-    }
-
-    async fn running(&mut self) -> Phase {
-        let interval_length = self.parts.spec.health.check_interval;
-        let mut tick = interval_at(Instant::now() + interval_length, interval_length);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut exit = self.instance.as_ref().map(Instance::exit_watch);
-        let checks = self.has_health_check();
-        loop {
-            let reset_at = self.reset_deadline();
-            tokio::select! {
-                biased;
-                () = self.parts.shutdown.cancelled() => return Phase::Exit,
-                status = wait_exit(exit.as_mut()) => return self.on_exit(status).await,
-                command = self.parts.commands.recv() => {
-                    if let Some(next) = self.on_command(command).await {
-                        return next;
-                    }
-                }
-                (outcome, elapsed, span) = poll_check(&mut self.check) => {
-                    self.check = None;
-                    if let Some(next) = self.on_check(outcome, elapsed, span).await {
-                        return next;
-                    }
-                }
-                _ = tick.tick(), if checks && self.check.is_none() => self.check = Some(self.check_future(true)),
-                () = sleep_until(reset_at.unwrap_or_else(Instant::now)), if reset_at.is_some() => {
-                    tracing::info!(service = self.name(), attempts = self.snapshot.attempts, "healthy long enough: restart attempts reset");
-                    self.snapshot.attempts = 0;
-                    self.publish();
-                }
-            }
-        }
-    }
-
-    async fn backoff(&mut self, delay: Duration, reason: RestartReason) -> Phase {
-        self.snapshot.backoff = Some(delay);
-        self.set_state(ServiceState::Backoff);
-        tracing::info!(
-            service = self.name(),
-            %reason,
-            attempt = self.snapshot.attempts,
-            max_attempts = self.parts.spec.restart.max_attempts,
-            delay_ms = delay.as_millis() as u64,
-            "restart scheduled"
-        );
-        let wake = sleep(delay);
-        tokio::pin!(wake);
-        loop {
-            tokio::select! {
-                biased;
-                () = self.parts.shutdown.cancelled() => return Phase::Exit,
-                command = self.parts.commands.recv() => {
-                    if let Some(next) = self.on_command(command).await {
-                        return next;
-                    }
-                }
-                () = &mut wake => return Phase::Pending(Some(reason)),
-            }
-        }
-    }
-
-    async fn stopped(&mut self) -> Phase {
-        self.health.reset(Instant::now());
-        self.set_state(ServiceState::Stopped);
-        self.idle().await
-    }
-
-    async fn failed(&mut self) -> Phase {
-        tracing::error!(
-            service = self.name(),
-            attempts = self.snapshot.attempts,
-            last_error = self.snapshot.last_error.as_deref().unwrap_or(""),
-            "service failed: automatic restarts exhausted; restart it with force=true"
-        );
-        self.set_state(ServiceState::Failed);
-        self.idle().await
-    }
-
-    /// Waits for a command or shutdown (stopped and failed services).
-    async fn idle(&mut self) -> Phase {
-        loop {
-            tokio::select! {
-                biased;
-                () = self.parts.shutdown.cancelled() => return Phase::Exit,
-                command = self.parts.commands.recv() => {
-                    if let Some(next) = self.on_command(command).await {
-                        return next;
-                    }
-                }
-            }
-        }
-    }
-
-    // ---- events ----------------------------------------------------------------------------------------
-
-    fn became_ready(&mut self) -> Phase {
+    fn became_ready(&mut self) {
         let now = Instant::now();
-        self.snapshot.settled = true;
-        self.snapshot.ready_since = Some(self.parts.clock.now());
-        self.healthy_since = (self.health.status() != HealthStatus::Unhealthy).then_some(now);
+        if !self.has_health_check() {
+            // Liveness is the process: it runs, so it is healthy.
+            self.health.process_running(now);
+        }
+        self.startup_deadline = None;
+        self.snapshot.ready_since = Some(self.parts.clock.at(now));
+        self.healthy_since = Some(now);
+        let check_interval = self.parts.spec.health.check_interval;
+        self.ticker = interval_at(now + check_interval, check_interval);
+        self.ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tracing::info!(
             service = self.name(),
             layer = self.parts.layer,
@@ -363,139 +459,58 @@ impl Actor {
         self.parts
             .metrics
             .set_startup_duration(now.duration_since(self.launched_at));
-        self.set_state(ServiceState::Running);
+        self.publish();
         self.close_start_span(None);
         self.close_restart_span(None);
         let snapshot = self.snapshot.clone();
         for waiter in self.start_waiters.drain(..) {
             let _ = waiter.send(Ok(snapshot.clone()));
         }
-        Phase::Running
     }
 
-    /// The instance exited on its own.
-    async fn on_exit(&mut self, status: Exit) -> Phase {
-        self.instance = None;
-        self.set_process_alive(false);
-        self.snapshot.pid = None;
-        let message = format!("process {status}");
-        tracing::warn!(service = self.name(), %status, "service exited unexpectedly");
-        self.record_down(FailureReason::ProcessDown, message.clone());
-        self.recover(RestartReason::Crashed, message)
-    }
-
-    /// The first check did not pass within startup_timeout: a managed service's start failed; an external
-    /// service keeps being probed (at check_interval) and its dependents stop waiting for it.
-    async fn on_startup_timeout(&mut self) -> Option<Phase> {
-        let message = format!(
-            "not ready within {}: {}",
-            humantime::format_duration(self.parts.spec.health.startup_timeout),
-            self.snapshot.last_error.as_deref().unwrap_or("no check passed")
-        );
-        tracing::warn!(service = self.name(), "{message}");
-        self.record_down(FailureReason::Timeout, message.clone());
-        if self.is_external() {
-            self.snapshot.settled = true;
-            self.publish();
-            return None;
-        }
-        self.stop_instance().await;
-        Some(self.recover(RestartReason::Crashed, message))
-    }
-
-    async fn on_check(
-        &mut self,
-        outcome: ProbeOutcome,
-        elapsed: Duration,
-        span: tracing::Span,
-    ) -> Option<Phase> {
-        let result = self.record(outcome, elapsed, &span);
-        drop(span);
-        for waiter in self.check_waiters.drain(..) {
-            let _ = waiter.send(result.clone());
-        }
-        if self.health.status() != HealthStatus::Unhealthy {
-            return None;
-        }
-        if !self.parts.spec.health.auto_recovery || self.is_external() {
-            return None;
-        }
-        if let Some(dependency) = self.required_dependency_down() {
-            // Its own failures are the dependency's fault: no restart, no budget spent.
-            if self.snapshot.waiting_on.as_deref() != Some(&dependency) {
-                tracing::info!(service = self.name(), %dependency, "unhealthy while a required dependency is down: not restarting");
-                self.snapshot.waiting_on = Some(dependency);
-                self.publish();
-            }
-            return None;
-        }
-        let reason = match self.parts.spec.probe {
-            Some(Probe::Heartbeat) => RestartReason::HeartbeatTimeout,
-            _ => RestartReason::Unhealthy,
-        };
-        tracing::warn!(service = self.name(), %reason, failures = self.health.consecutive_failures(), "service unhealthy: restarting");
-        self.stop_instance().await;
-        Some(self.recover(reason, result.message))
-    }
-
-    /// After a crash, a failed start or turning unhealthy: wait for a down dependency (spending nothing),
-    /// or back off and retry, or give up when the attempts are spent.
-    fn recover(&mut self, reason: RestartReason, error: String) -> Phase {
-        self.close_start_span(Some(&error));
-        self.snapshot.last_error = Some(error.clone());
-        self.snapshot.settled = true;
+    fn schedule_restart(&mut self, attempt: u32, reason: RestartReason) {
+        let delay = self.backoff.delay(attempt, fastrand::f64());
+        self.backoff_until = Some(Instant::now() + delay);
+        self.snapshot.backoff = Some(delay);
         self.healthy_since = None;
-        self.fail_start_waiters(ControlError::StartFailed {
-            service: self.name().to_owned(),
-            error,
-        });
-        if let Some(dependency) = self.required_dependency_down() {
-            self.snapshot.waiting_on = Some(dependency);
-            return Phase::Pending(Some(reason));
-        }
-        let policy = &self.parts.spec.restart;
-        if self.snapshot.attempts >= policy.max_attempts {
-            self.close_restart_span(Some("automatic restarts exhausted"));
-            return Phase::Failed;
-        }
-        self.snapshot.attempts += 1;
-        let delay = self.backoff.delay(self.snapshot.attempts, fastrand::f64());
-        self.open_restart_span(reason, self.snapshot.attempts, delay);
-        Phase::Backoff(delay, reason)
+        self.open_restart_span(reason, attempt, delay);
+        self.publish();
+        tracing::info!(
+            service = self.name(),
+            %reason,
+            attempt,
+            max_attempts = self.parts.spec.restart.max_attempts,
+            delay_ms = delay.as_millis() as u64,
+            "restart scheduled"
+        );
     }
 
-    // ---- shutdown ------------------------------------------------------------------------------------------
-
-    /// Stops the instance once every dependent has stopped (or at once when forced), then says so.
-    async fn shut_down(&mut self) {
-        self.fail_start_waiters(ControlError::ShuttingDown);
-        self.check = None;
-        if self.instance.is_some() {
-            self.await_dependents_down().await;
-            self.stop_instance().await;
-        }
-        self.set_state(ServiceState::Stopped);
-    }
-
-    async fn await_dependents_down(&mut self) {
+    /// Waits until the dependents in `scope` are down (at shutdown, only when there is an instance to hold).
+    async fn await_dependents(&mut self, scope: Dependents) {
+        let peers = match scope {
+            Dependents::Required => &self.parts.required_dependents,
+            Dependents::All if self.instance.is_none() => return,
+            Dependents::All => &self.parts.dependents,
+        };
         loop {
-            let holding: Option<String> = self
-                .parts
-                .dependents
+            let holding = peers
                 .iter()
                 .find(|peer| !peer.snapshot.borrow().is_down())
-                .map(|peer| peer.name.clone());
+                .map(|peer| peer.name.as_str());
             let Some(dependent) = holding else { return };
-            tracing::debug!(service = self.name(), %dependent, "waiting for dependent to stop first");
+            tracing::debug!(service = %self.parts.spec.name, %dependent, "waiting for dependent to stop first");
             tokio::select! {
                 () = self.parts.force.cancelled() => return,
-                _ = self.changes.changed() => {}
+                () = self.parts.shutdown.cancelled(), if scope == Dependents::Required => return,
+                changed = self.changes.changed() => if changed.is_err() { return },
             }
         }
     }
 
     /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced).
     async fn stop_instance(&mut self) {
+        self.check = None;
+        self.exit = None;
         let Some(instance) = self.instance.take() else {
             return;
         };
@@ -513,12 +528,11 @@ impl Actor {
         span.record("orchestrator.stop.exit", status.to_string());
         tracing::info!(parent: &span, service = self.name(), %status, "service stopped");
         self.snapshot.pid = None;
+        self.publish();
     }
 
     /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced); returns how it ended.
     async fn terminate(&mut self, mut instance: Instance) -> Exit {
-        self.check = None;
-        self.set_state(ServiceState::Stopping);
         let timeout_length = self.parts.spec.shutdown.timeout;
         instance.terminate();
         let graceful = tokio::select! {
@@ -561,29 +575,10 @@ impl Actor {
         }
     }
 
-    fn gate(&self) -> Gate {
-        // Read guards, not copies: a service with a high priority watches every service below it.
-        let required = borrow_all(&self.parts.required);
-        let optional = borrow_all(&self.parts.optional);
-        gate::evaluate(
-            required.iter().map(|(n, s)| (*n, &**s)),
-            optional.iter().map(|(n, s)| (*n, &**s)),
-        )
-    }
-
-    /// The first required dependency that is not ready, if any.
-    fn required_dependency_down(&self) -> Option<String> {
-        self.parts
-            .required
-            .iter()
-            .find(|peer| !peer.snapshot.borrow().ready)
-            .map(|peer| peer.name.clone())
-    }
-
     /// When continuous health resets the attempt counter, if it will.
     fn reset_deadline(&self) -> Option<Instant> {
         let reset_after = self.parts.spec.restart.reset_after;
-        if self.snapshot.attempts == 0 || reset_after.is_zero() {
+        if self.lifecycle.attempts() == 0 || reset_after.is_zero() {
             return None;
         }
         self.healthy_since.map(|since| since + reset_after)
@@ -595,21 +590,30 @@ impl Actor {
         }
     }
 
-    fn set_state(&mut self, state: ServiceState) {
-        let from = self.snapshot.state;
-        self.snapshot.state = state;
-        if from != state {
-            self.state_event(from, state);
-        }
-        self.publish();
-    }
-
-    /// Publishes the snapshot; wakes the other actors only when what gates them changed.
+    /// Publishes the snapshot (the lifecycle's state and counters, the health record, the dependencies) and
+    /// the metrics that mirror it; wakes the other actors only when what gates them changed.
     fn publish(&mut self) {
-        self.snapshot.health = self.health.status();
-        self.snapshot.consecutive_failures = self.health.consecutive_failures();
-        self.snapshot.ready =
-            self.snapshot.state == ServiceState::Running && self.health.status() != HealthStatus::Unhealthy;
+        let lifecycle = &self.lifecycle;
+        let snapshot = &mut self.snapshot;
+        snapshot.state = lifecycle.state();
+        snapshot.attempts = lifecycle.attempts();
+        snapshot.restart_count = lifecycle.restart_count();
+        snapshot.settled = lifecycle.settled();
+        snapshot.stop_requested = lifecycle.stop_requested();
+        let blocked_by = lifecycle.blocked_by();
+        if snapshot.waiting_on.as_deref() != lifecycle.waiting_on() {
+            snapshot.waiting_on = lifecycle.waiting_on().map(str::to_owned);
+        }
+        snapshot.health = self.health.status();
+        snapshot.consecutive_failures = self.health.consecutive_failures();
+        let running = snapshot.state == ServiceState::Running;
+        snapshot.ready = running && snapshot.health != crate::health::HealthStatus::Unhealthy;
+        if !running {
+            snapshot.ready_since = None;
+        }
+        if snapshot.state != ServiceState::Backoff {
+            snapshot.backoff = None;
+        }
         let mut gating_changed = false;
         let mut state_changed = false;
         let snapshot = &self.snapshot;
@@ -620,24 +624,23 @@ impl Actor {
             state_changed = current.state != snapshot.state;
             gating_changed = current.ready != snapshot.ready
                 || current.settled != snapshot.settled
+                || current.stop_requested != snapshot.stop_requested
                 || current.is_down() != snapshot.is_down();
             *current = snapshot.clone();
             true
         });
         let metrics = &self.parts.metrics;
-        metrics.set_health(self.snapshot.health);
-        metrics.set_up(self.snapshot.ready);
-        metrics.set_consecutive_failures(self.snapshot.consecutive_failures);
-        metrics.set_backoff(
-            self.snapshot
-                .backoff
-                .filter(|_| self.snapshot.state == ServiceState::Backoff),
-        );
+        metrics.set_health(snapshot.health);
+        metrics.set_up(snapshot.ready);
+        metrics.set_consecutive_failures(snapshot.consecutive_failures);
+        metrics.set_backoff(snapshot.backoff);
+        // The same value as `waiting_on` names, set in the same step: the two always agree.
+        metrics.set_blocked(blocked_by.is_some());
         if state_changed {
-            metrics.set_state(self.snapshot.state);
+            metrics.set_state(snapshot.state);
             self.parts
                 .registry
-                .state_changed(&self.parts.spec.name, self.snapshot.state.as_str());
+                .state_changed(&self.parts.spec.name, snapshot.state.as_str());
         }
         if gating_changed {
             self.parts
@@ -651,6 +654,14 @@ fn borrow_all(list: &[Peer]) -> Vec<(&str, watch::Ref<'_, Snapshot>)> {
     list.iter()
         .map(|peer| (peer.name.as_str(), peer.snapshot.borrow()))
         .collect()
+}
+
+/// Sleeps until `deadline`; never, when there is none.
+async fn sleep_until_armed(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the watched instance exits; never, when there is no instance.
