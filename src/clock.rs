@@ -46,6 +46,11 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
+/// RFC 3339 UTC with milliseconds, for check results and history: `2025-10-22T04:00:00.123Z`.
+pub fn rfc3339_millis(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
 /// Seconds since the Unix epoch (for metrics).
 pub fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
@@ -56,6 +61,11 @@ pub fn unix_seconds(time: SystemTime) -> f64 {
 /// Serde helper: a `SystemTime` as RFC 3339.
 pub fn serialize_rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&rfc3339(*time))
+}
+
+/// Serde helper: a `SystemTime` as RFC 3339 with milliseconds (check results and history).
+pub fn serialize_rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&rfc3339_millis(*time))
 }
 
 /// Serde helper: an optional `SystemTime` as RFC 3339 or null.

@@ -40,6 +40,7 @@ fn summary(handle: &ServiceHandle, snapshot: &Snapshot) -> Value {
         "restart_count": snapshot.restart_count,
         "last_restart": time(snapshot.last_restart),
         "last_error": snapshot.last_error,
+        "last_error_at": time(snapshot.last_error_at),
         "is_critical": spec.critical,
         "type": spec.service_type,
         "health": snapshot.health,
@@ -291,6 +292,7 @@ impl Api {
             "restart_count": snapshot.restart_count,
             "last_restart": time(snapshot.last_restart),
             "last_error": snapshot.last_error,
+            "last_error_at": time(snapshot.last_error_at),
             "is_critical": handle.spec().critical,
             "dependencies": {
                 "required": graph.dependencies(name),

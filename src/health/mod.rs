@@ -161,8 +161,8 @@ pub struct CheckResult {
     pub passed: bool,
     /// Why it failed.
     pub reason: Option<FailureReason>,
-    /// When the check finished (RFC 3339 in JSON).
-    #[serde(serialize_with = "crate::clock::serialize_rfc3339")]
+    /// When the check finished (RFC 3339 with milliseconds in JSON).
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339_millis")]
     pub timestamp: SystemTime,
     /// One line for people.
     pub message: String,

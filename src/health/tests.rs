@@ -194,7 +194,7 @@ fn results_carry_the_seed_fields() {
     let json = serde_json::to_value(harness.tracker.last_check().unwrap()).unwrap();
     assert_eq!(json["service_name"], "svc");
     assert_eq!(json["status"], "healthy");
-    assert_eq!(json["timestamp"], "1970-01-01T00:00:00Z");
+    assert_eq!(json["timestamp"], "1970-01-01T00:00:00.000Z");
     assert_eq!(json["message"], "ok");
     assert_eq!(json["response_time_ms"], 12.0);
     assert!(json["details"].is_object());

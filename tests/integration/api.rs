@@ -328,7 +328,48 @@ async fn service_detail_has_the_seed_shape() {
         json!({"required": [], "optional": ["p2p", "onion"], "dependents": [], "layer": 5})
     );
     assert_eq!(body["health_history"][0]["status"], "healthy");
+    // History entries carry milliseconds: 2025-10-22T04:00:00.123Z.
+    let timestamp = body["health_history"][0]["timestamp"].as_str().unwrap();
+    let (_, fraction) = timestamp.split_once('.').expect(timestamp);
+    assert!(fraction.len() == 4 && fraction.ends_with('Z'), "{timestamp}");
+    assert_eq!(body["last_error"], Value::Null);
+    assert_eq!(body["last_error_at"], Value::Null);
     assert_eq!(body["registry_metadata"]["alive"], true);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_refused_for_a_down_dependency_changes_nothing() {
+    let (world, supervisor, api) = fog().await;
+    // edge fails for good; harvest, which requires it, keeps running.
+    world.set("edge", |b| b.fail_launch = true);
+    world.crash("edge", 1);
+    reach(&supervisor, "edge", ServiceState::Failed).await;
+    let before = service(&supervisor, "harvest").snapshot();
+    assert_eq!(before.state, ServiceState::Running);
+
+    let refused = post(
+        &api,
+        "/api/orchestration/restart/harvest",
+        json!({"force": false}),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    assert!(refused.json()["error"].as_str().unwrap().contains("\"edge\""));
+    let forced = post(&api, "/api/orchestration/restart/harvest", json!({"force": true})).await;
+    assert_eq!(
+        forced.status,
+        StatusCode::CONFLICT,
+        "force does not start it without edge"
+    );
+
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let after = service(&supervisor, "harvest").snapshot();
+    assert_eq!(after.state, ServiceState::Running);
+    assert_eq!(after.pid, before.pid);
+    assert_eq!(after.restart_count, 0);
+    assert_eq!(world.launches("harvest").len(), 1);
+    let listed = get(&api, "/api/orchestration/services").await.json();
+    assert_eq!(listed["services"]["harvest"]["waiting_on"], "edge");
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,11 +1,15 @@
 //! Driving the built binary: start `fog-orchestrator run` on a config with JSON logs and the API on a port
 //! picked at run time, wait on its log lines, talk HTTP to it, and stop it with a signal.
 
+use std::collections::HashSet;
+use std::fmt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -20,6 +24,8 @@ pub struct Orchestrator {
     pub child: Child,
     pub lines: mpsc::UnboundedReceiver<Value>,
     pub seen: Vec<Value>,
+    /// Lines a strict JSON parser refuses (not JSON, or a key written twice in one object).
+    malformed: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -50,9 +56,14 @@ impl Orchestrator {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (sender, lines) = mpsc::unbounded_channel();
+        let malformed = Arc::new(Mutex::new(Vec::new()));
+        let refused = malformed.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = reader.next_line().await {
+                if let Err(error) = serde_json::from_str::<Strict>(&line) {
+                    refused.lock().unwrap().push(format!("{error}: {line}"));
+                }
                 if let Ok(value) = serde_json::from_str::<Value>(&line) {
                     let _ = sender.send(value);
                 }
@@ -62,6 +73,7 @@ impl Orchestrator {
             child,
             lines,
             seen: Vec::new(),
+            malformed,
             _dir: dir,
         }
     }
@@ -107,13 +119,20 @@ impl Orchestrator {
         format!("http://{}", line["address"].as_str().unwrap())
     }
 
-    /// SIGTERM, then the exit status; the remaining log lines are read into `seen`.
+    /// SIGTERM, then the exit status; the remaining log lines are read into `seen`, and every line the
+    /// orchestrator wrote must have parsed under a strict JSON parser.
     pub async fn stop(&mut self) -> ExitStatus {
         signal(self.pid(), libc::SIGTERM);
         let status = timeout(LIMIT, self.child.wait()).await.unwrap().unwrap();
         while let Some(line) = self.lines.recv().await {
             self.seen.push(line);
         }
+        let malformed = self.malformed.lock().unwrap();
+        assert!(
+            malformed.is_empty(),
+            "log lines a strict parser refuses:\n{}",
+            malformed.join("\n")
+        );
         status
     }
 
@@ -124,6 +143,72 @@ impl Orchestrator {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Any JSON value, parsed the way a strict parser does: an object that names a key twice is an error
+/// (serde_json's `Value` silently keeps the last one).
+struct Strict;
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value without duplicate keys")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut keys = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key.clone()) {
+                return Err(A::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value::<Strict>()?;
+        }
+        Ok(Strict)
+    }
+}
+
+#[test]
+fn the_strict_parser_refuses_duplicate_keys() {
+    assert!(serde_json::from_str::<Strict>(r#"{"a": [1, {"b": null}], "c": "x"}"#).is_ok());
+    assert!(serde_json::from_str::<Strict>(r#"{"fields": {"message": "a", "message": "b"}}"#).is_err());
 }
 
 /// The `message` field of a log line's fields.

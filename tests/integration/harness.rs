@@ -70,6 +70,8 @@ struct WorldState {
     processes: HashMap<String, Process>,
     events: Vec<(Instant, Event)>,
     next_pid: u32,
+    /// Services launched while an instance of theirs was still alive.
+    overlaps: Vec<String>,
 }
 
 /// The fake launcher and health target, shared by the supervisor and the test.
@@ -108,6 +110,11 @@ impl World {
             .filter(|(_, event)| *event == Event::Launch(service.to_owned()))
             .map(|(at, _)| at)
             .collect()
+    }
+
+    /// Services that were launched while an instance of theirs still ran (never, if all is well).
+    pub fn overlapping_launches(&self) -> Vec<String> {
+        self.lock().overlaps.clone()
     }
 
     /// Whether `service` has a live process.
@@ -150,6 +157,9 @@ impl Launcher for World {
         let sender = Arc::new(sender);
         let pid = {
             let mut state = self.lock();
+            if state.processes.get(&name).is_some_and(|p| p.exit.is_some()) {
+                state.overlaps.push(name.clone());
+            }
             state.next_pid += 1;
             state.processes.insert(
                 name.clone(),

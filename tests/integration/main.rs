@@ -5,6 +5,7 @@ mod binary;
 mod cli;
 mod deploy;
 mod harness;
+mod lifecycle;
 mod metrics;
 mod otlp;
 mod probes;

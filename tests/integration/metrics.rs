@@ -11,7 +11,7 @@ const SECOND: Duration = Duration::from_secs(1);
 
 /// The value of `name{labels}` in a real rendering of `/metrics` (a histogram's `_count` for a histogram
 /// name), or `None` without such a series.
-fn value(supervisor: &Supervisor, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn value(supervisor: &Supervisor, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let text = supervisor.metrics().render();
     let count = format!("{name}_count");
     text.lines()
@@ -35,7 +35,7 @@ fn value(supervisor: &Supervisor, name: &str, labels: &[(&str, &str)]) -> Option
         })
 }
 
-fn get(supervisor: &Supervisor, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn get(supervisor: &Supervisor, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(supervisor, name, labels).unwrap_or_else(|| panic!("no series {name}{labels:?}"))
 }
 

@@ -167,10 +167,14 @@ async fn no_child_survives_a_sigkill_of_the_orchestrator() {
 
 #[tokio::test]
 async fn a_second_sigterm_kills_a_service_that_ignores_the_first() {
-    let mut orchestrator = Orchestrator::start(
-        "[services.stubborn]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; exec sleep 1000\"]\n\
-         shutdown.timeout = \"1h\"\n",
-    );
+    // Ready only once the trap is installed (a SIGTERM before it would end the shell).
+    let dir = tempfile::tempdir().unwrap();
+    let trapped = dir.path().join("trapped");
+    let trapped = trapped.display();
+    let mut orchestrator = Orchestrator::start(&format!(
+        "[services.stubborn]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; touch {trapped}; exec sleep 1000\"]\n\
+         shutdown.timeout = \"1h\"\nhealth.exec = [\"test\", \"-e\", \"{trapped}\"]\n"
+    ));
     let summary = orchestrator.wait_ready().await;
     assert!(message(&summary).starts_with("1 service ready"), "{summary}");
     let children: Vec<u32> = child_pids(orchestrator.pid()).into_iter().collect();

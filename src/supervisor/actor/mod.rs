@@ -190,12 +190,19 @@ impl Actor {
             if from != to {
                 self.entered(from, to);
             }
-            self.publish();
             for action in actions {
+                if matches!(
+                    action,
+                    Action::Launch(_) | Action::AwaitDependents(_) | Action::StopInstance | Action::Answer
+                ) {
+                    // The others see the decision before the actor waits on its consequences.
+                    self.publish();
+                }
                 if let Some(next) = self.execute(action, &mut reply).await {
                     events.push_back(next);
                 }
             }
+            self.publish();
         }
         if let Some(reply) = reply {
             // Every admitted request is answered by an action; this is only a safety net against a hang.
@@ -459,6 +466,7 @@ impl Actor {
         self.parts
             .metrics
             .set_startup_duration(now.duration_since(self.launched_at));
+        // Logged before it is published: the startup summary follows every "service ready" line.
         self.publish();
         self.close_start_span(None);
         self.close_restart_span(None);
