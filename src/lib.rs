@@ -8,17 +8,24 @@
 //!
 //! - [`config`]: the TOML file's shape, layering (embedded defaults < file < `ORCHESTRATOR__*` env < CLI
 //!   flags) and validation into types that cannot be invalid, reporting every problem at once.
+//! - [`name`] and [`status`]: leaf vocabulary every subsystem shares: [`ServiceName`](name::ServiceName)
+//!   (the one naming rule), [`ServiceState`](status::ServiceState), [`RestartReason`](status::RestartReason).
 //! - [`graph`]: the [`DependencyGraph`](graph::DependencyGraph) on petgraph: layers, startup and shutdown
 //!   orders, cycle detection, and its renderings (the seed's text, Graphviz DOT, the `/dependencies` JSON).
-//! - [`supervisor`]: the engine. One actor per service owns its instance, health record and restart
-//!   counters; services start as soon as their dependencies allow, are restarted with backoff, and stop in
-//!   reverse dependency order. [`supervisor::launcher`] spawns real processes (own process group,
-//!   parent-death signal) or runs in-process [`Service`](supervisor::Service)s.
+//! - [`supervisor`]: the engine. Every lifecycle decision is one pure function,
+//!   [`Lifecycle::on`](supervisor::lifecycle::Lifecycle::on); one actor per service executes what it decides
+//!   (launch, stop, wait, answer) and publishes a [`Snapshot`](supervisor::Snapshot). Services start as soon
+//!   as their dependencies allow ([`supervisor::gate`]), are restarted with backoff, and stop in reverse
+//!   dependency order. [`supervisor::launcher`] spawns real processes (own process group, parent-death
+//!   signal) or runs in-process [`Service`](supervisor::Service)s.
 //! - [`health`]: probes (`http`, `tcp`, `exec`; `heartbeat` and in-process health are answered by the
 //!   actor) and the pure threshold, history and uptime logic.
+//! - [`registry`]: services' metadata and heartbeats (configured ones and those registered at run time),
+//!   one actor with expiring deadlines.
+//! - [`api`]: the REST API on a minimal hyper server: routing testable without sockets, JSON views, errors.
+//! - [`telemetry`]: metrics (per-service atomics and a prometheus registry), OTLP tracing, log output.
 //! - [`app`] and [`signal`]: `run` wiring: signals, ordered shutdown, a second signal kills at once.
 //! - [`demo`]: `demo-service`, the tiny HTTP service the FOG demo runs, with fault injection.
-//! - [`telemetry`]: log output.
 //! - [`clock`]: wall-clock timestamps derived from tokio time (deterministic under paused time).
 //! - [`cli`]: the command line: `run`, `check`, `graph`, `demo-service`.
 //!
@@ -53,7 +60,9 @@ pub mod config;
 pub mod demo;
 pub mod graph;
 pub mod health;
+pub mod name;
 pub mod registry;
 pub mod signal;
+pub mod status;
 pub mod supervisor;
 pub mod telemetry;

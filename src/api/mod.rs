@@ -21,8 +21,8 @@ use hyper::{HeaderMap, Method, Request, StatusCode, header};
 pub use self::reply::{ApiError, BODY_LIMIT, Reply};
 use self::routes::{Endpoint, Matched};
 use crate::clock::Clock;
-use crate::config::is_valid_service_name;
 use crate::graph::DependencyGraph;
+use crate::name::ServiceName;
 use crate::supervisor::Supervisor;
 
 /// Everything the handlers read. Cheap to clone.
@@ -157,14 +157,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A service name from the path: malformed names are a 400, before any lookup.
 fn checked_name(name: String) -> Result<String, ApiError> {
-    if is_valid_service_name(&name) {
-        Ok(name)
-    } else {
-        let shown: String = name.chars().take(80).collect();
-        Err(ApiError::bad_request(format!(
-            "invalid service name {shown:?}: use 1 to 63 characters of a-z, 0-9, _ and -"
-        )))
-    }
+    ServiceName::parse(name)
+        .map(String::from)
+        .map_err(|invalid| ApiError::bad_request(invalid.to_string()))
 }
 
 fn parse_query(query: &str) -> Vec<(String, String)> {

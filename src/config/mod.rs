@@ -8,16 +8,17 @@
 mod fields;
 mod parse;
 mod schema;
+mod sections;
 mod service;
 mod source;
 
 use std::fmt;
 
+pub use crate::name::{MAX_SERVICE_NAME_LEN, ServiceName};
 pub use schema::{
     ApiSettings, HealthSettings, LogFormat, OtlpProtocol, Probe, RegistrySettings, RestartPolicy,
     ServiceSpec, ShutdownSettings, TelemetrySettings,
 };
-pub use service::{MAX_SERVICE_NAME_LEN, is_valid_service_name};
 pub use source::{ConfigFile, DEFAULT_CONFIG_FILE, EMBEDDED_FOG, ENV_PREFIX, ENV_SEPARATOR, Source};
 
 use crate::graph::{DependencyGraph, GraphError};

@@ -1,15 +1,12 @@
 //! The merged configuration tree → validated settings, recording every problem on the way.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use super::fields::{Problems, Table};
-use super::schema::{
-    ApiSettings, HealthSettings, LogFormat, OtlpProtocol, RegistrySettings, RestartPolicy, ServiceSpec,
-    ShutdownSettings, TelemetrySettings,
-};
+use super::schema::{ApiSettings, LogFormat, OtlpProtocol, RegistrySettings, ServiceSpec, TelemetrySettings};
+use super::sections::{HEALTH, Inherited, RESTART, SHUTDOWN, health, positive, quote, restart, shutdown};
 use super::service::service;
 use crate::graph::Node;
 
@@ -17,25 +14,6 @@ const TOP_LEVEL: &[&str] = &["api", "telemetry", "defaults", "registry", "servic
 const API: &[&str] = &["listen", "token", "allow_unauthenticated"];
 const TELEMETRY: &[&str] = &["log_format", "otlp_endpoint", "otlp_protocol"];
 const DEFAULTS: &[&str] = &["health", "restart", "shutdown"];
-pub(super) const HEALTH: &[&str] = &[
-    "check_interval",
-    "timeout",
-    "failure_threshold",
-    "recovery_threshold",
-    "auto_recovery",
-    "startup_interval",
-    "startup_timeout",
-];
-pub(super) const PROBES: &[&str] = &["http", "tcp", "exec", "heartbeat"];
-pub(super) const RESTART: &[&str] = &[
-    "max_attempts",
-    "initial_delay",
-    "backoff_base",
-    "max_delay",
-    "jitter",
-    "reset_after",
-];
-pub(super) const SHUTDOWN: &[&str] = &["timeout"];
 const REGISTRY: &[&str] = &["heartbeat_interval", "heartbeat_timeout"];
 
 /// Everything read from the tree, before the dependency graph is built.
@@ -118,33 +96,6 @@ pub(super) fn parse(
         _ => None,
     };
     (parsed, nodes)
-}
-
-/// The `[defaults.*]` sections every service inherits.
-pub(super) struct Inherited {
-    pub health: Option<HealthSettings>,
-    pub restart: Option<RestartPolicy>,
-    pub shutdown: Option<ShutdownSettings>,
-}
-
-/// Reads `key` from `table` when it is set there, else takes the inherited value.
-fn setting<'a, T>(
-    table: Option<&Table<'a>>,
-    inherited: Option<T>,
-    key: &str,
-    problems: &mut Problems,
-    read: impl FnOnce(&Table<'a>, &str, &mut Problems) -> Option<T>,
-) -> Option<T> {
-    match table {
-        Some(table) if table.has(key) => read(table, key, problems),
-        _ => inherited,
-    }
-}
-
-/// Whether a check should be reported for this table: always for `[defaults.*]` (no inherited values),
-/// and for a service only when it sets one of `keys` itself, so a bad default is reported once.
-fn sets_any(table: Option<&Table<'_>>, inherited: bool, keys: &[&str]) -> bool {
-    !inherited || table.is_some_and(|t| keys.iter().any(|k| t.has(k)))
 }
 
 fn api(table: &Table<'_>, problems: &mut Problems) -> Option<ApiSettings> {
@@ -255,193 +206,4 @@ fn registry(table: &Table<'_>, problems: &mut Problems) -> Option<RegistrySettin
         heartbeat_interval: interval,
         heartbeat_timeout: timeout,
     })
-}
-
-/// A duration as quoted in messages: `"30s"`.
-fn quote(duration: Duration) -> String {
-    format!("\"{}\"", humantime::format_duration(duration))
-}
-
-/// Records a problem when a duration that must be positive is zero.
-fn positive(
-    table: &Table<'_>,
-    key: &str,
-    value: Option<Duration>,
-    problems: &mut Problems,
-) -> Option<Duration> {
-    let value = value?;
-    if value.is_zero() {
-        problems.push(
-            table.key_path(key),
-            format!("{} must be longer than zero", quote(value)),
-        );
-        return None;
-    }
-    Some(value)
-}
-
-/// Health settings of `table` over `inherited` (`None` for `[defaults.health]` itself).
-pub(super) fn health(
-    table: Option<&Table<'_>>,
-    inherited: Option<&HealthSettings>,
-    problems: &mut Problems,
-) -> Option<HealthSettings> {
-    let base = |pick: fn(&HealthSettings) -> Duration| inherited.map(pick);
-    let duration = |key: &str, inherited: Option<Duration>, problems: &mut Problems| {
-        let value = setting(table, inherited, key, problems, Table::duration);
-        match table {
-            Some(t) if t.has(key) => positive(t, key, value, problems),
-            _ => value,
-        }
-    };
-    let check_interval = duration("check_interval", base(|h| h.check_interval), problems);
-    let timeout = duration("timeout", base(|h| h.timeout), problems);
-    let startup_interval = duration("startup_interval", base(|h| h.startup_interval), problems);
-    let startup_timeout = duration("startup_timeout", base(|h| h.startup_timeout), problems);
-
-    let threshold = |key: &str, inherited: Option<u32>, problems: &mut Problems| {
-        let value = setting(table, inherited, key, problems, Table::count)?;
-        if value == 0 {
-            if let Some(t) = table {
-                problems.push(
-                    t.key_path(key),
-                    "0 is not allowed: a threshold counts checks, at least 1",
-                );
-            }
-            return None;
-        }
-        Some(value)
-    };
-    let failure_threshold = threshold(
-        "failure_threshold",
-        inherited.map(|h| h.failure_threshold),
-        problems,
-    );
-    let recovery_threshold = threshold(
-        "recovery_threshold",
-        inherited.map(|h| h.recovery_threshold),
-        problems,
-    );
-    let auto_recovery = setting(
-        table,
-        inherited.map(|h| h.auto_recovery),
-        "auto_recovery",
-        problems,
-        Table::boolean,
-    );
-
-    let (check_interval, timeout) = (check_interval?, timeout?);
-    if timeout >= check_interval && sets_any(table, inherited.is_some(), &["timeout", "check_interval"]) {
-        let path = table.map_or_else(|| "health.timeout".to_owned(), |t| t.key_path("timeout"));
-        problems.push(
-            path,
-            format!(
-                "{} must be shorter than check_interval {}",
-                quote(timeout),
-                quote(check_interval)
-            ),
-        );
-        return None;
-    }
-    Some(HealthSettings {
-        check_interval,
-        timeout,
-        failure_threshold: failure_threshold?,
-        recovery_threshold: recovery_threshold?,
-        auto_recovery: auto_recovery?,
-        startup_interval: startup_interval?,
-        startup_timeout: startup_timeout?,
-    })
-}
-
-/// Restart policy of `table` over `inherited` (`None` for `[defaults.restart]` itself).
-pub(super) fn restart(
-    table: Option<&Table<'_>>,
-    inherited: Option<&RestartPolicy>,
-    problems: &mut Problems,
-) -> Option<RestartPolicy> {
-    let max_attempts = setting(
-        table,
-        inherited.map(|r| r.max_attempts),
-        "max_attempts",
-        problems,
-        Table::count,
-    );
-    let initial_delay = setting(
-        table,
-        inherited.map(|r| r.initial_delay),
-        "initial_delay",
-        problems,
-        Table::duration,
-    );
-    let max_delay = setting(
-        table,
-        inherited.map(|r| r.max_delay),
-        "max_delay",
-        problems,
-        Table::duration,
-    );
-    let reset_after = setting(
-        table,
-        inherited.map(|r| r.reset_after),
-        "reset_after",
-        problems,
-        Table::duration,
-    );
-
-    let backoff_base = setting(
-        table,
-        inherited.map(|r| r.backoff_base),
-        "backoff_base",
-        problems,
-        Table::number,
-    )
-    .filter(|base| {
-        let ok = *base >= 1.0;
-        if !ok && let Some(t) = table {
-            problems.push(
-                t.key_path("backoff_base"),
-                format!("{base} must be at least 1.0 (delays may not shrink between attempts)"),
-            );
-        }
-        ok
-    });
-    let jitter = setting(
-        table,
-        inherited.map(|r| r.jitter),
-        "jitter",
-        problems,
-        Table::number,
-    )
-    .filter(|jitter| {
-        let ok = (0.0..=1.0).contains(jitter);
-        if !ok && let Some(t) = table {
-            problems.push(t.key_path("jitter"), format!("{jitter} is outside 0.0..=1.0"));
-        }
-        ok
-    });
-    Some(RestartPolicy {
-        max_attempts: max_attempts?,
-        initial_delay: initial_delay?,
-        backoff_base: backoff_base?,
-        max_delay: max_delay?,
-        jitter: jitter?,
-        reset_after: reset_after?,
-    })
-}
-
-/// Shutdown settings of `table` over `inherited` (`None` for `[defaults.shutdown]` itself).
-pub(super) fn shutdown(
-    table: Option<&Table<'_>>,
-    inherited: Option<&ShutdownSettings>,
-    problems: &mut Problems,
-) -> Option<ShutdownSettings> {
-    let timeout = setting(
-        table,
-        inherited.map(|s| s.timeout),
-        "timeout",
-        problems,
-        Table::duration,
-    )?;
-    Some(ShutdownSettings { timeout })
 }

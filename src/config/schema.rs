@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::name::ServiceName;
+
 /// `[api]`: the REST API and `/metrics` server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiSettings {
@@ -140,7 +142,7 @@ impl fmt::Display for Probe {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceSpec {
     /// The table key: `[a-z0-9_-]`, 1 to 63 characters.
-    pub name: String,
+    pub name: ServiceName,
     /// Free-form type shown by the API; defaults to the name.
     pub service_type: String,
     /// Readiness needs every critical service running and healthy.

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use super::fields::{Problems, Table, scalar_text, show};
-use super::parse::{HEALTH, Inherited, PROBES, RESTART, SHUTDOWN, health, restart, shutdown};
 use super::schema::{Probe, ServiceSpec};
+use super::sections::{HEALTH, Inherited, PROBES, RESTART, SHUTDOWN, health, restart, shutdown};
 use crate::graph::Node;
+use crate::name::ServiceName;
 
 const SERVICE: &[&str] = &[
     "type",
@@ -24,18 +25,6 @@ const SERVICE: &[&str] = &[
     "shutdown",
 ];
 
-/// Longest allowed service name (a DNS label, so names fit in hostnames and label values).
-pub const MAX_SERVICE_NAME_LEN: usize = 63;
-
-/// Whether `name` is a valid service name: 1 to 63 characters of `a-z`, `0-9`, `_` and `-`.
-pub fn is_valid_service_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_SERVICE_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 /// One `[services.NAME]` table: the full spec when every key is valid, and the graph node in any case.
 pub(super) fn service(
     name: &str,
@@ -47,13 +36,9 @@ pub(super) fn service(
 ) -> (Option<ServiceSpec>, Node) {
     table.deny_unknown(SERVICE, problems);
     let mut valid = true;
-    if !is_valid_service_name(name) {
-        problems.push(
-            table.path(),
-            format!(
-                "invalid service name {name:?}: use 1 to {MAX_SERVICE_NAME_LEN} characters of a-z, 0-9, _ and -"
-            ),
-        );
+    let checked = ServiceName::parse(name);
+    if let Err(invalid) = &checked {
+        problems.push(table.path(), invalid.to_string());
         valid = false;
     }
     let service_type = table.string("type", problems);
@@ -141,7 +126,7 @@ pub(super) fn service(
             return None;
         }
         Some(ServiceSpec {
-            name: name.to_owned(),
+            name: checked.ok()?,
             service_type: service_type.unwrap_or_else(|| name.to_owned()),
             critical: critical?,
             priority: priority?,

@@ -15,7 +15,9 @@ use tokio_util::time::delay_queue::Key;
 use super::types::{Registration, RegistryEntry, RegistryError, RegistryStats};
 use super::{Notice, Request};
 use crate::clock::Clock;
-use crate::config::{Config, is_valid_service_name};
+use crate::config::Config;
+use crate::name::ServiceName;
+use crate::status::{EntryStatus, ServiceState};
 use crate::telemetry::metrics::Metrics;
 
 /// One entry and its heartbeat bookkeeping.
@@ -26,7 +28,7 @@ struct Record {
     tags: Vec<String>,
     metadata: Map<String, Value>,
     managed: bool,
-    status: String,
+    status: EntryStatus,
     registered_at: SystemTime,
     last_heartbeat: Option<Instant>,
     alive: bool,
@@ -69,7 +71,7 @@ impl RegistryActor {
                     tags: Vec::new(),
                     metadata: spec.metadata.clone(),
                     managed: true,
-                    status: "pending".to_owned(),
+                    status: EntryStatus::Service(ServiceState::Pending),
                     registered_at: now,
                     last_heartbeat: None,
                     alive: false,
@@ -78,7 +80,7 @@ impl RegistryActor {
                     deadline: None,
                     process_alive: false,
                 };
-                (spec.name.clone(), record)
+                (spec.name.to_string(), record)
             })
             .collect();
         metrics.set_heartbeat_timeout(config.registry.heartbeat_timeout);
@@ -129,7 +131,7 @@ impl RegistryActor {
             }
             Notice::State(name, state) => {
                 if let Some(record) = self.records.get_mut(&name) {
-                    record.status = state.to_owned();
+                    record.status = EntryStatus::Service(state);
                 }
             }
         }
@@ -230,12 +232,9 @@ impl RegistryActor {
     }
 
     fn register(&mut self, registration: Registration) -> Result<RegistryEntry, RegistryError> {
-        let name = registration.name.clone();
-        if !is_valid_service_name(&name) {
-            return Err(RegistryError::Invalid(format!(
-                "invalid service name {name:?}: use 1 to 63 characters of a-z, 0-9, _ and -"
-            )));
-        }
+        let name = ServiceName::parse(registration.name.clone())
+            .map_err(|invalid| RegistryError::Invalid(invalid.to_string()))?;
+        let name = String::from(name);
         if registration
             .service_type
             .as_deref()
@@ -266,7 +265,7 @@ impl RegistryActor {
                     tags: registration.tags,
                     metadata: registration.metadata,
                     managed: false,
-                    status: "registered".to_owned(),
+                    status: EntryStatus::Registered,
                     registered_at: self.clock.now(),
                     last_heartbeat: None,
                     alive: false,
@@ -309,7 +308,7 @@ impl RegistryActor {
             tags: record.tags.clone(),
             metadata: record.metadata.clone(),
             managed: record.managed,
-            status: record.status.clone(),
+            status: record.status,
             registered_at: record.registered_at,
             last_heartbeat: record.last_heartbeat.map(|at| self.clock.at(at)),
             heartbeat_age_seconds: record
@@ -325,7 +324,7 @@ impl RegistryActor {
         let now = Instant::now();
         let mut by_status = BTreeMap::new();
         for record in self.records.values() {
-            *by_status.entry(record.status.clone()).or_insert(0) += 1;
+            *by_status.entry(record.status.as_str().to_owned()).or_insert(0) += 1;
         }
         let alive = self.records.values().filter(|r| r.alive).count();
         let managed = self.records.values().filter(|r| r.managed).count();

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::status::ServiceState;
 use crate::telemetry::metrics::Metrics;
 
 /// Requests the API's channel holds before senders wait.
@@ -46,7 +47,7 @@ enum Notice {
     /// A managed service was observed alive.
     Alive(String),
     /// A managed service changed lifecycle state.
-    State(String, &'static str),
+    State(String, ServiceState),
     /// A managed service's process started (true) or ended (false).
     Process(String, bool),
 }
@@ -119,7 +120,7 @@ impl RegistryHandle {
     }
 
     /// The engine moved `name` to `state` (never waits).
-    pub fn state_changed(&self, name: &str, state: &'static str) {
+    pub fn state_changed(&self, name: &str, state: ServiceState) {
         let _ = self.notices.send(Notice::State(name.to_owned(), state));
     }
 

@@ -41,7 +41,7 @@ async fn configured_services_are_registered_and_not_alive_until_a_heartbeat() {
             .all(|e| e.managed && !e.alive && e.last_heartbeat.is_none())
     );
     assert_eq!(entries[0].metadata["metrics"], "127.0.0.1:7100");
-    assert_eq!(entries[0].status, "pending");
+    assert_eq!(entries[0].status.as_str(), "pending");
 }
 
 #[tokio::test(start_paused = true)]
@@ -91,7 +91,7 @@ async fn services_register_update_and_deregister_themselves() {
     assert!(entry.alive, "registering counts as a heartbeat");
     assert!(!entry.managed);
     assert_eq!(entry.service_type, "cache");
-    assert_eq!(entry.status, "registered");
+    assert_eq!(entry.status.as_str(), "registered");
     assert_eq!(
         (entry.address.as_deref(), entry.port),
         (Some("10.0.0.7"), Some(9000))
@@ -139,7 +139,7 @@ async fn configured_services_cannot_be_registered_or_deregistered() {
 #[tokio::test(start_paused = true)]
 async fn stats_count_alive_dead_and_states() {
     let registry = registry();
-    registry.state_changed("dao", "running");
+    registry.state_changed("dao", crate::status::ServiceState::Running);
     registry.heartbeat("dao").await.unwrap();
     registry.register(registration("cache")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;

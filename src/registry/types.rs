@@ -6,6 +6,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::status::EntryStatus;
+
 /// A service registering itself (the body of `POST /api/orchestration/registry`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,7 +50,7 @@ pub struct RegistryEntry {
     /// Configured (and supervised) rather than registered at run time.
     pub managed: bool,
     /// Lifecycle state for managed services; `registered` for the others.
-    pub status: String,
+    pub status: EntryStatus,
     /// When it was registered.
     #[serde(serialize_with = "crate::clock::serialize_rfc3339")]
     pub registered_at: SystemTime,

@@ -212,10 +212,10 @@ impl Launcher for ProcessLauncher {
             .map_err(|error| LaunchError(format!("cannot start {program}: {error}")))?;
         let pid = child.id();
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(forward(spec.name.clone(), "stdout", stdout));
+            tokio::spawn(forward(spec.name.to_string(), "stdout", stdout));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(forward(spec.name.clone(), "stderr", stderr));
+            tokio::spawn(forward(spec.name.to_string(), "stderr", stderr));
         }
         let (sender, exit) = watch::channel(None);
         tokio::spawn(async move {

@@ -147,7 +147,7 @@ impl World {
 #[async_trait]
 impl Launcher for World {
     async fn launch(&self, spec: &ServiceSpec) -> Result<Instance, LaunchError> {
-        let name = spec.name.clone();
+        let name = spec.name.to_string();
         self.record(Event::Launch(name.clone()));
         let behaviour = self.lock().behaviour.get(&name).cloned().unwrap_or_default();
         if behaviour.fail_launch {

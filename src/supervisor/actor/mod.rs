@@ -7,6 +7,7 @@
 //! returns (launch, stop, wait for dependents, answer requests). Actions that take time report back with the
 //! next event (`InstanceStopped`, `DependentsStopped`, `Ready`, ...). No decision is taken here.
 
+mod actions;
 mod checks;
 mod commands;
 mod spans;
@@ -18,11 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{
-    Instant, Interval, MissedTickBehavior, interval, interval_at, sleep, sleep_until, timeout,
-};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use self::checks::poll_check;
 
@@ -34,7 +32,7 @@ use crate::registry::RegistryHandle;
 use crate::supervisor::backoff::Backoff;
 use crate::supervisor::gate;
 use crate::supervisor::launcher::{Instance, Launcher};
-use crate::supervisor::lifecycle::{Action, Dependents, Event, Lifecycle, Policy, Request};
+use crate::supervisor::lifecycle::{Action, Event, Lifecycle, Policy, Request};
 use crate::supervisor::state::{Exit, RestartReason, ServiceState, Snapshot};
 use crate::supervisor::{Command, ControlError, Reply};
 use crate::telemetry::metrics::ServiceMetrics;
@@ -399,179 +397,6 @@ impl Actor {
         self.snapshot.last_error_at = Some(at);
     }
 
-    // ---- actions -------------------------------------------------------------------------------------------
-
-    /// Launches a new instance (or, for an external service, starts probing it); reports `LaunchFailed`, or
-    /// `Ready` at once when there is no probe.
-    async fn launch(&mut self, restart: Option<RestartReason>) -> Option<Event> {
-        let now = Instant::now();
-        if let Some(reason) = restart {
-            let at = self.parts.clock.at(now);
-            self.snapshot.last_restart = Some(at);
-            self.snapshot.last_restart_reason = Some(reason);
-            self.parts.metrics.restart(reason, at);
-            tracing::info!(service = self.name(), %reason, restart_count = self.lifecycle.restart_count(), "restarting service");
-        }
-        self.health.reset(now);
-        self.launched_at = now;
-        self.startup_failure = None;
-        self.startup_deadline = Some(now + self.parts.spec.health.startup_timeout);
-        self.ticker = interval(self.parts.spec.health.startup_interval);
-        self.ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        self.open_start_span();
-        self.publish();
-
-        if let Some(launcher) = self.parts.launcher.clone() {
-            match launcher.launch(&self.parts.spec).await {
-                Ok(instance) => {
-                    self.snapshot.pid = instance.pid();
-                    self.exit = Some(instance.exit_watch());
-                    self.instance = Some(instance);
-                    self.set_process_alive(true);
-                    self.publish();
-                }
-                Err(error) => {
-                    let message = format!("start failed: {error}");
-                    self.failure(FailureReason::ProcessDown, message.clone());
-                    return Some(Event::LaunchFailed(message));
-                }
-            }
-        }
-        if !self.has_health_check() {
-            return Some(Event::Ready);
-        }
-        None
-    }
-
-    fn became_ready(&mut self) {
-        let now = Instant::now();
-        if !self.has_health_check() {
-            // Liveness is the process: it runs, so it is healthy.
-            self.health.process_running(now);
-        }
-        self.startup_deadline = None;
-        self.snapshot.ready_since = Some(self.parts.clock.at(now));
-        self.healthy_since = Some(now);
-        let check_interval = self.parts.spec.health.check_interval;
-        self.ticker = interval_at(now + check_interval, check_interval);
-        self.ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tracing::info!(
-            service = self.name(),
-            layer = self.parts.layer,
-            pid = self.snapshot.pid,
-            ready_in_ms = now.duration_since(self.launched_at).as_millis() as u64,
-            since_launch_ms = now.duration_since(self.parts.boot).as_millis() as u64,
-            "service ready"
-        );
-        self.parts
-            .metrics
-            .set_startup_duration(now.duration_since(self.launched_at));
-        // Logged before it is published: the startup summary follows every "service ready" line.
-        self.publish();
-        self.close_start_span(None);
-        self.close_restart_span(None);
-        let snapshot = self.snapshot.clone();
-        for waiter in self.start_waiters.drain(..) {
-            let _ = waiter.send(Ok(snapshot.clone()));
-        }
-    }
-
-    fn schedule_restart(&mut self, attempt: u32, reason: RestartReason) {
-        let delay = self.backoff.delay(attempt, fastrand::f64());
-        self.backoff_until = Some(Instant::now() + delay);
-        self.snapshot.backoff = Some(delay);
-        self.healthy_since = None;
-        self.open_restart_span(reason, attempt, delay);
-        self.publish();
-        tracing::info!(
-            service = self.name(),
-            %reason,
-            attempt,
-            max_attempts = self.parts.spec.restart.max_attempts,
-            delay_ms = delay.as_millis() as u64,
-            "restart scheduled"
-        );
-    }
-
-    /// Waits until the dependents in `scope` are down (at shutdown, only when there is an instance to hold).
-    async fn await_dependents(&mut self, scope: Dependents) {
-        let peers = match scope {
-            Dependents::Required => &self.parts.required_dependents,
-            Dependents::All if self.instance.is_none() => return,
-            Dependents::All => &self.parts.dependents,
-        };
-        loop {
-            let holding = peers
-                .iter()
-                .find(|peer| !peer.snapshot.borrow().is_down())
-                .map(|peer| peer.name.as_str());
-            let Some(dependent) = holding else { return };
-            tracing::debug!(service = %self.parts.spec.name, %dependent, "waiting for dependent to stop first");
-            tokio::select! {
-                () = self.parts.force.cancelled() => return,
-                () = self.parts.shutdown.cancelled(), if scope == Dependents::Required => return,
-                changed = self.changes.changed() => if changed.is_err() { return },
-            }
-        }
-    }
-
-    /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced).
-    async fn stop_instance(&mut self) {
-        self.check = None;
-        self.exit = None;
-        let Some(instance) = self.instance.take() else {
-            return;
-        };
-        self.set_process_alive(false);
-        let parent = self.restart_span.as_ref().and_then(tracing::Span::id);
-        let span = tracing::info_span!(
-            parent: parent,
-            "stop service",
-            orchestrator.service.name = %self.parts.spec.name,
-            orchestrator.shutdown.timeout_seconds = self.parts.spec.shutdown.timeout.as_secs_f64(),
-            orchestrator.stop.killed = tracing::field::Empty,
-            orchestrator.stop.exit = tracing::field::Empty,
-        );
-        let status = self.terminate(instance).instrument(span.clone()).await;
-        span.record("orchestrator.stop.exit", status.to_string());
-        tracing::info!(parent: &span, service = self.name(), %status, "service stopped");
-        self.snapshot.pid = None;
-        self.publish();
-    }
-
-    /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced); returns how it ended.
-    async fn terminate(&mut self, mut instance: Instance) -> Exit {
-        let timeout_length = self.parts.spec.shutdown.timeout;
-        instance.terminate();
-        let graceful = tokio::select! {
-            status = instance.exited() => Some(status),
-            () = sleep(timeout_length) => {
-                tracing::warn!(service = self.name(), timeout_ms = timeout_length.as_millis() as u64, "did not stop in time: sending SIGKILL");
-                None
-            }
-            () = self.parts.force.cancelled() => {
-                tracing::warn!(service = self.name(), "forced shutdown: sending SIGKILL");
-                None
-            }
-        };
-        if let Some(status) = graceful {
-            return status;
-        }
-        tracing::Span::current().record("orchestrator.stop.killed", true);
-        instance.kill();
-        match timeout(KILL_GRACE, instance.exited()).await {
-            Ok(status) => status,
-            Err(_) => {
-                tracing::error!(
-                    service = self.name(),
-                    pid = instance.pid(),
-                    "process survived SIGKILL; abandoning it"
-                );
-                Exit::Error("survived SIGKILL".into())
-            }
-        }
-    }
-
     // ---- helpers -------------------------------------------------------------------------------------------
 
     /// Tells the registry whether this service's process runs: while it does, the registry records a
@@ -648,7 +473,7 @@ impl Actor {
             metrics.set_state(snapshot.state);
             self.parts
                 .registry
-                .state_changed(&self.parts.spec.name, snapshot.state.as_str());
+                .state_changed(&self.parts.spec.name, snapshot.state);
         }
         if gating_changed {
             self.parts

@@ -1,312 +1,16 @@
-//! Prometheus metrics (DESIGN.md section 7), registered explicitly in one registry and updated as events
-//! happen. A scrape only reads atomics: it never waits on a probe or on the engine.
-//!
-//! State-set gauges (`service_state`, `service_health`) export every value, 1 for the current one; the
-//! bounded label values of restart and check-failure reasons exist at 0 from the start. Per service the
-//! engine holds a [`ServiceMetrics`] with every child metric resolved once, so updating is a few atomic
-//! operations.
-//!
-//! Per-service values are plain atomics ([`ServiceMetrics`]) written straight into the text exposition,
-//! one family at a time; the rest (build info, heartbeats, dependency edges, API traffic, `process_*`)
-//! are prometheus-crate metrics in a registry, gathered and encoded by the crate. With a prometheus-crate
-//! child per per-service series (55 per service), 1,000 services cost about 25 MiB and a scrape took about
-//! 40 ms to build.
+//! One supervised service's series: plain atomics behind a [`ServiceMetrics`] handle, written straight
+//! into the text exposition one family at a time (not a prometheus-crate child per series: with 55 series
+//! per service those cost about 25 MiB for 1,000 services, and a scrape about 40 ms to build).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use prometheus::core::Collector;
-use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
-
+use super::{CHECK_BUCKETS, NAMESPACE};
 use crate::clock::unix_seconds;
-use crate::graph::DependencyGraph;
 use crate::health::{FailureReason, HealthStatus};
-use crate::supervisor::{RestartReason, ServiceState};
-
-/// Metric name prefix.
-pub const NAMESPACE: &str = "orchestrator";
-
-/// Build revision, from the build script (git), or "unknown".
-const REVISION: &str = match option_env!("FOG_REVISION") {
-    Some(revision) => revision,
-    None => "unknown",
-};
-
-/// Health-check duration buckets: 1 ms to 10 s.
-const CHECK_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-/// API latency buckets: 100 µs to 5 s.
-const API_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
-];
-
-/// Options for one metric. Every name, help text and label set in this file is a constant, so building a
-/// metric cannot fail at run time (each test that starts a supervisor builds them all); hence `expect`.
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help).namespace(NAMESPACE)
-}
-
-/// Every metric the orchestrator exports.
-pub struct Metrics {
-    registry: Registry,
-    services: Mutex<Vec<ServiceEntry>>,
-    heartbeats: IntCounterVec,
-    last_heartbeat: GaugeVec,
-    heartbeat_timeouts: IntCounterVec,
-    heartbeat_timeout: Gauge,
-    dependency_resolution: Gauge,
-    dependency_info: IntGaugeVec,
-    ready: IntGauge,
-    initialized: IntGauge,
-    api_requests: IntCounterVec,
-    api_duration: HistogramVec,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
-    }
-}
-
-/// Registers `collector`, which cannot fail for metrics created here with distinct names.
-fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
-    if let Err(error) = registry.register(Box::new(collector.clone())) {
-        tracing::error!(%error, "metric registration failed");
-    }
-    collector
-}
-
-impl Metrics {
-    /// A fresh registry with every metric, `build_info` and the standard `process_*` metrics.
-    pub fn new() -> Arc<Self> {
-        let registry = Registry::new();
-        let service = &["service"];
-        let int_gauges = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &registry,
-                IntGaugeVec::new(opts(name, help), labels).expect("valid metric"),
-            )
-        };
-        let gauges = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &registry,
-                GaugeVec::new(opts(name, help), labels).expect("valid metric"),
-            )
-        };
-        let counters = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &registry,
-                IntCounterVec::new(opts(name, help), labels).expect("valid metric"),
-            )
-        };
-
-        let build_info = int_gauges(
-            "build_info",
-            "Build information of the running orchestrator (always 1).",
-            &["version", "revision"],
-        );
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
-            .set(1);
-        #[cfg(target_os = "linux")]
-        if let Err(error) = registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        )) {
-            tracing::error!(%error, "process metrics registration failed");
-        }
-
-        let metrics = Self {
-            heartbeats: counters("heartbeats_received_total", "Heartbeats received.", service),
-            last_heartbeat: gauges(
-                "heartbeat_last_received_timestamp_seconds",
-                "When the last heartbeat arrived (Unix time), 0 before the first.",
-                service,
-            ),
-            heartbeat_timeouts: counters(
-                "heartbeat_timeouts_total",
-                "Alive to dead transitions: no heartbeat within the heartbeat timeout.",
-                service,
-            ),
-            heartbeat_timeout: register(
-                &registry,
-                Gauge::with_opts(opts(
-                    "heartbeat_timeout_seconds",
-                    "No heartbeat for this long means dead.",
-                ))
-                .expect("valid metric"),
-            ),
-            dependency_resolution: register(
-                &registry,
-                Gauge::with_opts(opts(
-                    "dependency_resolution_duration_seconds",
-                    "Time taken to resolve the dependency graph into startup gates.",
-                ))
-                .expect("valid metric"),
-            ),
-            dependency_info: int_gauges(
-                "dependency_info",
-                "One series per dependency edge (always 1).",
-                &["service", "dependency", "kind"],
-            ),
-            ready: register(
-                &registry,
-                IntGauge::with_opts(opts("ready", "1 when every critical service runs (is_ready)."))
-                    .expect("valid metric"),
-            ),
-            initialized: register(
-                &registry,
-                IntGauge::with_opts(opts("initialized", "1 once the startup sequence has finished."))
-                    .expect("valid metric"),
-            ),
-            api_requests: counters(
-                "api_requests_total",
-                "REST API requests, by route template, method and status code.",
-                &["route", "method", "code"],
-            ),
-            api_duration: register(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new("api_request_duration_seconds", "REST API request latency.")
-                        .namespace(NAMESPACE)
-                        .buckets(API_BUCKETS.to_vec()),
-                    &["route", "method"],
-                )
-                .expect("valid metric"),
-            ),
-            registry,
-            services: Mutex::new(Vec::new()),
-        };
-        Arc::new(metrics)
-    }
-
-    /// The dependency edges of `graph` as `dependency_info` series.
-    pub fn record_graph(&self, graph: &DependencyGraph) {
-        for name in graph.names() {
-            for dependency in graph.dependencies(name) {
-                self.dependency_info
-                    .with_label_values(&[name, dependency, "required"])
-                    .set(1);
-            }
-            for dependency in graph.optional_dependencies(name) {
-                self.dependency_info
-                    .with_label_values(&[name, dependency, "optional"])
-                    .set(1);
-            }
-        }
-    }
-
-    /// Creates every series of a supervised service (reasons and states at 0) and returns its handles.
-    pub fn service(
-        &self,
-        name: &str,
-        service_type: &str,
-        critical: bool,
-        external: bool,
-        layer: u32,
-    ) -> ServiceMetrics {
-        let info = [
-            escape(service_type),
-            critical.to_string(),
-            external.to_string(),
-            layer.to_string(),
-        ];
-        let service = ServiceMetrics::default();
-        service.set_state(ServiceState::Pending);
-        service.set_health(HealthStatus::Unknown);
-        self.heartbeat_series(name);
-        let entry = ServiceEntry {
-            name: name.to_owned(),
-            info,
-            metrics: service.clone(),
-        };
-        self.services
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(entry);
-        service
-    }
-
-    /// Creates the heartbeat series of a registry entry.
-    pub fn heartbeat_series(&self, name: &str) {
-        self.heartbeats.with_label_values(&[name]);
-        self.last_heartbeat.with_label_values(&[name]);
-        self.heartbeat_timeouts.with_label_values(&[name]);
-    }
-
-    /// A heartbeat of `name` arrived at `at`.
-    pub fn heartbeat(&self, name: &str, at: SystemTime) {
-        self.heartbeats.with_label_values(&[name]).inc();
-        self.last_heartbeat
-            .with_label_values(&[name])
-            .set(unix_seconds(at));
-    }
-
-    /// `name` went from alive to dead.
-    pub fn heartbeat_timed_out(&self, name: &str) {
-        self.heartbeat_timeouts.with_label_values(&[name]).inc();
-    }
-
-    /// The configured heartbeat timeout.
-    pub fn set_heartbeat_timeout(&self, timeout: Duration) {
-        self.heartbeat_timeout.set(timeout.as_secs_f64());
-    }
-
-    /// Removes every series of a service that left the registry.
-    pub fn remove_registered(&self, name: &str) {
-        let _ = self.heartbeats.remove_label_values(&[name]);
-        let _ = self.last_heartbeat.remove_label_values(&[name]);
-        let _ = self.heartbeat_timeouts.remove_label_values(&[name]);
-    }
-
-    /// How long resolving the graph into gates took.
-    pub fn set_dependency_resolution(&self, took: Duration) {
-        self.dependency_resolution.set(took.as_secs_f64());
-    }
-
-    /// Readiness and initialisation of the whole orchestrator.
-    pub fn set_readiness(&self, ready: bool, initialized: bool) {
-        self.ready.set(i64::from(ready));
-        self.initialized.set(i64::from(initialized));
-    }
-
-    /// One API request.
-    pub fn api_request(&self, route: &str, method: &str, code: u16, took: Duration) {
-        self.api_requests
-            .with_label_values(&[route, method, &code.to_string()])
-            .inc();
-        self.api_duration
-            .with_label_values(&[route, method])
-            .observe(took.as_secs_f64());
-    }
-
-    /// The text exposition of every metric.
-    pub fn render(&self) -> String {
-        let services = self
-            .services
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut text = String::with_capacity(2048 + services.len() * 3000);
-        write_services(&mut text, &services);
-        drop(services);
-        let mut gathered = Vec::with_capacity(64 * 1024);
-        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut gathered) {
-            tracing::error!(%error, "cannot encode metrics");
-        }
-        text.push_str(&String::from_utf8_lossy(&gathered));
-        text
-    }
-
-    /// The registry, for tests and embedding programs that add their own metrics.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-}
+use crate::status::{RestartReason, ServiceState};
 
 /// An `f64` kept in an atomic.
 #[derive(Debug, Default)]
@@ -434,15 +138,15 @@ impl ServiceMetrics {
 }
 
 /// A supervised service as the renderer sees it.
-struct ServiceEntry {
-    name: String,
+pub(super) struct ServiceEntry {
+    pub(super) name: String,
     /// Label values of `service_info`: type (escaped), critical, external, layer.
-    info: [String; 4],
-    metrics: ServiceMetrics,
+    pub(super) info: [String; 4],
+    pub(super) metrics: ServiceMetrics,
 }
 
 /// A label value escaped for the text format (backslash, double quote, newline).
-fn escape(value: &str) -> String {
+pub(super) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -508,7 +212,7 @@ fn count(counter: &AtomicU64) -> f64 {
 }
 
 /// Writes the per-service families, one family at a time, from the services' series.
-fn write_services(text: &mut String, services: &[ServiceEntry]) {
+pub(super) fn write_services(text: &mut String, services: &[ServiceEntry]) {
     if services.is_empty() {
         return;
     }

@@ -1,0 +1,315 @@
+//! [`SupervisorBuilder`]: from a validated config to running actors. Each service gets a handle (its command
+//! channel and published snapshot), its gates are resolved from the graph (whom it waits for, who stops
+//! before it), and its actor is spawned.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::actor::{Actor, ActorParts, Peer};
+use super::{
+    Command, ControlError, InProcessLauncher, Launcher, Service, ServiceHandle, Snapshot, Supervisor,
+};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::graph::DependencyGraph;
+use crate::health::probe::Prober;
+use crate::registry::RegistryHandle;
+use crate::telemetry::metrics::Metrics;
+
+/// Commands each actor's channel holds before senders wait.
+const COMMAND_QUEUE: usize = 32;
+
+/// Builds a [`Supervisor`]: the real launcher and probes unless replaced, plus in-process services.
+pub struct SupervisorBuilder {
+    pub(super) config: Config,
+    pub(super) launcher: Arc<dyn Launcher>,
+    pub(super) prober: Arc<dyn Prober>,
+    pub(super) clock: Clock,
+    pub(super) in_process: HashMap<String, Arc<dyn Service>>,
+    pub(super) registry: Option<RegistryHandle>,
+    pub(super) metrics: Option<Arc<Metrics>>,
+    pub(super) startup_span: Option<tracing::Span>,
+}
+
+/// Whom one actor watches.
+struct Gates {
+    required: Vec<Peer>,
+    optional: Vec<Peer>,
+    dependents: Vec<Peer>,
+    required_dependents: Vec<Peer>,
+}
+
+/// The receiving ends of one service's channels, for its actor.
+struct Channels {
+    publish: watch::Sender<Snapshot>,
+    commands: mpsc::Receiver<Command>,
+}
+
+/// What every actor shares.
+struct Shared {
+    prober: Arc<dyn Prober>,
+    clock: Clock,
+    registry: RegistryHandle,
+    changes: Arc<watch::Sender<u64>>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    boot: Instant,
+    startup_span: tracing::Span,
+}
+
+impl SupervisorBuilder {
+    /// Replaces the process launcher (tests use a fake one).
+    pub fn launcher(mut self, launcher: Arc<dyn Launcher>) -> Self {
+        self.launcher = launcher;
+        self
+    }
+
+    /// Replaces the network probes (tests use fake ones).
+    pub fn prober(mut self, prober: Arc<dyn Prober>) -> Self {
+        self.prober = prober;
+        self
+    }
+
+    /// Replaces the wall clock used for timestamps.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The `start orchestrator` span that every first `start service` span is a child of; it ends when the
+    /// startup sequence has finished. Without one, the supervisor opens its own.
+    pub fn startup_span(mut self, span: tracing::Span) -> Self {
+        self.startup_span = Some(span);
+        self
+    }
+
+    /// Records into `metrics` instead of a fresh set.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Uses an existing registry instead of starting one.
+    pub fn registry(mut self, registry: RegistryHandle) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Runs `name` (declared in the config without a `command`) in process, through `service`.
+    pub fn in_process(mut self, name: impl Into<String>, service: Arc<dyn Service>) -> Self {
+        self.in_process.insert(name.into(), service);
+        self
+    }
+
+    /// Spawns every actor; services start at once, each when its dependencies allow.
+    pub fn start(mut self) -> Result<Supervisor, ControlError> {
+        self.check_in_process()?;
+        let metrics = self.metrics.take().unwrap_or_else(Metrics::new);
+        let startup_span = self.startup_span.take().unwrap_or_else(|| {
+            tracing::info_span!(
+                "start orchestrator",
+                orchestrator.services = self.config.services.len()
+            )
+        });
+        let registry = self
+            .registry
+            .take()
+            .unwrap_or_else(|| RegistryHandle::start(&self.config, self.clock, metrics.clone()));
+        metrics.record_graph(&self.config.graph);
+        let (changes, changes_receiver) = watch::channel(0u64);
+        let shared = Shared {
+            prober: self.prober.clone(),
+            clock: self.clock,
+            registry: registry.clone(),
+            changes: Arc::new(changes),
+            shutdown: CancellationToken::new(),
+            force: CancellationToken::new(),
+            boot: Instant::now(),
+            startup_span: startup_span.clone(),
+        };
+        let (handles, channels) = self.handles(&registry, &metrics);
+
+        let resolving = tracing::info_span!(parent: &startup_span, "resolve dependencies", orchestrator.services = handles.len());
+        let started_resolving = std::time::Instant::now();
+        let gates = resolving.in_scope(|| resolve_gates(&self.config.graph, &handles));
+        metrics.set_dependency_resolution(started_resolving.elapsed());
+        drop(resolving);
+
+        let tasks = TaskTracker::new();
+        for ((handle, channels), gates) in handles.iter().zip(channels).zip(gates) {
+            let parts = self.actor_parts(handle, channels, gates, &shared);
+            tasks.spawn(Actor::new(parts).run());
+        }
+        tasks.close();
+
+        let index = handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.name().to_owned(), i))
+            .collect();
+        let supervisor = Supervisor {
+            registry,
+            metrics,
+            services: Arc::new(handles),
+            index: Arc::new(index),
+            changes: changes_receiver,
+            shutdown: shared.shutdown,
+            force: shared.force,
+            tasks,
+            boot: shared.boot,
+        };
+        tokio::spawn(tracing::Instrument::instrument(
+            supervisor.clone().log_startup_summary(),
+            startup_span,
+        ));
+        tokio::spawn(supervisor.clone().track_readiness());
+        Ok(supervisor)
+    }
+
+    /// In-process services must be declared, without a command.
+    fn check_in_process(&self) -> Result<(), ControlError> {
+        let misdeclared = self.in_process.keys().find(|name| {
+            self.config
+                .service(name)
+                .is_none_or(|spec| spec.command.is_some())
+        });
+        match misdeclared {
+            Some(name) => Err(ControlError::UnknownService(format!(
+                "{name} (in-process services must be declared without a command)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Every service's handle, and the other ends of its channels.
+    fn handles(&self, registry: &RegistryHandle, metrics: &Metrics) -> (Vec<ServiceHandle>, Vec<Channels>) {
+        let graph = &self.config.graph;
+        self.config
+            .services
+            .iter()
+            .map(|spec| {
+                let (publish, snapshot) = watch::channel(Snapshot::initial());
+                let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+                let layer = graph.layer(&spec.name).unwrap_or(0);
+                let handle = ServiceHandle {
+                    spec: Arc::new(spec.clone()),
+                    registry: registry.clone(),
+                    metrics: metrics.service(
+                        &spec.name,
+                        &spec.service_type,
+                        spec.critical,
+                        spec.is_external(),
+                        layer,
+                    ),
+                    layer,
+                    commands,
+                    snapshot,
+                };
+                let channels = Channels {
+                    publish,
+                    commands: receiver,
+                };
+                (handle, channels)
+            })
+            .unzip()
+    }
+
+    fn actor_parts(
+        &mut self,
+        handle: &ServiceHandle,
+        channels: Channels,
+        gates: Gates,
+        shared: &Shared,
+    ) -> ActorParts {
+        let launcher: Option<Arc<dyn Launcher>> = match self.in_process.remove(handle.name()) {
+            Some(service) => Some(Arc::new(InProcessLauncher::new(service))),
+            None if handle.spec.command.is_some() => Some(self.launcher.clone()),
+            None => None,
+        };
+        ActorParts {
+            spec: handle.spec.clone(),
+            layer: handle.layer,
+            launcher,
+            prober: shared.prober.clone(),
+            clock: shared.clock,
+            heartbeat_timeout: self.config.registry.heartbeat_timeout,
+            heartbeat_interval: self.config.registry.heartbeat_interval,
+            registry: shared.registry.clone(),
+            metrics: handle.metrics.clone(),
+            commands: channels.commands,
+            publish: channels.publish,
+            changes: shared.changes.clone(),
+            required: gates.required,
+            optional: gates.optional,
+            dependents: gates.dependents,
+            required_dependents: gates.required_dependents,
+            shutdown: shared.shutdown.clone(),
+            force: shared.force.clone(),
+            boot: shared.boot,
+            startup_span: shared.startup_span.clone(),
+        }
+    }
+}
+
+/// Resolves the graph into each actor's gates: whom it waits for, and who must stop before it.
+fn resolve_gates(graph: &DependencyGraph, handles: &[ServiceHandle]) -> Vec<Gates> {
+    let index: HashMap<&str, usize> = handles.iter().enumerate().map(|(i, h)| (h.name(), i)).collect();
+    let peer = |name: &str| Peer {
+        name: name.to_owned(),
+        snapshot: handles[index[name]].snapshot.clone(),
+    };
+    handles
+        .iter()
+        .map(|handle| {
+            let name = handle.name();
+            let required = graph.dependencies(name);
+            let mut optional: Vec<Peer> = graph.optional_dependencies(name).into_iter().map(peer).collect();
+            // `priority = p` waits, in the optional sense, for every service of a layer below p (each peer
+            // once: the actor reads all of them at the same time).
+            for other in handles {
+                if other.layer < handle.spec.priority
+                    && other.name() != name
+                    && !required.contains(&other.name())
+                    && !optional.iter().any(|p| p.name == other.name())
+                {
+                    optional.push(peer(other.name()));
+                }
+            }
+            let dependents = graph.dependents(name);
+            Gates {
+                required: required.iter().map(|d| peer(d)).collect(),
+                optional,
+                required_dependents: dependents
+                    .iter()
+                    .filter(|dependent| graph.dependencies(dependent).contains(&name))
+                    .map(|d| peer(d))
+                    .collect(),
+                dependents: stop_first(handle, handles, dependents)
+                    .into_iter()
+                    .map(peer)
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The services that must stop before `service` does: its dependents, and every service whose `priority`
+/// made it wait for `service` at startup (shutdown mirrors startup).
+fn stop_first<'a>(
+    service: &ServiceHandle,
+    all: &'a [ServiceHandle],
+    dependents: Vec<&'a str>,
+) -> Vec<&'a str> {
+    let mut names = dependents;
+    for other in all {
+        if service.layer < other.spec.priority && !names.contains(&other.name()) {
+            names.push(other.name());
+        }
+    }
+    names
+}
