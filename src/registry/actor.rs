@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use indexmap::IndexMap;
@@ -18,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::name::ServiceName;
 use crate::status::{EntryStatus, ServiceState};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::RegistryMetrics;
 
 /// One entry and its heartbeat bookkeeping.
 struct Record {
@@ -43,7 +42,7 @@ pub(super) struct RegistryActor {
     records: IndexMap<String, Record>,
     deadlines: DelayQueue<String>,
     clock: Clock,
-    metrics: Arc<Metrics>,
+    metrics: RegistryMetrics,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
     timeouts: u64,
@@ -55,7 +54,7 @@ impl RegistryActor {
     pub(super) fn new(
         config: &Config,
         clock: Clock,
-        metrics: Arc<Metrics>,
+        metrics: RegistryMetrics,
         requests: mpsc::Receiver<Request>,
         notices: mpsc::UnboundedReceiver<Notice>,
     ) -> Self {
@@ -83,7 +82,7 @@ impl RegistryActor {
                 (spec.name.to_string(), record)
             })
             .collect();
-        metrics.set_heartbeat_timeout(config.registry.heartbeat_timeout);
+        metrics.set_timeout(config.registry.heartbeat_timeout);
         Self {
             records,
             deadlines: DelayQueue::new(),
@@ -182,7 +181,7 @@ impl RegistryActor {
         record.alive = false;
         record.timeouts += 1;
         self.timeouts += 1;
-        self.metrics.heartbeat_timed_out(&name);
+        self.metrics.timed_out(&name);
         tracing::warn!(
             service = %name,
             timeout_ms = self.heartbeat_timeout.as_millis() as u64,
@@ -257,7 +256,7 @@ impl RegistryActor {
             }
             None => {
                 tracing::info!(service = %name, "service registered");
-                self.metrics.heartbeat_series(&name);
+                self.metrics.series(&name);
                 let record = Record {
                     service_type,
                     address: registration.address,
@@ -294,7 +293,7 @@ impl RegistryActor {
         if let Some(key) = &record.deadline {
             self.deadlines.remove(key);
         }
-        self.metrics.remove_registered(name);
+        self.metrics.remove(name);
         tracing::info!(service = %name, "service deregistered");
         Ok(self.entry(name, &record, now))
     }

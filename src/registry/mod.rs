@@ -16,12 +16,11 @@ use tokio::time::Instant;
 
 use self::actor::RegistryActor;
 pub use self::types::{Registration, RegistryEntry, RegistryError, RegistryStats};
-use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::status::ServiceState;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::RegistryMetrics;
 
 /// Requests the API's channel holds before senders wait.
 const REQUEST_QUEUE: usize = 256;
@@ -62,7 +61,7 @@ pub struct RegistryHandle {
 impl RegistryHandle {
     /// Starts the registry with every configured service registered (managed, not alive until its first
     /// heartbeat).
-    pub fn start(config: &Config, clock: Clock, metrics: Arc<Metrics>) -> Self {
+    pub fn start(config: &Config, clock: Clock, metrics: RegistryMetrics) -> Self {
         let (requests, request_receiver) = mpsc::channel(REQUEST_QUEUE);
         let (notices, notice_receiver) = mpsc::unbounded_channel();
         let actor = RegistryActor::new(config, clock, metrics, request_receiver, notice_receiver);

@@ -14,7 +14,7 @@ fn registry() -> RegistryHandle {
     RegistryHandle::start(
         &config,
         Clock::anchored(SystemTime::UNIX_EPOCH),
-        crate::telemetry::metrics::Metrics::new(),
+        crate::telemetry::metrics::Metrics::new().for_registry(),
     )
 }
 

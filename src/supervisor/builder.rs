@@ -119,7 +119,7 @@ impl SupervisorBuilder {
         let registry = self
             .registry
             .take()
-            .unwrap_or_else(|| RegistryHandle::start(&self.config, self.clock, metrics.clone()));
+            .unwrap_or_else(|| RegistryHandle::start(&self.config, self.clock, metrics.for_registry()));
         metrics.record_graph(&self.config.graph);
         let (changes, changes_receiver) = watch::channel(0u64);
         let shared = Shared {

@@ -58,10 +58,7 @@ fn opts(name: &str, help: &str) -> Opts {
 pub struct Metrics {
     registry: Registry,
     services: Mutex<Vec<ServiceEntry>>,
-    heartbeats: IntCounterVec,
-    last_heartbeat: GaugeVec,
-    heartbeat_timeouts: IntCounterVec,
-    heartbeat_timeout: Gauge,
+    heartbeats: RegistryMetrics,
     dependency_resolution: Gauge,
     dependency_info: IntGaugeVec,
     ready: IntGauge,
@@ -73,6 +70,49 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The registry's metrics: one heartbeat series set per entry, configured or registered at run time.
+#[derive(Debug, Clone)]
+pub struct RegistryMetrics {
+    received: IntCounterVec,
+    last_received: GaugeVec,
+    timeouts: IntCounterVec,
+    timeout: Gauge,
+}
+
+impl RegistryMetrics {
+    /// Creates the heartbeat series of a registry entry.
+    pub fn series(&self, name: &str) {
+        self.received.with_label_values(&[name]);
+        self.last_received.with_label_values(&[name]);
+        self.timeouts.with_label_values(&[name]);
+    }
+
+    /// A heartbeat of `name` arrived at `at`.
+    pub fn heartbeat(&self, name: &str, at: SystemTime) {
+        self.received.with_label_values(&[name]).inc();
+        self.last_received
+            .with_label_values(&[name])
+            .set(unix_seconds(at));
+    }
+
+    /// `name` went from alive to dead.
+    pub fn timed_out(&self, name: &str) {
+        self.timeouts.with_label_values(&[name]).inc();
+    }
+
+    /// The configured heartbeat timeout.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.timeout.set(timeout.as_secs_f64());
+    }
+
+    /// Removes every series of a service that left the registry.
+    pub fn remove(&self, name: &str) {
+        let _ = self.received.remove_label_values(&[name]);
+        let _ = self.last_received.remove_label_values(&[name]);
+        let _ = self.timeouts.remove_label_values(&[name]);
     }
 }
 
@@ -123,19 +163,19 @@ impl Metrics {
             tracing::error!(%error, "process metrics registration failed");
         }
 
-        let metrics = Self {
-            heartbeats: counters("heartbeats_received_total", "Heartbeats received.", service),
-            last_heartbeat: gauges(
+        let heartbeats = RegistryMetrics {
+            received: counters("heartbeats_received_total", "Heartbeats received.", service),
+            last_received: gauges(
                 "heartbeat_last_received_timestamp_seconds",
                 "When the last heartbeat arrived (Unix time), 0 before the first.",
                 service,
             ),
-            heartbeat_timeouts: counters(
+            timeouts: counters(
                 "heartbeat_timeouts_total",
                 "Alive to dead transitions: no heartbeat within the heartbeat timeout.",
                 service,
             ),
-            heartbeat_timeout: register(
+            timeout: register(
                 &registry,
                 Gauge::with_opts(opts(
                     "heartbeat_timeout_seconds",
@@ -143,6 +183,9 @@ impl Metrics {
                 ))
                 .expect("valid metric"),
             ),
+        };
+        let metrics = Self {
+            heartbeats,
             dependency_resolution: register(
                 &registry,
                 Gauge::with_opts(opts(
@@ -221,7 +264,7 @@ impl Metrics {
         let service = ServiceMetrics::default();
         service.set_state(ServiceState::Pending);
         service.set_health(HealthStatus::Unknown);
-        self.heartbeat_series(name);
+        self.heartbeats.series(name);
         let entry = ServiceEntry {
             name: name.to_owned(),
             info,
@@ -234,36 +277,9 @@ impl Metrics {
         service
     }
 
-    /// Creates the heartbeat series of a registry entry.
-    pub fn heartbeat_series(&self, name: &str) {
-        self.heartbeats.with_label_values(&[name]);
-        self.last_heartbeat.with_label_values(&[name]);
-        self.heartbeat_timeouts.with_label_values(&[name]);
-    }
-
-    /// A heartbeat of `name` arrived at `at`.
-    pub fn heartbeat(&self, name: &str, at: SystemTime) {
-        self.heartbeats.with_label_values(&[name]).inc();
-        self.last_heartbeat
-            .with_label_values(&[name])
-            .set(unix_seconds(at));
-    }
-
-    /// `name` went from alive to dead.
-    pub fn heartbeat_timed_out(&self, name: &str) {
-        self.heartbeat_timeouts.with_label_values(&[name]).inc();
-    }
-
-    /// The configured heartbeat timeout.
-    pub fn set_heartbeat_timeout(&self, timeout: Duration) {
-        self.heartbeat_timeout.set(timeout.as_secs_f64());
-    }
-
-    /// Removes every series of a service that left the registry.
-    pub fn remove_registered(&self, name: &str) {
-        let _ = self.heartbeats.remove_label_values(&[name]);
-        let _ = self.last_heartbeat.remove_label_values(&[name]);
-        let _ = self.heartbeat_timeouts.remove_label_values(&[name]);
+    /// The registry's own handle: heartbeat series only.
+    pub fn for_registry(&self) -> RegistryMetrics {
+        self.heartbeats.clone()
     }
 
     /// How long resolving the graph into gates took.
