@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Api;
 use crate::api::server::{self, Limits};
+use crate::api::{Api, BrowserPolicy};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::signal::ShutdownSignals;
@@ -46,6 +46,7 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
 
     let clock = Clock::system();
     let (graph, token) = (config.graph.clone(), config.api.token.clone());
+    let browsers = BrowserPolicy::new(bound, &config.api.allowed_hosts, &config.api.allowed_origins);
     let services = config.services.len();
     let origin = config.origin.clone();
     let startup_span = tracing::info_span!(
@@ -57,7 +58,7 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
         .clock(clock)
         .startup_span(startup_span)
         .start()?;
-    let api = Api::new(supervisor.clone(), graph, token, clock);
+    let api = Api::new(supervisor.clone(), graph, token, browsers, clock);
     let stop_api = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listener,

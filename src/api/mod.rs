@@ -6,6 +6,7 @@
 //! graceful shutdown. Routes come from one table ([`routes::ROUTES`]) that the OpenAPI document is checked
 //! against.
 
+mod guard;
 pub mod openapi;
 mod reply;
 pub mod routes;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use hyper::body::Body;
 use hyper::{HeaderMap, Method, Request, StatusCode, header};
 
+pub use self::guard::BrowserPolicy;
 pub use self::reply::{ApiError, BODY_LIMIT, Reply};
 use self::routes::{Endpoint, Matched};
 use crate::clock::Clock;
@@ -36,13 +38,20 @@ struct ApiState {
     graph: DependencyGraph,
     dependencies_json: Bytes,
     token: Option<String>,
+    browsers: BrowserPolicy,
     clock: Clock,
 }
 
 impl Api {
-    /// An API over `supervisor`, with `graph` for the dependency endpoints and an optional bearer `token`
-    /// required on every POST and DELETE.
-    pub fn new(supervisor: Supervisor, graph: DependencyGraph, token: Option<String>, clock: Clock) -> Self {
+    /// An API over `supervisor`, with `graph` for the dependency endpoints, an optional bearer `token`
+    /// required on every POST and DELETE, and the hosts and origins browsers may use.
+    pub fn new(
+        supervisor: Supervisor,
+        graph: DependencyGraph,
+        token: Option<String>,
+        browsers: BrowserPolicy,
+        clock: Clock,
+    ) -> Self {
         // The graph never changes: render its JSON once.
         let dependencies_json = Bytes::from(graph.to_json().to_string());
         Self {
@@ -51,6 +60,7 @@ impl Api {
                 graph,
                 dependencies_json,
                 token,
+                browsers,
                 clock,
             }),
         }
@@ -79,6 +89,10 @@ impl Api {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Before anything else: a request a foreign web page could have sent is refused unseen.
+        self.state
+            .browsers
+            .check(request.method(), request.version(), request.headers())?;
         let (endpoint, name) = match routes::find(request.method(), request.uri().path()) {
             Matched::Found(endpoint, name) => (endpoint, name),
             Matched::WrongMethod(allowed) => return Err(ApiError::method_not_allowed(allowed)),

@@ -50,6 +50,33 @@ fn object() -> Value {
 
 /// The whole document.
 pub fn document() -> Value {
+    let mut document = paths();
+    // Every route refuses browser pages of other origins and foreign Host names, and a Host-less HTTP/1.1
+    // request, before anything else.
+    if let Some(paths) = document["paths"].as_object_mut() {
+        for operation in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|p| p.values_mut())
+        {
+            if let Some(responses) = operation["responses"].as_object_mut() {
+                responses.insert(
+                    "403".into(),
+                    error_response(
+                        "Refused: a browser page of another origin (api.allowed_origins), or a Host that is not \
+                         this orchestrator's (api.allowed_hosts).",
+                    ),
+                );
+                responses.entry("400").or_insert_with(|| {
+                    error_response("Malformed request (an HTTP/1.1 request without Host).")
+                });
+            }
+        }
+    }
+    document
+}
+
+fn paths() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {

@@ -140,6 +140,21 @@ impl<'a> Table<'a> {
     pub(super) fn string_list(&self, key: &str, problems: &mut Problems) -> Option<Vec<String>> {
         self.read(key, problems, string_list)
     }
+
+    /// A list of strings that cannot contain commas (host names, origins): a list, or one comma-separated
+    /// string, which is how an environment variable can set it.
+    pub(super) fn comma_list(&self, key: &str, problems: &mut Problems) -> Option<Vec<String>> {
+        match self.entries.get(key)? {
+            Value::String(text) => Some(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            _ => self.string_list(key, problems),
+        }
+    }
 }
 
 /// A string. Environment variables always arrive as strings, so typed readers below accept strings too.

@@ -11,7 +11,13 @@ use super::service::service;
 use crate::graph::Node;
 
 const TOP_LEVEL: &[&str] = &["api", "telemetry", "defaults", "registry", "services"];
-const API: &[&str] = &["listen", "token", "allow_unauthenticated"];
+const API: &[&str] = &[
+    "listen",
+    "token",
+    "allow_unauthenticated",
+    "allowed_hosts",
+    "allowed_origins",
+];
 const TELEMETRY: &[&str] = &["log_format", "otlp_endpoint", "otlp_protocol"];
 const DEFAULTS: &[&str] = &["health", "restart", "shutdown"];
 const REGISTRY: &[&str] = &["heartbeat_interval", "heartbeat_timeout"];
@@ -121,6 +127,21 @@ fn api(table: &Table<'_>, problems: &mut Problems) -> Option<ApiSettings> {
         );
     }
     let allow_unauthenticated = table.boolean("allow_unauthenticated", problems)?;
+    let allowed_hosts = allowed(
+        table,
+        "allowed_hosts",
+        is_host_pattern,
+        "a host name such as \"orchestrator.internal\" or \".example.com\"",
+        problems,
+    );
+    let allowed_origins = allowed(
+        table,
+        "allowed_origins",
+        is_origin,
+        "an origin such as \"https://grafana.example.com\" (scheme, host, optional port; no path)",
+        problems,
+    );
+    let (allowed_hosts, allowed_origins) = (allowed_hosts?, allowed_origins?);
     let listen = listen?;
     if !listen.ip().is_loopback() && token.is_none() && !allow_unauthenticated {
         problems.push(
@@ -136,7 +157,62 @@ fn api(table: &Table<'_>, problems: &mut Problems) -> Option<ApiSettings> {
         listen,
         token: token.filter(|t| !t.is_empty()),
         allow_unauthenticated,
+        allowed_hosts,
+        allowed_origins,
     })
+}
+
+/// A list of `key` (empty when unset) whose every entry passes `valid`, else a problem per bad entry.
+fn allowed(
+    table: &Table<'_>,
+    key: &str,
+    valid: fn(&str) -> bool,
+    expected: &str,
+    problems: &mut Problems,
+) -> Option<Vec<String>> {
+    if !table.has(key) {
+        return Some(Vec::new());
+    }
+    let entries = table.comma_list(key, problems)?;
+    let mut ok = true;
+    for entry in &entries {
+        if !valid(entry) {
+            problems.push(table.key_path(key), format!("{entry:?} is not {expected}"));
+            ok = false;
+        }
+    }
+    ok.then_some(entries)
+}
+
+/// A host name, or `.domain` for a domain and its subdomains.
+fn is_host_pattern(host: &str) -> bool {
+    let name = host.strip_prefix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+/// `http://host[:port]` or `https://host[:port]`, as browsers send it in `Origin`.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((ip, rest)) => (ip.parse::<std::net::Ipv6Addr>().is_ok(), rest),
+            None => return false,
+        },
+        None => {
+            let host = authority.split(':').next().unwrap_or_default();
+            let ok = !host.starts_with('.') && is_host_pattern(host);
+            (ok, &authority[host.len()..])
+        }
+    };
+    let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok());
+    matches!(scheme, "http" | "https") && host_ok && port_ok
 }
 
 fn telemetry(table: &Table<'_>, problems: &mut Problems) -> Option<TelemetrySettings> {

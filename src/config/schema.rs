@@ -19,6 +19,10 @@ pub struct ApiSettings {
     pub token: Option<String>,
     /// Allow listening on a non-loopback address without a token.
     pub allow_unauthenticated: bool,
+    /// Extra host names browsers may use in `Host` (`.example.com` also allows its subdomains).
+    pub allowed_hosts: Vec<String>,
+    /// Web origins (`https://grafana.example.com`) whose pages may call the API.
+    pub allowed_origins: Vec<String>,
 }
 
 /// How log lines are written.

@@ -196,6 +196,27 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
 }
 
 #[test]
+fn allowed_hosts_and_origins_come_from_the_environment_as_comma_separated_lists() {
+    let env = HashMap::from([
+        (
+            "ORCHESTRATOR__API__ALLOWED_HOSTS".to_owned(),
+            "orchestrator,.fog.example".to_owned(),
+        ),
+        (
+            "ORCHESTRATOR__API__ALLOWED_ORIGINS".to_owned(),
+            "https://grafana.example".to_owned(),
+        ),
+    ]);
+    let file = ConfigFile::Text {
+        name: "test".into(),
+        text: String::new(),
+    };
+    let api = Config::load(&Source::new(file).with_env(env)).unwrap().api;
+    assert_eq!(api.allowed_hosts, ["orchestrator", ".fog.example"]);
+    assert_eq!(api.allowed_origins, ["https://grafana.example"]);
+}
+
+#[test]
 fn bad_environment_values_are_reported_with_their_key_path() {
     let env = HashMap::from([(
         "ORCHESTRATOR__DEFAULTS__HEALTH__FAILURE_THRESHOLD".to_owned(),
@@ -571,6 +592,34 @@ fn non_loopback_listen_needs_a_token_or_an_explicit_opt_out() {
             .allow_unauthenticated
     );
     assert_single_problem("[api]\ntoken = \"\"\n", &["api.token", "must not be empty"]);
+}
+
+#[test]
+fn browser_hosts_and_origins_are_checked() {
+    let api = valid(
+        "[api]\nallowed_hosts = [\"orchestrator.internal\", \".fog.example\"]\n\
+         allowed_origins = [\"https://grafana.example:3000\", \"http://[::1]:8080\"]\n",
+    )
+    .api;
+    assert_eq!(api.allowed_hosts, ["orchestrator.internal", ".fog.example"]);
+    assert_eq!(api.allowed_origins.len(), 2);
+    assert!(valid("").api.allowed_origins.is_empty(), "none by default");
+    assert_single_problem(
+        "[api]\nallowed_hosts = [\"bad host/\"]\n",
+        &["api.allowed_hosts", "\"bad host/\" is not a host name"],
+    );
+    for origin in [
+        "grafana.example",
+        "ftp://x.example",
+        "https://x.example/path",
+        "https://x.example:99999",
+        "*",
+    ] {
+        assert_single_problem(
+            &format!("[api]\nallowed_origins = [\"{origin}\"]\n"),
+            &["api.allowed_origins", "is not an origin"],
+        );
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fog_orchestrator::api::routes::ROUTES;
-use fog_orchestrator::api::{Api, openapi};
+use fog_orchestrator::api::{Api, BrowserPolicy, openapi};
 use fog_orchestrator::clock::Clock;
 use fog_orchestrator::supervisor::{ServiceState, Supervisor};
 use http_body_util::{BodyExt, Full};
@@ -32,6 +32,7 @@ fn api_for(supervisor: &Supervisor, token: Option<&str>) -> Api {
         supervisor.clone(),
         config(FOG).graph,
         token.map(str::to_owned),
+        BrowserPolicy::default(),
         Clock::system(),
     )
 }
@@ -43,7 +44,22 @@ async fn call(
     body: Option<(&str, Vec<u8>)>,
     token: Option<&str>,
 ) -> Response {
+    call_as(api, method, path, body, token, &[("host", "127.0.0.1:8400")]).await
+}
+
+/// A request with exactly these extra `headers` (a browser's, or none at all).
+async fn call_as(
+    api: &Api,
+    method: Method,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Response {
     let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some((content_type, _)) = &body {
         request = request.header(header::CONTENT_TYPE, *content_type);
     }
@@ -716,7 +732,13 @@ async fn secrets_in_env_and_commands_are_never_echoed() {
     let world = World::default();
     let supervisor = supervise(&world, toml);
     within(Duration::from_secs(10), supervisor.initialized()).await;
-    let api = Api::new(supervisor.clone(), config(toml).graph, None, Clock::system());
+    let api = Api::new(
+        supervisor.clone(),
+        config(toml).graph,
+        None,
+        BrowserPolicy::default(),
+        Clock::system(),
+    );
     for path in [
         "/api/orchestration/services",
         "/api/orchestration/health",
@@ -742,4 +764,102 @@ async fn secrets_in_env_and_commands_are_never_echoed() {
             .contains("core"),
         "metadata is shown"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_web_page_can_drive_or_read_the_api() {
+    let (world, supervisor, api) = fog().await;
+    let before = service(&supervisor, "onion").snapshot();
+    let checks_before = crate::metrics::get(
+        &supervisor,
+        "orchestrator_health_checks_total",
+        &[("service", "onion")],
+    );
+    let local = ("host", "127.0.0.1:8400");
+    // Cross-site form posts (no preflight): urlencoded and text/plain, empty bodies.
+    for (content_type, path) in [
+        (
+            "application/x-www-form-urlencoded",
+            "/api/orchestration/restart/onion",
+        ),
+        ("text/plain", "/api/orchestration/stop/onion"),
+        (
+            "multipart/form-data; boundary=x",
+            "/api/orchestration/health/check-now",
+        ),
+    ] {
+        let headers = [
+            local,
+            ("origin", "http://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+            ("content-type", content_type),
+        ];
+        let refused = call_as(
+            &api,
+            Method::POST,
+            path,
+            Some((content_type, Vec::new())),
+            None,
+            &headers,
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{path}: {}", refused.text);
+        assert_eq!(refused.json()["success"], false);
+    }
+    // DNS rebinding: the attacker's name resolves to 127.0.0.1; reads and writes alike.
+    let rebinding = [
+        ("host", "evil.example:8400"),
+        ("origin", "http://evil.example:8400"),
+    ];
+    let start = call_as(
+        &api,
+        Method::POST,
+        "/api/orchestration/start/onion",
+        None,
+        None,
+        &rebinding,
+    )
+    .await;
+    assert_eq!(start.status, StatusCode::FORBIDDEN);
+    for path in [
+        "/api/orchestration/services",
+        "/api/orchestration/dependencies",
+        "/metrics",
+    ] {
+        let read = call_as(
+            &api,
+            Method::GET,
+            path,
+            None,
+            None,
+            &[("host", "evil.example:8400")],
+        )
+        .await;
+        assert_eq!(read.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(!read.text.contains("onion"), "nothing leaks: {}", read.text);
+    }
+    // HTTP/1.1 without Host is malformed.
+    let hostless = call_as(&api, Method::GET, "/api/orchestration/services", None, None, &[]).await;
+    assert_eq!(hostless.status, StatusCode::BAD_REQUEST);
+
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let after = service(&supervisor, "onion").snapshot();
+    assert_eq!(
+        (after.state, after.pid, after.restart_count),
+        (before.state, before.pid, before.restart_count)
+    );
+    assert_eq!(world.launches("onion").len(), 1);
+    assert_eq!(
+        crate::metrics::get(
+            &supervisor,
+            "orchestrator_health_checks_total",
+            &[("service", "onion")]
+        ),
+        checks_before,
+        "no check ran"
+    );
+    // curl (no browser headers) is unaffected.
+    let curl = post(&api, "/api/orchestration/restart/onion", json!({})).await;
+    assert_eq!(curl.status, StatusCode::OK, "{}", curl.text);
 }

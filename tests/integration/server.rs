@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use fog_orchestrator::api::Api;
 use fog_orchestrator::api::server::{Limits, serve};
+use fog_orchestrator::api::{Api, BrowserPolicy};
 use fog_orchestrator::clock::Clock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,7 +29,13 @@ async fn start(limits: Limits) -> Running {
     let world = World::default();
     world.set("api", |b| b.ready_after = Duration::from_millis(300));
     let supervisor = supervise(&world, TOML);
-    let api = Api::new(supervisor.clone(), config(TOML).graph, None, Clock::system());
+    let api = Api::new(
+        supervisor.clone(),
+        config(TOML).graph,
+        None,
+        BrowserPolicy::default(),
+        Clock::system(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
@@ -87,7 +93,7 @@ async fn a_client_that_never_sends_its_headers_is_cut_off() {
         ..
     } = start(limits).await;
     let mut slow = TcpStream::connect(&address).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .await
         .unwrap();
     let answer = read_to_close(&mut slow).await;
@@ -98,7 +104,7 @@ async fn a_client_that_never_sends_its_headers_is_cut_off() {
 
     // Well-behaved clients are still served.
     let mut fine = TcpStream::connect(&address).await.unwrap();
-    fine.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    fine.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     assert!(read_to_close(&mut fine).await.starts_with("HTTP/1.1 200 OK"));
@@ -118,7 +124,7 @@ async fn shutdown_stops_accepting_and_finishes_in_flight_requests() {
     let mut in_flight = TcpStream::connect(&address).await.unwrap();
     // A restart answers only once the service runs again: an in-flight request during shutdown.
     in_flight
-        .write_all(b"POST /api/orchestration/restart/api HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .write_all(b"POST /api/orchestration/restart/api HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     // The restart has begun (the new instance needs 300 ms to be ready): the request is in flight.
