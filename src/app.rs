@@ -14,6 +14,7 @@ use crate::api::{Api, BrowserPolicy};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::signal::ShutdownSignals;
+use crate::supervisor::containment::Containment;
 use crate::supervisor::{ControlError, Supervisor};
 
 /// How often a slow shutdown says which services hold it up.
@@ -67,6 +68,17 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
         stop_api.clone().cancelled_owned(),
     ));
     tracing::info!(services, config = %origin, pid = std::process::id(), "orchestrator started");
+    match Containment::detect() {
+        Containment::PidNamespace => tracing::info!(
+            containment = %Containment::PidNamespace,
+            "each service runs in a PID namespace of its own: nothing it starts outlives it or the orchestrator"
+        ),
+        Containment::ProcessGroup => tracing::warn!(
+            containment = %Containment::ProcessGroup,
+            "PID namespaces are not allowed here: services are contained by their process group only \
+             (a setsid daemon can escape, and grandchildren survive a SIGKILL of the orchestrator)"
+        ),
+    }
     tracing::info!(address = %bound, "API listening on http://{bound}");
 
     let signal = signals.recv().await;

@@ -13,6 +13,7 @@ use super::routes::Endpoint;
 use crate::clock::rfc3339;
 use crate::health::{CheckResult, HealthStatus};
 use crate::registry::{Registration, RegistryEntry};
+use crate::supervisor::containment::Containment;
 use crate::supervisor::{HealthReport, ServiceHandle, ServiceState, Snapshot};
 
 /// The body of start, stop and restart.
@@ -396,7 +397,11 @@ impl Api {
         };
         json_reply(
             status,
-            &json!({"ready": ready, "initialized": supervisor.is_initialized()}),
+            &json!({
+                "ready": ready,
+                "initialized": supervisor.is_initialized(),
+                "containment": Containment::detect().as_str(),
+            }),
         )
     }
 }

@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use super::containment::{self, Containment};
 use super::state::Exit;
 use crate::config::ServiceSpec;
 use crate::health::ProbeOutcome;
@@ -181,9 +182,26 @@ impl Control for InProcessControl {
     }
 }
 
-/// Spawns services as child processes.
-#[derive(Debug, Clone, Default)]
-pub struct ProcessLauncher;
+/// Spawns services as child processes, each contained as well as the kernel allows ([`Containment`]).
+#[derive(Debug, Clone)]
+pub struct ProcessLauncher {
+    containment: Containment,
+}
+
+impl Default for ProcessLauncher {
+    fn default() -> Self {
+        Self {
+            containment: Containment::detect(),
+        }
+    }
+}
+
+impl ProcessLauncher {
+    /// How this launcher contains each service's processes.
+    pub fn containment(&self) -> Containment {
+        self.containment
+    }
+}
 
 #[async_trait]
 impl Launcher for ProcessLauncher {
@@ -207,6 +225,9 @@ impl Launcher for ProcessLauncher {
             process.current_dir(dir);
         }
         set_parent_death_signal(&mut process);
+        if self.containment == Containment::PidNamespace {
+            containment::in_pid_namespace(&mut process);
+        }
         let mut child = process
             .spawn()
             .map_err(|error| LaunchError(format!("cannot start {program}: {error}")))?;

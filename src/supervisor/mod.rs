@@ -13,6 +13,7 @@
 mod actor;
 pub mod backoff;
 mod builder;
+pub mod containment;
 pub mod gate;
 mod handle;
 pub mod launcher;
@@ -58,7 +59,7 @@ impl Supervisor {
     pub fn builder(config: Config) -> SupervisorBuilder {
         SupervisorBuilder {
             config,
-            launcher: Arc::new(ProcessLauncher),
+            launcher: Arc::new(ProcessLauncher::default()),
             prober: Arc::new(NetworkProber::default()),
             clock: Clock::system(),
             in_process: HashMap::new(),

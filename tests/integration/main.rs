@@ -3,6 +3,7 @@
 mod api;
 mod binary;
 mod cli;
+mod containment;
 mod deploy;
 mod harness;
 mod lifecycle;

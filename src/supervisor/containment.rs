@@ -1,0 +1,245 @@
+//! Containment: every process a service starts — grandchildren, double-forked `setsid` daemons, a fork
+//! bomb — ends with the service, and with the orchestrator, even when the orchestrator is killed with
+//! SIGKILL.
+//!
+//! Where the kernel allows it (root, or a user namespace), each service runs in a **PID namespace of its
+//! own**, the mechanism `unshare --pid --kill-child` and bubblewrap's `--die-with-parent` rely on: when the
+//! namespace's first process (its init) exits, the kernel SIGKILLs everything left in it, and escaped
+//! descendants are reparented to that init, not to the host's. The process tree is:
+//!
+//! ```text
+//! orchestrator ── shim (the pid the orchestrator signals and waits for; parent-death signal SIGKILL)
+//!                  └─ init (PID 1 of the namespace; parent-death signal SIGKILL)
+//!                      └─ the service's command (PID 2), and whatever it starts
+//! ```
+//!
+//! The shim blocks every signal and only waits: SIGTERM to the service's process group reaches the service
+//! directly (it is still in the group) and the init, which forwards it to every process of the namespace
+//! (`kill(-1)` from a namespace's init), escaped daemons included. When the service exits, the init hands
+//! its exact wait status to the shim over a pipe and exits, and the kernel kills whatever is left; the shim
+//! then ends the same way the service did (same exit code, or same signal). SIGKILL of the group kills the
+//! shim and the init at once, and with the init the whole namespace. If the orchestrator dies, the shim
+//! dies (parent-death signal), the init dies (its own parent-death signal), and the namespace with it.
+//! Both shims are the forked orchestrator itself running a loop of async-signal-safe system calls, so no
+//! binary is executed and no memory written beyond a few pages.
+//!
+//! Elsewhere the fallback is the process group: SIGTERM and SIGKILL reach every process that stayed in
+//! it, but a `setsid` daemon escapes, and grandchildren survive a SIGKILL of the orchestrator. The active
+//! containment is logged at start and reported in `/readyz`.
+
+use std::fmt;
+use std::io;
+use std::sync::OnceLock;
+
+use tokio::process::Command;
+
+/// How a service's processes are held together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Containment {
+    /// A PID namespace per service: nothing it starts outlives it or the orchestrator.
+    PidNamespace,
+    /// The service's process group only (PID namespaces are not allowed here).
+    ProcessGroup,
+}
+
+impl Containment {
+    /// The name used in logs and `/readyz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Containment::PidNamespace => "pid-namespace",
+            Containment::ProcessGroup => "process-group",
+        }
+    }
+
+    /// What the kernel allows here, found out once by trying: a forked child that only unshares and exits.
+    pub fn detect() -> Self {
+        static DETECTED: OnceLock<Containment> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            // SAFETY: the child calls only unshare and _exit (async-signal-safe); the parent waits for it.
+            let allowed = unsafe {
+                match libc::fork() {
+                    -1 => false,
+                    0 => libc::_exit(i32::from(libc::unshare(libc::CLONE_NEWPID) != 0)),
+                    child => {
+                        let mut status = 0;
+                        libc::waitpid(child, &mut status, 0) == child
+                            && libc::WIFEXITED(status)
+                            && libc::WEXITSTATUS(status) == 0
+                    }
+                }
+            };
+            if allowed {
+                Containment::PidNamespace
+            } else {
+                Containment::ProcessGroup
+            }
+        })
+    }
+}
+
+impl fmt::Display for Containment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Makes `process` run its program as PID 2 of a new PID namespace, under the shim and init described in
+/// the module documentation. Call only when [`Containment::detect`] found namespaces available.
+pub(super) fn in_pid_namespace(process: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec. It calls only async-signal-safe system
+    // calls (unshare, pipe2, sigprocmask, fork, prctl, close_range, sigwaitinfo, waitpid, read, write,
+    // kill, signal, _exit), allocates nothing and touches no memory shared with the parent. The branches
+    // that are not the service never return; the service's branch returns to exec its program.
+    unsafe {
+        process.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWPID) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut status_pipe = [0; 2];
+            if libc::pipe2(status_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let [status_read, status_write] = status_pipe;
+            // Blocked before forking, so no signal is lost or acted on by default in the shim or init.
+            let mut every: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut every);
+            libc::sigprocmask(libc::SIG_BLOCK, &every, &mut before);
+            match libc::fork() {
+                -1 => {
+                    let error = io::Error::last_os_error();
+                    libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+                    Err(error)
+                }
+                0 => {
+                    // The init: PID 1 of the new namespace.
+                    libc::close(status_read);
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                    libc::prctl(libc::PR_SET_NAME, c"fog-init".as_ptr(), 0, 0, 0);
+                    match libc::fork() {
+                        -1 => libc::_exit(127),
+                        0 => {
+                            // The service: normal signal handling, then exec.
+                            libc::close(status_write);
+                            libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+                            Ok(())
+                        }
+                        service => {
+                            close_all_but(status_write);
+                            run_init(service, status_write, &every)
+                        }
+                    }
+                }
+                init => {
+                    libc::prctl(libc::PR_SET_NAME, c"fog-shim".as_ptr(), 0, 0, 0);
+                    libc::close(status_write);
+                    close_all_but(status_read);
+                    run_shim(init, status_read)
+                }
+            }
+        });
+    }
+}
+
+/// Closes every descriptor from 3 up except `keep` (among them the pipe through which the parent learns
+/// whether exec succeeded: it must see only the service's copy).
+unsafe fn close_all_but(keep: libc::c_int) {
+    let keep = keep as libc::c_uint;
+    // SAFETY: close_range only closes descriptors of this (forked, single-threaded) process.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                keep - 1,
+                0 as libc::c_uint,
+            );
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
+    }
+}
+
+/// The namespace's init: forwards termination signals to every process of the namespace, reaps every
+/// child (escaped daemons are reparented here), and exits when the service exits, after passing on its
+/// wait status. The kernel then kills whatever is left in the namespace.
+unsafe fn run_init(service: libc::pid_t, status_write: libc::c_int, every: &libc::sigset_t) -> ! {
+    loop {
+        // SAFETY: plain system calls on this process's own state.
+        let signal = unsafe { libc::sigwaitinfo(every, std::ptr::null_mut()) };
+        match signal {
+            libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT | libc::SIGUSR1 | libc::SIGUSR2 => unsafe {
+                libc::kill(-1, signal);
+            },
+            _ => loop {
+                let mut status = 0;
+                // SAFETY: waitpid writes only to `status`.
+                let reaped = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                if reaped <= 0 {
+                    break;
+                }
+                if reaped == service {
+                    // SAFETY: writes four bytes from a local to our own pipe, then exits.
+                    unsafe {
+                        libc::write(
+                            status_write,
+                            (&status as *const libc::c_int).cast(),
+                            std::mem::size_of::<libc::c_int>(),
+                        );
+                        libc::_exit(0);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The process the orchestrator knows: waits for the init and ends exactly as the service did.
+unsafe fn run_shim(init: libc::pid_t, status_read: libc::c_int) -> ! {
+    let mut init_status = 0;
+    loop {
+        // SAFETY: waitpid writes only to `init_status`.
+        let waited = unsafe { libc::waitpid(init, &mut init_status, 0) };
+        if waited == init || (waited == -1 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR))
+        {
+            break;
+        }
+    }
+    let mut service_status: libc::c_int = 0;
+    // SAFETY: reads at most four bytes into a local.
+    let read = unsafe {
+        libc::read(
+            status_read,
+            (&mut service_status as *mut libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>(),
+        )
+    };
+    // Without a report (the init was killed), the init's own end is the service's.
+    let status = if read == std::mem::size_of::<libc::c_int>() as isize {
+        service_status
+    } else {
+        init_status
+    };
+    // SAFETY: ends this process, by exit code or by re-raising the same signal with its default action.
+    unsafe {
+        if libc::WIFEXITED(status) {
+            libc::_exit(libc::WEXITSTATUS(status));
+        }
+        let signal = if libc::WIFSIGNALED(status) {
+            libc::WTERMSIG(status)
+        } else {
+            libc::SIGKILL
+        };
+        libc::signal(signal, libc::SIG_DFL);
+        let mut only: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut only);
+        libc::sigaddset(&mut only, signal);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &only, std::ptr::null_mut());
+        libc::kill(libc::getpid(), signal);
+        libc::_exit(128 + signal)
+    }
+}

@@ -1,0 +1,169 @@
+//! Every process a service starts ends with it: double-forked `setsid` daemons, grandchildren that ignore
+//! SIGTERM, a crash loop's leftovers, a fork bomb, and all of them when the orchestrator is SIGKILLed.
+//! Real processes under the built binary; each test marks its processes with a unique `sleep` duration and
+//! finds them in /proc from outside (their own pids are namespace-local). A service is ready only once its
+//! descendants exist (an exec probe counts them), so nothing is waited for by sleeping.
+
+use fog_orchestrator::supervisor::containment::Containment;
+use tokio::time::timeout;
+
+use crate::binary::{LIMIT, Orchestrator, http, signal};
+use crate::harness::exited;
+
+/// A marker no other process on the machine has: `sleep 987654.<random>`; variants end in `1`, `2`, ...
+fn marker() -> String {
+    format!("987654.{}", fastrand::u64(1_000_000_000..9_999_999_999))
+}
+
+/// Processes whose command line starts with `sleep <marker>`.
+fn marked(marker: &str) -> Vec<u32> {
+    let wanted = format!("sleep\0{marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.starts_with(wanted.as_bytes()))
+        })
+        .collect()
+}
+
+/// Waits until every process in `pids` has exited.
+async fn all_exited(pids: &[u32], what: &str) {
+    for &pid in pids {
+        timeout(LIMIT, exited(pid))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: process {pid} is still alive"));
+    }
+}
+
+/// An exec probe that passes once at least `count` marked processes run.
+fn probe_for(marker: &str, count: usize) -> String {
+    format!(
+        "health.exec = [\"sh\", \"-c\", \"test $(pgrep -c -f '^sleep {marker}') -ge {count}\"]\n\
+         health.startup_timeout = \"20s\"\n"
+    )
+}
+
+fn namespaces() -> bool {
+    let available = Containment::detect() == Containment::PidNamespace;
+    if !available {
+        eprintln!("PID namespaces are not available here: the escape tests need them");
+    }
+    available
+}
+
+#[tokio::test]
+async fn escaped_daemons_and_stubborn_grandchildren_end_with_stop_restart_and_shutdown() {
+    if !namespaces() {
+        return;
+    }
+    let mark = marker();
+    // A setsid daemon ignoring SIGTERM, a grandchild in the group ignoring SIGTERM, and the main process.
+    let command = format!(
+        "setsid sh -c \\\"trap '' TERM; exec sleep {mark}1\\\" & (trap '' TERM; exec sleep {mark}2) & exec sleep {mark}3"
+    );
+    let config = format!(
+        "[services.escaper]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n{}",
+        probe_for(&mark, 3)
+    );
+    let mut orchestrator = Orchestrator::start(&config);
+    let api = orchestrator.api().await;
+    orchestrator.wait_ready().await;
+    let first = marked(&mark);
+    assert_eq!(first.len(), 3, "{first:?}");
+
+    let (status, body) = http("POST", &format!("{api}/api/orchestration/stop/escaper"), "").await;
+    assert_eq!(status, 200, "{body}");
+    all_exited(&first, "after stop").await;
+
+    let (status, body) = http("POST", &format!("{api}/api/orchestration/start/escaper"), "").await;
+    assert_eq!(status, 200, "{body}");
+    let second = marked(&mark);
+    assert_eq!(second.len(), 3, "{second:?}");
+    let (status, body) = http("POST", &format!("{api}/api/orchestration/restart/escaper"), "{}").await;
+    assert_eq!(status, 200, "{body}");
+    all_exited(&second, "after restart").await;
+
+    let third = marked(&mark);
+    assert_eq!(third.len(), 3, "{third:?}");
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+    all_exited(&third, "after shutdown").await;
+    assert!(marked(&mark).is_empty());
+}
+
+#[tokio::test]
+async fn a_crash_loop_leaks_no_daemons() {
+    if !namespaces() {
+        return;
+    }
+    let mark = marker();
+    let config = format!(
+        "[services.leaky]\ncommand = [\"sh\", \"-c\", \"setsid sleep {mark}1 & exit 1\"]\n\
+         [services.leaky.restart]\ninitial_delay = \"20ms\"\nmax_attempts = 4\n"
+    );
+    let mut orchestrator = Orchestrator::start(&config);
+    orchestrator
+        .wait_for("the crash loop to end", |f| {
+            f["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("service failed"))
+        })
+        .await;
+    assert!(marked(&mark).is_empty(), "daemons left: {:?}", marked(&mark));
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_stopped_whole() {
+    if !namespaces() {
+        return;
+    }
+    let mark = marker();
+    // 60 loops, each in a session of its own and deaf to SIGTERM, forking a short-lived sleeper ten times
+    // a second for ever, and a main process.
+    let short = format!("0.0{}", &mark[7..]);
+    let command = format!(
+        "i=0; while [ $i -lt 60 ]; do setsid sh -c \\\"trap '' TERM; while :; do sleep {short}; done\\\" & \
+         i=$((i+1)); done; exec sleep {mark}2"
+    );
+    let config = format!(
+        "[services.bomb]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n{}",
+        probe_for(&short, 50)
+    );
+    let mut orchestrator = Orchestrator::start(&config);
+    let api = orchestrator.api().await;
+    orchestrator.wait_ready().await;
+    let mut before = marked(&short);
+    before.extend(marked(&mark));
+    assert!(before.len() >= 51, "{}", before.len());
+    let (status, body) = http("POST", &format!("{api}/api/orchestration/stop/bomb"), "").await;
+    assert_eq!(status, 200, "{body}");
+    all_exited(&before, "after stop").await;
+    assert!(marked(&short).is_empty(), "still forking: {:?}", marked(&short));
+    assert!(marked(&mark).is_empty());
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn nothing_survives_a_sigkill_of_the_orchestrator() {
+    if !namespaces() {
+        return;
+    }
+    let mark = marker();
+    let command = format!(
+        "setsid sh -c \\\"trap '' TERM; exec sleep {mark}1\\\" & (trap '' TERM; exec sleep {mark}2) & exec sleep {mark}3"
+    );
+    let config = format!(
+        "[services.escaper]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n{}",
+        probe_for(&mark, 3)
+    );
+    let mut orchestrator = Orchestrator::start(&config);
+    orchestrator.wait_ready().await;
+    let descendants = marked(&mark);
+    assert_eq!(descendants.len(), 3);
+    signal(orchestrator.pid(), libc::SIGKILL);
+    orchestrator.child.wait().await.unwrap();
+    all_exited(&descendants, "after the orchestrator was killed").await;
+}
