@@ -16,8 +16,8 @@ use std::fmt;
 
 pub use crate::name::{MAX_SERVICE_NAME_LEN, ServiceName};
 pub use schema::{
-    ApiSettings, HealthSettings, LogFormat, OtlpProtocol, Probe, RegistrySettings, RestartPolicy,
-    ServiceSpec, ShutdownSettings, TelemetrySettings,
+    ApiSettings, HealthSettings, LogFormat, OtlpProtocol, OutputSettings, Probe, RegistrySettings,
+    RestartPolicy, ServiceSpec, ShutdownSettings, TelemetrySettings,
 };
 pub use source::{ConfigFile, DEFAULT_CONFIG_FILE, EMBEDDED_FOG, ENV_PREFIX, ENV_SEPARATOR, Source};
 

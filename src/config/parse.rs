@@ -6,7 +6,9 @@ use serde_json::Value;
 
 use super::fields::{Problems, Table};
 use super::schema::{ApiSettings, LogFormat, OtlpProtocol, RegistrySettings, ServiceSpec, TelemetrySettings};
-use super::sections::{HEALTH, Inherited, RESTART, SHUTDOWN, health, positive, quote, restart, shutdown};
+use super::sections::{
+    HEALTH, Inherited, OUTPUT, RESTART, SHUTDOWN, health, output, positive, quote, restart, shutdown,
+};
 use super::service::service;
 use crate::graph::Node;
 
@@ -19,7 +21,7 @@ const API: &[&str] = &[
     "allowed_origins",
 ];
 const TELEMETRY: &[&str] = &["log_format", "otlp_endpoint", "otlp_protocol"];
-const DEFAULTS: &[&str] = &["health", "restart", "shutdown"];
+const DEFAULTS: &[&str] = &["health", "restart", "shutdown", "output"];
 const REGISTRY: &[&str] = &["heartbeat_interval", "heartbeat_timeout"];
 
 /// Everything read from the tree, before the dependency graph is built.
@@ -67,10 +69,15 @@ pub(super) fn parse(
         t.deny_unknown(SHUTDOWN, problems);
         shutdown(Some(&t), None, problems)
     });
+    let default_output = section("output", problems).and_then(|t| {
+        t.deny_unknown(OUTPUT, problems);
+        output(Some(&t), None, problems)
+    });
     let inherited = Inherited {
         health: default_health,
         restart: default_restart,
         shutdown: default_shutdown,
+        output: default_output,
     };
 
     let mut services = Vec::new();

@@ -97,6 +97,20 @@ pub struct ShutdownSettings {
     pub timeout: Duration,
 }
 
+/// `[defaults.output]` and `[services.NAME.output]`: where a service's stdout and stderr go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSettings {
+    /// Lines per second (both streams together) forwarded into the orchestrator's log; the rest are
+    /// dropped and counted. 0 = no limit.
+    pub rate_limit: u32,
+    /// Write the output to this file instead of the orchestrator's log (per service only).
+    pub file: Option<PathBuf>,
+    /// Rotate the file when a write would take it past this many bytes.
+    pub max_size: u64,
+    /// Rotated files kept (`file.1` .. `file.N`); 0 truncates instead.
+    pub backups: u32,
+}
+
 /// `[registry]`: heartbeats.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistrySettings {
@@ -173,6 +187,8 @@ pub struct ServiceSpec {
     pub restart: RestartPolicy,
     /// Effective shutdown settings.
     pub shutdown: ShutdownSettings,
+    /// Where its output goes.
+    pub output: OutputSettings,
 }
 
 impl ServiceSpec {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::fields::{Problems, Table};
-use super::schema::{HealthSettings, RestartPolicy, ShutdownSettings};
+use super::schema::{HealthSettings, OutputSettings, RestartPolicy, ShutdownSettings};
 
 pub(super) const HEALTH: &[&str] = &[
     "check_interval",
@@ -25,11 +25,13 @@ pub(super) const RESTART: &[&str] = &[
     "reset_after",
 ];
 pub(super) const SHUTDOWN: &[&str] = &["timeout"];
+pub(super) const OUTPUT: &[&str] = &["rate_limit", "file", "max_size", "backups"];
 /// The `[defaults.*]` sections every service inherits.
 pub(super) struct Inherited {
     pub health: Option<HealthSettings>,
     pub restart: Option<RestartPolicy>,
     pub shutdown: Option<ShutdownSettings>,
+    pub output: Option<OutputSettings>,
 }
 
 /// Reads `key` from `table` when it is set there, else takes the inherited value.
@@ -239,4 +241,90 @@ pub(super) fn shutdown(
         Table::duration,
     )?;
     Some(ShutdownSettings { timeout })
+}
+
+/// Smallest rotation size: below it a file would rotate on every few lines.
+const MIN_OUTPUT_FILE_SIZE: u32 = 4096;
+/// Most rotated files kept.
+const MAX_OUTPUT_BACKUPS: u32 = 100;
+
+/// Output settings of `table` over `inherited` (`None` for `[defaults.output]` itself, where `file` makes
+/// no sense: every service would write to it).
+pub(super) fn output(
+    table: Option<&Table<'_>>,
+    inherited: Option<&OutputSettings>,
+    problems: &mut Problems,
+) -> Option<OutputSettings> {
+    let rate_limit = setting(
+        table,
+        inherited.map(|o| o.rate_limit),
+        "rate_limit",
+        problems,
+        Table::count,
+    );
+    let max_size = setting(
+        table,
+        inherited.map(|o| o.max_size as u32),
+        "max_size",
+        problems,
+        Table::count,
+    )
+    .filter(|size| {
+        let ok = *size >= MIN_OUTPUT_FILE_SIZE;
+        if !ok && let Some(t) = table {
+            problems.push(
+                t.key_path("max_size"),
+                format!("{size} bytes is too small (at least {MIN_OUTPUT_FILE_SIZE})"),
+            );
+        }
+        ok
+    });
+    let backups = setting(
+        table,
+        inherited.map(|o| o.backups),
+        "backups",
+        problems,
+        Table::count,
+    )
+    .filter(|backups| {
+        let ok = *backups <= MAX_OUTPUT_BACKUPS;
+        if !ok && let Some(t) = table {
+            problems.push(
+                t.key_path("backups"),
+                format!("{backups} is more than {MAX_OUTPUT_BACKUPS}"),
+            );
+        }
+        ok
+    });
+    let mut file_ok = true;
+    let file = match table {
+        Some(t) if t.has("file") && inherited.is_none() => {
+            problems.push(
+                t.key_path("file"),
+                "is per service: set it in [services.NAME.output]",
+            );
+            file_ok = false;
+            None
+        }
+        Some(t) if t.has("file") => match t.string("file", problems) {
+            Some(path) if !path.trim().is_empty() => Some(std::path::PathBuf::from(path)),
+            Some(_) => {
+                problems.push(t.key_path("file"), "must not be empty");
+                file_ok = false;
+                None
+            }
+            None => {
+                file_ok = false;
+                None
+            }
+        },
+        _ => None,
+    };
+    file_ok.then_some(())?;
+    Some(OutputSettings {
+        rate_limit: rate_limit?,
+        file,
+        max_size: u64::from(max_size?),
+        backups: backups?,
+    })
 }

@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use super::fields::{Problems, Table, scalar_text, show};
 use super::schema::{Probe, ServiceSpec};
-use super::sections::{HEALTH, Inherited, PROBES, RESTART, SHUTDOWN, health, restart, shutdown};
+use super::sections::{
+    HEALTH, Inherited, OUTPUT, PROBES, RESTART, SHUTDOWN, health, output, restart, shutdown,
+};
 use crate::graph::Node;
 use crate::name::ServiceName;
 
@@ -23,6 +25,7 @@ const SERVICE: &[&str] = &[
     "health",
     "restart",
     "shutdown",
+    "output",
 ];
 
 /// One `[services.NAME]` table: the full spec when every key is valid, and the graph node in any case.
@@ -120,6 +123,14 @@ pub(super) fn service(
         shutdown,
         problems,
     );
+    let output = section(
+        table,
+        "output",
+        OUTPUT,
+        inherited.output.as_ref(),
+        output,
+        problems,
+    );
 
     let spec = (|| {
         if !(valid && working_dir_ok && health_ok) {
@@ -140,6 +151,7 @@ pub(super) fn service(
             health: health?,
             restart: restart?,
             shutdown: shutdown?,
+            output: output?,
         })
     })();
     (spec, node)

@@ -623,6 +623,35 @@ fn browser_hosts_and_origins_are_checked() {
 }
 
 #[test]
+fn output_settings_inherit_and_the_file_is_per_service() {
+    let config = valid(
+        "[defaults.output]\nrate_limit = 50\n\
+         [services.a]\ncommand = [\"x\"]\n\
+         [services.b]\ncommand = [\"x\"]\noutput.file = \"/var/log/b.log\"\noutput.backups = 0\n",
+    );
+    let a = &config.service("a").unwrap().output;
+    assert_eq!(
+        (a.rate_limit, a.file.as_ref(), a.max_size, a.backups),
+        (50, None, 10_485_760, 3)
+    );
+    let b = &config.service("b").unwrap().output;
+    assert_eq!(b.file.as_deref(), Some(std::path::Path::new("/var/log/b.log")));
+    assert_eq!((b.rate_limit, b.backups), (50, 0));
+    assert_single_problem(
+        "[defaults.output]\nfile = \"/tmp/all.log\"\n",
+        &["defaults.output.file", "per service"],
+    );
+    assert_single_problem(
+        "[services.a]\ncommand = [\"x\"]\noutput.max_size = 100\n",
+        &["services.a.output.max_size", "too small"],
+    );
+    assert_single_problem(
+        "[services.a]\ncommand = [\"x\"]\noutput.colour = true\n",
+        &["services.a.output.colour", "unknown key"],
+    );
+}
+
+#[test]
 fn heartbeat_timeout_must_exceed_the_interval() {
     assert_single_problem(
         "[registry]\nheartbeat_interval = \"60s\"\nheartbeat_timeout = \"60s\"\n",

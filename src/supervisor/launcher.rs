@@ -3,7 +3,8 @@
 //!
 //! A child process is spawned in its own process group (so SIGTERM and SIGKILL reach everything it started),
 //! with the kernel's parent-death signal set to SIGKILL (so it never outlives the orchestrator, even one
-//! killed with SIGKILL), its output forwarded line by line into our logs, and a task that reaps it.
+//! killed with SIGKILL), contained as well as the kernel allows ([`Containment`]), its output handed to the
+//! actor (module `output`), and a task that reaps it.
 
 use std::fmt;
 use std::io;
@@ -12,11 +13,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::containment::{self, Containment};
+use super::output::Output;
 use super::state::Exit;
 use crate::config::ServiceSpec;
 use crate::health::ProbeOutcome;
@@ -43,6 +44,7 @@ pub struct Instance {
     exit: watch::Receiver<Option<Exit>>,
     control: Box<dyn Control>,
     health: Option<Arc<dyn Service>>,
+    output: Option<Output>,
 }
 
 impl fmt::Debug for Instance {
@@ -61,7 +63,13 @@ impl Instance {
             exit,
             control,
             health: None,
+            output: None,
         }
+    }
+
+    /// The process's stdout and stderr, once, for the actor to forward.
+    pub fn take_output(&mut self) -> Option<Output> {
+        self.output.take()
     }
 
     /// The process id, for processes.
@@ -232,12 +240,10 @@ impl Launcher for ProcessLauncher {
             .spawn()
             .map_err(|error| LaunchError(format!("cannot start {program}: {error}")))?;
         let pid = child.id();
-        if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(forward(spec.name.to_string(), "stdout", stdout));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(forward(spec.name.to_string(), "stderr", stderr));
-        }
+        let output = match (child.stdout.take(), child.stderr.take()) {
+            (Some(stdout), Some(stderr)) => Some(Output { stdout, stderr }),
+            _ => None,
+        };
         let (sender, exit) = watch::channel(None);
         tokio::spawn(async move {
             let status = match child.wait().await {
@@ -253,7 +259,9 @@ impl Launcher for ProcessLauncher {
         let control = ProcessGroup {
             pid: pid.unwrap_or(0),
         };
-        Ok(Instance::new(pid, exit, Box::new(control)))
+        let mut instance = Instance::new(pid, exit, Box::new(control));
+        instance.output = output;
+        Ok(instance)
     }
 }
 
@@ -321,33 +329,5 @@ impl Control for ProcessGroup {
 
     fn kill(&self) {
         self.signal(libc::SIGKILL);
-    }
-}
-
-/// Longest line forwarded as one log event; longer lines are split.
-const MAX_LINE: usize = 16 * 1024;
-/// Read buffer of each forwarded stream.
-const READ_BUFFER: usize = 512;
-
-/// Forwards a child's output into our logs, one event per line, tagged with the service name. Invalid
-/// UTF-8 is replaced rather than ending the forwarding (which would block the child on a full pipe).
-async fn forward(service: String, stream: &'static str, output: impl AsyncRead + Unpin) {
-    // Small buffers: a thousand idle children keep two of these each.
-    let mut reader = BufReader::with_capacity(READ_BUFFER, output);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end_matches(['\n', '\r']);
-                tracing::info!(target: "fog_orchestrator::service_output", service = %service, stream, "{text}");
-            }
-        }
     }
 }

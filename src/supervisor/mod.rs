@@ -18,6 +18,7 @@ pub mod gate;
 mod handle;
 pub mod launcher;
 pub mod lifecycle;
+pub mod output;
 pub mod state;
 
 use std::collections::HashMap;

@@ -29,6 +29,22 @@ fn marked(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Processes whose command line mentions `marker` anywhere.
+fn mentioning(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .windows(marker.len())
+                    .any(|window| window == marker.as_bytes())
+            })
+        })
+        .collect()
+}
+
 /// Waits until every process in `pids` has exited.
 async fn all_exited(pids: &[u32], what: &str) {
     for &pid in pids {
@@ -128,20 +144,25 @@ async fn a_fork_bomb_is_stopped_whole() {
         "i=0; while [ $i -lt 60 ]; do setsid sh -c \\\"trap '' TERM; while :; do sleep {short}; done\\\" & \
          i=$((i+1)); done; exec sleep {mark}2"
     );
+    // Ready once the 60 loops run (`whil[e]` keeps the probe from matching its own command line).
     let config = format!(
-        "[services.bomb]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n{}",
-        probe_for(&short, 50)
+        "[services.bomb]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n\
+         health.exec = [\"sh\", \"-c\", \"test $(pgrep -c -f 'whil[e] :; do sleep {short}') -ge 60\"]\n\
+         health.startup_timeout = \"30s\"\n"
     );
     let mut orchestrator = Orchestrator::start(&config);
     let api = orchestrator.api().await;
     orchestrator.wait_ready().await;
-    let mut before = marked(&short);
-    before.extend(marked(&mark));
-    assert!(before.len() >= 51, "{}", before.len());
+    let before = mentioning(&short);
+    assert!(before.len() >= 60, "{}", before.len());
     let (status, body) = http("POST", &format!("{api}/api/orchestration/stop/bomb"), "").await;
     assert_eq!(status, 200, "{body}");
     all_exited(&before, "after stop").await;
-    assert!(marked(&short).is_empty(), "still forking: {:?}", marked(&short));
+    assert!(
+        mentioning(&short).is_empty(),
+        "still forking: {:?}",
+        mentioning(&short)
+    );
     assert!(marked(&mark).is_empty());
     assert_eq!(orchestrator.stop().await.code(), Some(0));
 }
@@ -166,4 +187,77 @@ async fn nothing_survives_a_sigkill_of_the_orchestrator() {
     signal(orchestrator.pid(), libc::SIGKILL);
     orchestrator.child.wait().await.unwrap();
     all_exited(&descendants, "after the orchestrator was killed").await;
+}
+
+#[tokio::test]
+async fn a_flood_of_output_is_rate_limited_and_counted() {
+    let config = "[services.chatty]\n\
+        command = [\"sh\", \"-c\", \"i=0; while [ $i -lt 5000 ]; do echo line $i; i=$((i+1)); done; sleep 1.2; echo done; exec sleep 1000\"]\n\
+        output.rate_limit = 100\n";
+    let mut orchestrator = Orchestrator::start(config);
+    let api = orchestrator.api().await;
+    orchestrator
+        .wait_for("the line after the flood", |f| f["message"] == "done")
+        .await;
+    let dropped: u64 = orchestrator
+        .seen
+        .iter()
+        .filter_map(|l| l["fields"]["dropped"].as_u64())
+        .sum();
+    assert!(dropped >= 4000, "{dropped} dropped");
+    let forwarded = orchestrator
+        .seen
+        .iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("line "))
+        })
+        .count() as u64;
+    assert!(forwarded <= 250, "{forwarded} lines forwarded at 100/s");
+    assert_eq!(forwarded + dropped, 5000, "every line forwarded or counted");
+    let (_, metrics) = crate::binary::http_text("GET", &format!("{api}/metrics"), "").await;
+    assert!(
+        metrics.contains(&format!(
+            "orchestrator_service_output_dropped_lines_total{{service=\"chatty\"}} {dropped}"
+        )),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("output_dropped"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn output_can_go_to_a_rotated_file_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("busy.log");
+    let file = file.display();
+    let config = format!(
+        "[services.busy]\n\
+         command = [\"sh\", \"-c\", \"i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); done; exec sleep 1000\"]\n\
+         health.exec = [\"grep\", \"-q\", \"^line 2999$\", \"{file}\"]\n\
+         health.startup_timeout = \"20s\"\n\
+         [services.busy.output]\nfile = \"{file}\"\nmax_size = 8192\nbackups = 2\n"
+    );
+    let mut orchestrator = Orchestrator::start(&config);
+    orchestrator.wait_ready().await;
+    let current = std::fs::read_to_string(dir.path().join("busy.log")).unwrap();
+    assert!(current.ends_with("line 2999\n"));
+    for name in ["busy.log", "busy.log.1", "busy.log.2"] {
+        let size = std::fs::metadata(dir.path().join(name)).unwrap().len();
+        assert!(size <= 8192, "{name}: {size} bytes");
+    }
+    assert!(!dir.path().join("busy.log.3").exists(), "two backups kept");
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+    assert!(
+        !orchestrator
+            .seen
+            .iter()
+            .any(|l| l["fields"]["message"] == "line 5"),
+        "nothing of it in the orchestrator's log"
+    );
 }

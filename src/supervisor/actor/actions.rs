@@ -8,6 +8,7 @@ use super::{Actor, KILL_GRACE};
 use crate::health::FailureReason;
 use crate::supervisor::launcher::Instance;
 use crate::supervisor::lifecycle::{Dependents, Event};
+use crate::supervisor::output;
 use crate::supervisor::state::{Exit, RestartReason};
 
 impl Actor {
@@ -33,7 +34,15 @@ impl Actor {
 
         if let Some(launcher) = self.parts.launcher.clone() {
             match launcher.launch(&self.parts.spec).await {
-                Ok(instance) => {
+                Ok(mut instance) => {
+                    if let Some(output) = instance.take_output() {
+                        output::forward(
+                            &self.parts.spec.name,
+                            output,
+                            &self.parts.spec.output,
+                            self.parts.metrics.clone(),
+                        );
+                    }
                     self.snapshot.pid = instance.pid();
                     self.exit = Some(instance.exit_watch());
                     self.instance = Some(instance);

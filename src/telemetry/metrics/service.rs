@@ -53,6 +53,7 @@ struct Series {
     backoff: AtomicF64,
     startup_duration: AtomicF64,
     blocked: AtomicBool,
+    output_dropped: AtomicU64,
 }
 
 /// One supervised service's metrics. Cheap to clone; updating is a few atomic operations.
@@ -129,6 +130,11 @@ impl ServiceMetrics {
     /// The latest start took `took` from launch to ready.
     pub fn set_startup_duration(&self, took: Duration) {
         self.0.startup_duration.set(took.as_secs_f64());
+    }
+
+    /// `lines` of the service's output were dropped by its rate limit.
+    pub fn output_dropped(&self, lines: u64) {
+        self.0.output_dropped.fetch_add(lines, Ordering::Relaxed);
     }
 
     /// A required dependency is down (or not).
@@ -380,5 +386,15 @@ pub(super) fn write_services(text: &mut String, services: &[ServiceEntry]) {
             "gauge",
         ),
         |s| f64::from(u8::from(s.blocked.load(Ordering::Relaxed))),
+    );
+    per_service(
+        text,
+        services,
+        (
+            "service_output_dropped_lines_total",
+            "Lines of the service's stdout/stderr dropped by its output rate limit.",
+            "counter",
+        ),
+        |s| count(&s.output_dropped),
     );
 }
