@@ -211,6 +211,9 @@ fn number(path: &str, value: &Value, problems: &mut Problems) -> Option<f64> {
 }
 
 /// A humantime duration string such as `"30s"`, `"1m 30s"` or `"250ms"`.
+/// The longest duration any setting accepts: longer ones make no sense and overflow timers.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn duration(path: &str, value: &Value, problems: &mut Problems) -> Option<Duration> {
     let Value::String(text) = value else {
         problems.bad_value(
@@ -221,6 +224,14 @@ fn duration(path: &str, value: &Value, problems: &mut Problems) -> Option<Durati
         return None;
     };
     match humantime::parse_duration(text) {
+        Ok(parsed) if parsed > MAX_DURATION => {
+            problems.bad_value(
+                path,
+                value,
+                "is longer than the longest duration accepted, 365 days",
+            );
+            None
+        }
         Ok(parsed) => Some(parsed),
         Err(error) => {
             problems.bad_value(path, value, format!("is not a duration: {error}"));

@@ -1,5 +1,6 @@
 //! The merged configuration tree → validated settings, recording every problem on the way.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use serde_json::Value;
@@ -84,7 +85,7 @@ pub(super) fn parse(
     let mut nodes = Vec::new();
     let mut all_services_read = true;
     if let Some(table) = root.table("services", problems) {
-        let known: Vec<&str> = table.entries().map(|(name, _)| name.as_str()).collect();
+        let known: HashSet<&str> = table.entries().map(|(name, _)| name.as_str()).collect();
         for (name, value) in table.entries() {
             let Some(service_table) = Table::new(table.key_path(name), value, problems) else {
                 all_services_read = false;

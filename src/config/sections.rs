@@ -59,7 +59,16 @@ pub(super) fn quote(duration: Duration) -> String {
     format!("\"{}\"", humantime::format_duration(duration))
 }
 
-/// Records a problem when a duration that must be positive is zero.
+/// The shortest value of a duration that must be positive: below it the orchestrator would spin.
+fn minimum(key: &str) -> Duration {
+    match key {
+        "heartbeat_interval" | "heartbeat_timeout" => Duration::from_millis(100),
+        "check_interval" => Duration::from_millis(10),
+        _ => Duration::from_millis(1),
+    }
+}
+
+/// Records a problem when a duration that must be positive is zero, or shorter than its minimum.
 pub(super) fn positive(
     table: &Table<'_>,
     key: &str,
@@ -71,6 +80,14 @@ pub(super) fn positive(
         problems.push(
             table.key_path(key),
             format!("{} must be longer than zero", quote(value)),
+        );
+        return None;
+    }
+    let least = minimum(key);
+    if value < least {
+        problems.push(
+            table.key_path(key),
+            format!("{} is too short: at least {}", quote(value), quote(least)),
         );
         return None;
     }

@@ -1,5 +1,6 @@
 //! One `[services.NAME]` table: name, dependencies, command, environment, probe and per-service overrides.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
@@ -28,11 +29,14 @@ const SERVICE: &[&str] = &[
     "output",
 ];
 
+/// The highest `priority`: a layer floor far above any real graph's depth only makes empty layers.
+pub const MAX_PRIORITY: u32 = 10_000;
+
 /// One `[services.NAME]` table: the full spec when every key is valid, and the graph node in any case.
 pub(super) fn service(
     name: &str,
     table: &Table<'_>,
-    known: &[&str],
+    known: &HashSet<&str>,
     inherited: &Inherited,
     problems: &mut Problems,
     warnings: &mut Vec<String>,
@@ -53,7 +57,16 @@ pub(super) fn service(
         valid = false;
     }
     let priority = if table.has("priority") {
-        table.count("priority", problems)
+        table.count("priority", problems).filter(|&priority| {
+            let ok = priority <= MAX_PRIORITY;
+            if !ok {
+                problems.push(
+                    table.key_path("priority"),
+                    format!("{priority} is above the highest priority, {MAX_PRIORITY}"),
+                );
+            }
+            ok
+        })
     } else {
         Some(0)
     };
@@ -181,7 +194,7 @@ fn section<T>(
 fn dependencies(
     name: &str,
     table: &Table<'_>,
-    known: &[&str],
+    known: &HashSet<&str>,
     problems: &mut Problems,
     warnings: &mut Vec<String>,
 ) -> (Option<Vec<String>>, Option<Vec<String>>) {
@@ -212,7 +225,7 @@ fn dependencies(
                     );
                     return false;
                 }
-                if !known.contains(&dependency.as_str()) {
+                if !known.contains(dependency.as_str()) {
                     warnings.push(format!(
                         "{}: service {name:?} optionally depends on unknown service {dependency:?}; ignored",
                         table.key_path("optional_depends_on")

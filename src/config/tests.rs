@@ -652,6 +652,33 @@ fn output_settings_inherit_and_the_file_is_per_service() {
 }
 
 #[test]
+fn values_that_make_no_sense_are_refused_with_their_bounds() {
+    assert_single_problem(
+        "[registry]\nheartbeat_interval = \"1ns\"\n",
+        &["registry.heartbeat_interval", "too short: at least \"100ms\""],
+    );
+    assert_single_problem(
+        "[defaults.health]\ncheck_interval = \"1ms\"\n",
+        &["defaults.health.check_interval", "at least \"10ms\""],
+    );
+    assert_single_problem(
+        "[defaults.shutdown]\ntimeout = \"1000years\"\n",
+        &["defaults.shutdown.timeout", "365 days"],
+    );
+    assert_single_problem(
+        "[services.a]\ncommand = [\"x\"]\npriority = 4294967295\n",
+        &["services.a.priority", "above the highest priority, 10000"],
+    );
+    assert_eq!(
+        valid("[services.a]\ncommand = [\"x\"]\npriority = 10000\n")
+            .service("a")
+            .unwrap()
+            .priority,
+        10_000
+    );
+}
+
+#[test]
 fn heartbeat_timeout_must_exceed_the_interval() {
     assert_single_problem(
         "[registry]\nheartbeat_interval = \"60s\"\nheartbeat_timeout = \"60s\"\n",

@@ -14,7 +14,7 @@ mod render;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 
-use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::algo::{kosaraju_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 /// One service as the graph sees it.
@@ -309,7 +309,9 @@ impl DependencyGraph {
 /// One cycle per strongly connected component with more than one service, each starting at the component's
 /// first-declared service and following "depends on" edges back to it along a shortest path.
 fn find_cycles(graph: &DiGraph<(), DependencyKind, u32>, entries: &[Entry]) -> Vec<GraphError> {
-    let mut components: Vec<Vec<usize>> = tarjan_scc(graph)
+    // Kosaraju, not Tarjan: petgraph's Tarjan recurses once per node of a path and overflows the stack on
+    // long chains; Kosaraju walks with explicit stacks.
+    let mut components: Vec<Vec<usize>> = kosaraju_scc(graph)
         .into_iter()
         .filter(|component| component.len() > 1)
         .map(|component| {

@@ -330,3 +330,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_chain_of_a_hundred_thousand_services_does_not_overflow_the_stack() {
+    // Test threads have 2 MiB stacks: a recursive walk overflows after some ten thousand nodes.
+    let names: Vec<String> = (0..100_000).map(|i| format!("s{i}")).collect();
+    let nodes = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let previous: Vec<&str> = i.checked_sub(1).map(|p| names[p].as_str()).into_iter().collect();
+            node(name, 0, &previous, &[])
+        })
+        .collect();
+    let graph = DependencyGraph::new(nodes).unwrap();
+    assert_eq!(graph.layer("s99999"), Some(99_999));
+    // And a cycle closing the whole chain is found and named.
+    let mut nodes: Vec<Node> = (0..100_000)
+        .map(|i| node(&names[i], 0, &[&names[(i + 1) % 100_000]], &[]))
+        .collect();
+    nodes.truncate(100_000);
+    let Err(errors) = DependencyGraph::new(nodes) else {
+        panic!("a cycle")
+    };
+    assert!(matches!(&errors[0], GraphError::Cycle { path } if path.len() == 100_001));
+}
