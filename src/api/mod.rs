@@ -121,7 +121,10 @@ impl Api {
             Endpoint::Dependencies => self.dependencies(query_value(&query, "format")),
             Endpoint::Metrics => self.metrics().await,
             Endpoint::ServiceDetail => self.service_detail(&name()).await,
-            Endpoint::RegistryList => self.registry_list().await,
+            Endpoint::RegistryList => {
+                let page = views::Page::from_query(&query)?;
+                self.registry_list(page).await
+            }
             Endpoint::Register => {
                 let registration = reply::read_json(&parts.headers, body).await?;
                 self.register(registration).await

@@ -106,10 +106,12 @@ fn paths() -> Value {
                     "timestamp": {"type": "string", "format": "date-time"}, "message": {"type": "string"},
                     "details": {"type": "object"}, "response_time_ms": {"type": "number"}}},
                 "Registration": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-                    "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,63}$"}, "type": {"type": "string"},
-                    "address": {"type": "string"}, "port": {"type": "integer", "minimum": 0, "maximum": 65535},
-                    "tags": {"type": "array", "items": {"type": "string"}},
-                    "metadata": {"type": "object", "description": "Free-form; metrics = \"host:port\" or a URL lists the service in /sd."}}},
+                    "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,63}$"},
+                    "type": {"type": "string", "nullable": true, "maxLength": 128, "pattern": "\\S", "description": "Defaults to the name; not blank."},
+                    "address": {"type": "string", "nullable": true, "maxLength": 253},
+                    "port": {"type": "integer", "nullable": true, "minimum": 0, "maximum": 65535},
+                    "tags": {"type": "array", "maxItems": 32, "items": {"type": "string", "maxLength": 128}},
+                    "metadata": {"type": "object", "description": "Free-form, at most 8 KiB as JSON; metrics = \"host:port\" or a URL lists the service in /sd."}}},
                 "RegistryEntry": {"type": "object", "properties": {
                     "name": {"type": "string"}, "type": {"type": "string"}, "address": {"type": "string", "nullable": true},
                     "port": {"type": "integer", "nullable": true}, "tags": {"type": "array", "items": {"type": "string"}},
@@ -130,7 +132,7 @@ fn paths() -> Value {
             "/api/orchestration/health/check-now": {"post": {
                 "summary": "Run health checks now (every service, or ?service=NAME)",
                 "security": [{"bearer": []}, {}],
-                "parameters": [{"name": "service", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "parameters": [{"name": "service", "in": "query", "required": false, "schema": {"type": "string", "pattern": "^[a-z0-9_-]{1,63}$"}}],
                 "responses": {
                     "200": ok("Fresh results by service.", json!({"type": "object", "properties": {
                         "results": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/CheckResult"}}}})),
@@ -156,7 +158,14 @@ fn paths() -> Value {
                 "responses": {"200": ok("The service.", object()), "400": error_response("Malformed name."),
                               "404": error_response("Unknown service.")}}},
             "/api/orchestration/registry": {
-                "get": get("Every registry entry and the registry statistics.", object()),
+                "get": {"summary": "Registry entries (a page, optionally filtered) and the registry statistics",
+                    "parameters": [
+                        {"name": "type", "in": "query", "required": false, "schema": {"type": "string"}},
+                        {"name": "alive", "in": "query", "required": false, "schema": {"type": "boolean"}},
+                        {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                        {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}}],
+                    "responses": {"200": ok("A page of entries: services, total_services (matching), offset, limit, next_offset (null on the last page), stats.", object()),
+                        "400": error_response("Malformed alive, offset or limit.")}},
                 "post": {
                     "summary": "Register (or update) a service that is not in the configuration",
                     "security": [{"bearer": []}, {}],
@@ -165,7 +174,7 @@ fn paths() -> Value {
                         "201": ok("The entry.", json!({"type": "object", "properties": {"service": {"$ref": "#/components/schemas/RegistryEntry"}}})),
                         "400": error_response("Malformed body or name."),
                         "401": error_response("Missing or wrong bearer token."),
-                        "409": error_response("The name is a configured service."),
+                        "409": error_response("The name is a configured service, or the registry is full (registry.max_registered)."),
                         "413": error_response("Body larger than 64 KiB."),
                         "415": error_response("Body is not JSON.")}}},
             "/api/orchestration/registry/{name}": {

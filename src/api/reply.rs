@@ -98,7 +98,7 @@ impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         let status = match &error {
             RegistryError::UnknownService(_) => StatusCode::NOT_FOUND,
-            RegistryError::Configured(_) => StatusCode::CONFLICT,
+            RegistryError::Configured(_) | RegistryError::Full(_) => StatusCode::CONFLICT,
             RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
             RegistryError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -320,14 +320,30 @@ impl Api {
         Ok(json_reply(StatusCode::OK, &body))
     }
 
-    pub(super) async fn registry_list(&self) -> Result<Reply, ApiError> {
+    pub(super) async fn registry_list(&self, page: Page) -> Result<Reply, ApiError> {
         let registry = self.state.supervisor.registry();
         let entries = registry.entries().await?;
         let stats = registry.stats().await?;
-        let services: Map<String, Value> = entries.into_iter().map(|e| (e.name.clone(), json!(e))).collect();
+        let matching: Vec<RegistryEntry> = entries.into_iter().filter(|e| page.keeps(e)).collect();
+        let total = matching.len();
+        let services: Map<String, Value> = matching
+            .into_iter()
+            .skip(page.offset)
+            .take(page.limit)
+            .map(|e| (e.name.clone(), json!(e)))
+            .collect();
+        let next_offset = (page.offset + services.len() < total).then_some(page.offset + services.len());
         Ok(json_reply(
             StatusCode::OK,
-            &json!({"success": true, "total_services": services.len(), "services": services, "stats": stats}),
+            &json!({
+                "success": true,
+                "total_services": total,
+                "offset": page.offset,
+                "limit": page.limit,
+                "next_offset": next_offset,
+                "services": services,
+                "stats": stats,
+            }),
         ))
     }
 
@@ -403,6 +419,66 @@ impl Api {
                 "containment": Containment::detect().as_str(),
             }),
         )
+    }
+}
+
+/// Which registry entries `GET /registry` lists: `?type=`, `?alive=`, `?offset=`, `?limit=` (1 to
+/// [`Page::MAX_LIMIT`], the default).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Page {
+    service_type: Option<String>,
+    alive: Option<bool>,
+    offset: usize,
+    limit: usize,
+}
+
+impl Page {
+    /// The most entries one page holds.
+    pub(super) const MAX_LIMIT: usize = 1000;
+
+    pub(super) fn from_query(query: &[(String, String)]) -> Result<Self, ApiError> {
+        let mut page = Self {
+            service_type: None,
+            alive: None,
+            offset: 0,
+            limit: Self::MAX_LIMIT,
+        };
+        for (key, value) in query {
+            match key.as_str() {
+                "type" if !value.is_empty() => page.service_type = Some(value.clone()),
+                "alive" => {
+                    page.alive = Some(value.parse().map_err(|_| {
+                        ApiError::bad_request(format!("alive must be true or false, not {value:?}"))
+                    })?);
+                }
+                "offset" => {
+                    page.offset = value.parse().map_err(|_| {
+                        ApiError::bad_request(format!("offset must be a whole number, not {value:?}"))
+                    })?;
+                }
+                "limit" => {
+                    page.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|limit| (1..=Self::MAX_LIMIT).contains(limit))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "limit must be from 1 to {}, not {value:?}",
+                                Self::MAX_LIMIT
+                            ))
+                        })?;
+                }
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+
+    fn keeps(&self, entry: &RegistryEntry) -> bool {
+        self.service_type
+            .as_ref()
+            .is_none_or(|t| *t == entry.service_type)
+            && self.alive.is_none_or(|alive| alive == entry.alive)
     }
 }
 

@@ -23,7 +23,7 @@ const API: &[&str] = &[
 ];
 const TELEMETRY: &[&str] = &["log_format", "otlp_endpoint", "otlp_protocol"];
 const DEFAULTS: &[&str] = &["health", "restart", "shutdown", "output"];
-const REGISTRY: &[&str] = &["heartbeat_interval", "heartbeat_timeout"];
+const REGISTRY: &[&str] = &["heartbeat_interval", "heartbeat_timeout", "max_registered"];
 
 /// Everything read from the tree, before the dependency graph is built.
 pub(super) struct Parsed {
@@ -268,6 +268,9 @@ fn telemetry(table: &Table<'_>, problems: &mut Problems) -> Option<TelemetrySett
     })
 }
 
+/// The most services the registry may accept at run time.
+const MAX_REGISTERED: u32 = 100_000;
+
 fn registry(table: &Table<'_>, problems: &mut Problems) -> Option<RegistrySettings> {
     table.deny_unknown(REGISTRY, problems);
     let interval = table.duration("heartbeat_interval", problems);
@@ -286,8 +289,17 @@ fn registry(table: &Table<'_>, problems: &mut Problems) -> Option<RegistrySettin
         );
         return None;
     }
+    let max_registered = table.count("max_registered", problems)?;
+    if max_registered > MAX_REGISTERED {
+        problems.push(
+            table.key_path("max_registered"),
+            format!("{max_registered} is above {MAX_REGISTERED}"),
+        );
+        return None;
+    }
     Some(RegistrySettings {
         heartbeat_interval: interval,
         heartbeat_timeout: timeout,
+        max_registered,
     })
 }

@@ -118,6 +118,8 @@ pub struct RegistrySettings {
     pub heartbeat_interval: Duration,
     /// No heartbeat for this long means the service is not alive.
     pub heartbeat_timeout: Duration,
+    /// Services that may register at run time (configured ones do not count).
+    pub max_registered: u32,
 }
 
 /// How a service's health is checked: at most one probe per service.

@@ -45,6 +45,7 @@ pub(super) struct RegistryActor {
     metrics: RegistryMetrics,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
+    max_registered: u32,
     timeouts: u64,
     requests: mpsc::Receiver<Request>,
     notices: mpsc::UnboundedReceiver<Notice>,
@@ -90,6 +91,7 @@ impl RegistryActor {
             metrics,
             heartbeat_interval: config.registry.heartbeat_interval,
             heartbeat_timeout: config.registry.heartbeat_timeout,
+            max_registered: config.registry.max_registered,
             timeouts: 0,
             requests,
             notices,
@@ -244,6 +246,13 @@ impl RegistryActor {
         if self.records.get(&name).is_some_and(|r| r.managed) {
             return Err(RegistryError::Configured(name));
         }
+        check_bounds(&registration)?;
+        if !self.records.contains_key(&name) {
+            let registered = self.records.values().filter(|r| !r.managed).count();
+            if registered >= self.max_registered as usize {
+                return Err(RegistryError::Full(self.max_registered));
+            }
+        }
         let service_type = registration.service_type.unwrap_or_else(|| name.clone());
         match self.records.get_mut(&name) {
             Some(existing) => {
@@ -345,4 +354,43 @@ impl RegistryActor {
             heartbeat_timeout_seconds: self.heartbeat_timeout.as_secs_f64(),
         }
     }
+}
+
+/// Longest `type` and tag.
+pub(super) const MAX_LABEL: usize = 128;
+/// Longest `address` (a DNS name's limit).
+pub(super) const MAX_ADDRESS: usize = 253;
+/// Most tags.
+pub(super) const MAX_TAGS: usize = 32;
+/// Largest `metadata`, as JSON.
+pub(super) const MAX_METADATA: usize = 8192;
+
+/// What a registration may carry: bounded, so the registry's memory and its answers stay small.
+fn check_bounds(registration: &Registration) -> Result<(), RegistryError> {
+    let invalid = |message: String| Err(RegistryError::Invalid(message));
+    if let Some(service_type) = &registration.service_type
+        && service_type.chars().count() > MAX_LABEL
+    {
+        return invalid(format!("type is longer than {MAX_LABEL} characters"));
+    }
+    if let Some(address) = &registration.address
+        && address.len() > MAX_ADDRESS
+    {
+        return invalid(format!("address is longer than {MAX_ADDRESS} bytes"));
+    }
+    if registration.tags.len() > MAX_TAGS {
+        return invalid(format!("more than {MAX_TAGS} tags"));
+    }
+    if registration
+        .tags
+        .iter()
+        .any(|tag| tag.chars().count() > MAX_LABEL)
+    {
+        return invalid(format!("a tag is longer than {MAX_LABEL} characters"));
+    }
+    let metadata = serde_json::to_vec(&registration.metadata).map_or(usize::MAX, |json| json.len());
+    if metadata > MAX_METADATA {
+        return invalid(format!("metadata is larger than {MAX_METADATA} bytes of JSON"));
+    }
+    Ok(())
 }

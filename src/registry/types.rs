@@ -104,6 +104,11 @@ pub enum RegistryError {
     /// The registration is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// No room for another service registered at run time.
+    #[error(
+        "the registry is full: {0} services registered at run time (registry.max_registered); deregister one first"
+    )]
+    Full(u32),
     /// The registry has stopped.
     #[error("the registry is not running")]
     Unavailable,

@@ -863,3 +863,73 @@ async fn no_web_page_can_drive_or_read_the_api() {
     let curl = post(&api, "/api/orchestration/restart/onion", json!({})).await;
     assert_eq!(curl.status, StatusCode::OK, "{}", curl.text);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_registry_is_bounded_and_paged() {
+    let toml = "[registry]\nmax_registered = 3\n[services.db]\ncommand = [\"fake\"]\n";
+    let world = World::default();
+    let supervisor = supervise(&world, toml);
+    within(Duration::from_secs(10), supervisor.initialized()).await;
+    let api = Api::new(
+        supervisor.clone(),
+        config(toml).graph,
+        None,
+        BrowserPolicy::default(),
+        Clock::system(),
+    );
+    let register = |body: Value| {
+        let api = api.clone();
+        async move { post(&api, "/api/orchestration/registry", body).await }
+    };
+    // Oversized fields are refused, and nothing is registered.
+    for (body, complaint) in [
+        (json!({"name": "a", "address": "x".repeat(60_000)}), "address"),
+        (json!({"name": "a", "tags": vec!["t"; 33]}), "tags"),
+        (json!({"name": "a", "type": "t".repeat(129)}), "type"),
+        (
+            json!({"name": "a", "metadata": {"blob": "x".repeat(9000)}}),
+            "metadata",
+        ),
+    ] {
+        let refused = register(body).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{complaint}: {}",
+            refused.text
+        );
+        assert!(refused.text.contains(complaint), "{}", refused.text);
+    }
+    for (name, service_type) in [("a", "cache"), ("b", "queue"), ("c", "cache")] {
+        let created = register(json!({"name": name, "type": service_type})).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    }
+    let full = register(json!({"name": "d"})).await;
+    assert_eq!(full.status, StatusCode::CONFLICT);
+    assert!(full.text.contains("max_registered"), "{}", full.text);
+    let update = register(json!({"name": "a", "type": "cache", "port": 1})).await;
+    assert_eq!(
+        update.status,
+        StatusCode::CREATED,
+        "updating an entry needs no room"
+    );
+
+    let first = get(&api, "/api/orchestration/registry?limit=2").await.json();
+    assert_eq!(first["total_services"], 4);
+    assert_eq!(first["services"].as_object().unwrap().len(), 2);
+    assert_eq!(first["next_offset"], 2);
+    let last = get(&api, "/api/orchestration/registry?limit=2&offset=2")
+        .await
+        .json();
+    assert_eq!(last["services"].as_object().unwrap().len(), 2);
+    assert_eq!(last["next_offset"], Value::Null);
+    let caches = get(&api, "/api/orchestration/registry?type=cache").await.json();
+    let names: Vec<&String> = caches["services"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["a", "c"]);
+    let alive = get(&api, "/api/orchestration/registry?alive=false").await.json();
+    assert_eq!(alive["total_services"], 0, "{alive}");
+    for bad in ["limit=0", "limit=1001", "offset=-1", "alive=maybe"] {
+        let refused = get(&api, &format!("/api/orchestration/registry?{bad}")).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
