@@ -84,6 +84,11 @@ impl Api {
         reply
     }
 
+    /// A connection was refused at the connection limit (counted in a metric).
+    pub fn connection_refused(&self) {
+        self.state.supervisor.metrics().api_connection_refused();
+    }
+
     async fn route<B>(&self, request: Request<B>) -> Result<Reply, ApiError>
     where
         B: Body<Data = Bytes>,

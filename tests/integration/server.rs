@@ -138,3 +138,98 @@ async fn shutdown_stops_accepting_and_finishes_in_flight_requests() {
     timeout(LIMIT, server).await.unwrap().unwrap();
     assert!(TcpStream::connect(&address).await.is_err(), "no longer accepting");
 }
+
+/// One GET of /healthz on a fresh connection; whether it was answered 200.
+async fn healthz(address: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(address).await else {
+        return false;
+    };
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    read_to_close(&mut stream).await.starts_with("HTTP/1.1 200 OK")
+}
+
+fn refused(supervisor: &Supervisor) -> f64 {
+    supervisor
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix("orchestrator_api_connections_refused_total "))
+        .map(|value| value.parse::<f64>().unwrap())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_clients_at_the_limit_do_not_lock_others_out() {
+    let limits = Limits {
+        max_connections: 40,
+        header_read_timeout: Duration::from_secs(30),
+        pressured_header_read_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let Running {
+        address,
+        stop,
+        server,
+        supervisor,
+    } = start(limits).await;
+    // 120 slow clients (three times the limit) dribble header bytes and reconnect a second after being cut.
+    let attack = CancellationToken::new();
+    let mut slow = Vec::new();
+    for _ in 0..120 {
+        let (address, attack) = (address.clone(), attack.clone());
+        slow.push(tokio::spawn(async move {
+            while !attack.is_cancelled() {
+                let Ok(mut stream) = TcpStream::connect(&address).await else {
+                    continue;
+                };
+                let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\n").await;
+                while !attack.is_cancelled() && stream.write_all(b"X-Slow: 1\r\n").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    let mut byte = [0; 1];
+                    if let Ok(Ok(0)) = timeout(Duration::from_millis(1), stream.read(&mut byte)).await {
+                        break; // closed by the server: reconnect
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    // Once they fill the limit, ordinary clients, each allowed a few quick retries, get their answers.
+    timeout(LIMIT, async {
+        while refused(&supervisor) == 0.0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the slow clients fill the limit");
+
+    let mut answered = 0;
+    for _ in 0..30 {
+        let mut ok = false;
+        for _ in 0..5 {
+            if healthz(&address).await {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answered += usize::from(ok);
+    }
+    attack.cancel();
+    for task in slow {
+        let _ = task.await;
+    }
+    assert!(
+        answered >= 27,
+        "only {answered} of 30 ordinary clients were served"
+    );
+    assert!(refused(&supervisor) > 0.0, "the flood went past the limit");
+    stop.cancel();
+    timeout(LIMIT, server).await.unwrap().unwrap();
+}

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 mod service;
@@ -64,6 +64,7 @@ pub struct Metrics {
     ready: IntGauge,
     initialized: IntGauge,
     api_requests: IntCounterVec,
+    api_refused: IntCounter,
     api_duration: HistogramVec,
 }
 
@@ -214,6 +215,14 @@ impl Metrics {
                 "REST API requests, by route template, method and status code.",
                 &["route", "method", "code"],
             ),
+            api_refused: register(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "api_connections_refused_total",
+                    "Connections refused at the API's connection limit.",
+                ))
+                .expect("valid metric"),
+            ),
             api_duration: register(
                 &registry,
                 HistogramVec::new(
@@ -301,6 +310,11 @@ impl Metrics {
         self.api_duration
             .with_label_values(&[route, method])
             .observe(took.as_secs_f64());
+    }
+
+    /// One connection refused at the API's connection limit.
+    pub fn api_connection_refused(&self) {
+        self.api_refused.inc();
     }
 
     /// The text exposition of every metric.
