@@ -29,5 +29,8 @@ cargo test --locked 2>&1 | tee "$log"
 echo "== API contract (schemathesis against the served OpenAPI document)"
 scripts/schemathesis.sh 2>&1 | tail -25
 
+echo "== chaos soak (2 minutes)"
+scripts/chaos.sh 2
+
 # One closing line for all test binaries together (cargo prints one per binary, the last often doc-tests).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"

@@ -98,12 +98,23 @@ async fn post(api: &Api, path: &str, body: Value) -> Response {
     .await
 }
 
-async fn fog() -> (World, Supervisor, Api) {
+/// `toml`'s services started in the fake world, and the API over them.
+async fn started(toml: &str) -> (World, Supervisor, Api) {
     let world = World::default();
-    let supervisor = supervise(&world, FOG);
+    let supervisor = supervise(&world, toml);
     within(Duration::from_secs(10), supervisor.initialized()).await;
-    let api = api_for(&supervisor, None);
+    let api = Api::new(
+        supervisor.clone(),
+        config(toml).graph,
+        None,
+        BrowserPolicy::default(),
+        Clock::system(),
+    );
     (world, supervisor, api)
+}
+
+async fn fog() -> (World, Supervisor, Api) {
+    started(FOG).await
 }
 
 fn assert_keys(value: &Value, keys: &[&str]) {
@@ -729,16 +740,7 @@ async fn the_openapi_document_is_served() {
 async fn secrets_in_env_and_commands_are_never_echoed() {
     let toml = "[services.db]\ncommand = [\"fake\", \"--password=hunter2\"]\nenv = { DB_PASSWORD = \"hunter2\" }\n\
                 metadata = { team = \"core\" }\n";
-    let world = World::default();
-    let supervisor = supervise(&world, toml);
-    within(Duration::from_secs(10), supervisor.initialized()).await;
-    let api = Api::new(
-        supervisor.clone(),
-        config(toml).graph,
-        None,
-        BrowserPolicy::default(),
-        Clock::system(),
-    );
+    let (_world, _supervisor, api) = started(toml).await;
     for path in [
         "/api/orchestration/services",
         "/api/orchestration/health",
@@ -866,17 +868,8 @@ async fn no_web_page_can_drive_or_read_the_api() {
 
 #[tokio::test(start_paused = true)]
 async fn the_registry_is_bounded_and_paged() {
-    let toml = "[registry]\nmax_registered = 3\n[services.db]\ncommand = [\"fake\"]\n";
-    let world = World::default();
-    let supervisor = supervise(&world, toml);
-    within(Duration::from_secs(10), supervisor.initialized()).await;
-    let api = Api::new(
-        supervisor.clone(),
-        config(toml).graph,
-        None,
-        BrowserPolicy::default(),
-        Clock::system(),
-    );
+    let (_world, _supervisor, api) =
+        started("[registry]\nmax_registered = 3\n[services.db]\ncommand = [\"fake\"]\n").await;
     let register = |body: Value| {
         let api = api.clone();
         async move { post(&api, "/api/orchestration/registry", body).await }

@@ -62,6 +62,18 @@ fn probe_for(marker: &str, count: usize) -> String {
     )
 }
 
+/// A service that starts a setsid daemon ignoring SIGTERM, a grandchild in its group ignoring SIGTERM, and
+/// its main process, all marked; ready once the three run.
+fn escaper(mark: &str) -> String {
+    let command = format!(
+        "setsid sh -c \\\"trap '' TERM; exec sleep {mark}1\\\" & (trap '' TERM; exec sleep {mark}2) & exec sleep {mark}3"
+    );
+    format!(
+        "[services.escaper]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n{}",
+        probe_for(mark, 3)
+    )
+}
+
 fn namespaces() -> bool {
     let available = Containment::detect() == Containment::PidNamespace;
     if !available {
@@ -76,15 +88,7 @@ async fn escaped_daemons_and_stubborn_grandchildren_end_with_stop_restart_and_sh
         return;
     }
     let mark = marker();
-    // A setsid daemon ignoring SIGTERM, a grandchild in the group ignoring SIGTERM, and the main process.
-    let command = format!(
-        "setsid sh -c \\\"trap '' TERM; exec sleep {mark}1\\\" & (trap '' TERM; exec sleep {mark}2) & exec sleep {mark}3"
-    );
-    let config = format!(
-        "[services.escaper]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n{}",
-        probe_for(&mark, 3)
-    );
-    let mut orchestrator = Orchestrator::start(&config);
+    let mut orchestrator = Orchestrator::start(&escaper(&mark));
     let api = orchestrator.api().await;
     orchestrator.wait_ready().await;
     let first = marked(&mark);
@@ -173,14 +177,7 @@ async fn nothing_survives_a_sigkill_of_the_orchestrator() {
         return;
     }
     let mark = marker();
-    let command = format!(
-        "setsid sh -c \\\"trap '' TERM; exec sleep {mark}1\\\" & (trap '' TERM; exec sleep {mark}2) & exec sleep {mark}3"
-    );
-    let config = format!(
-        "[services.escaper]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n{}",
-        probe_for(&mark, 3)
-    );
-    let mut orchestrator = Orchestrator::start(&config);
+    let mut orchestrator = Orchestrator::start(&escaper(&mark));
     orchestrator.wait_ready().await;
     let descendants = marked(&mark);
     assert_eq!(descendants.len(), 3);
