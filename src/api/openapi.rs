@@ -31,7 +31,7 @@ fn control(verb: &str, description: &str) -> Value {
             "400": error_response("Malformed name or body."),
             "401": error_response("Missing or wrong bearer token (when api.token is set)."),
             "404": error_response("Unknown service."),
-            "409": error_response("Refused: the service has failed (use force), is external, waits on a down dependency, or was stopped meanwhile."),
+            "409": error_response("Refused, nothing changed: the service has failed (use force), is external, waits on a down required dependency, is being stopped, or was stopped meanwhile."),
             "413": error_response("Body larger than 64 KiB."),
             "415": error_response("Body is not JSON."),
             "500": error_response("The service did not start: the error that stopped it."),
