@@ -112,6 +112,17 @@ impl World {
             .collect()
     }
 
+    /// The services sent SIGTERM, in order.
+    pub fn terminations(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|(_, event)| match event {
+                Event::Terminate(name) => Some(name),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Services that were launched while an instance of theirs still ran (never, if all is well).
     pub fn overlapping_launches(&self) -> Vec<String> {
         self.lock().overlaps.clone()

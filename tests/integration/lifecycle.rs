@@ -240,14 +240,7 @@ async fn stopping_a_service_stops_its_required_dependents_first_and_they_come_ba
     let stopped = service(&supervisor, "db").stop(false).await.unwrap();
     assert_eq!(stopped.state, ServiceState::Stopped);
 
-    let terminations: Vec<String> = world
-        .events()
-        .into_iter()
-        .filter_map(|(_, event)| match event {
-            Event::Terminate(name) => Some(name),
-            _ => None,
-        })
-        .collect();
+    let terminations = world.terminations();
     assert_eq!(terminations, ["web", "api", "db"], "reverse dependency order");
     for name in ["api", "web"] {
         let snapshot = service(&supervisor, name).snapshot();

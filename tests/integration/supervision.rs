@@ -494,14 +494,7 @@ async fn shutdown_stops_dependents_before_their_dependencies() {
     within(10 * SECOND, supervisor.initialized()).await;
     within(10 * SECOND, supervisor.shutdown(SECOND)).await;
 
-    let stopped: Vec<String> = world
-        .events()
-        .into_iter()
-        .filter_map(|(_, event)| match event {
-            Event::Terminate(name) => Some(name),
-            _ => None,
-        })
-        .collect();
+    let stopped = world.terminations();
     assert_eq!(stopped.len(), 10);
     let position = |name: &str| stopped.iter().position(|n| n == name).unwrap();
     let graph = config(FOG).graph;
