@@ -127,8 +127,9 @@ impl Actor {
             let Some(dependent) = holding else { return };
             tracing::debug!(service = %self.parts.spec.name, %dependent, "waiting for dependent to stop first");
             tokio::select! {
+                // A shutdown meanwhile changes nothing here: the dependents stop for it too, and stopping
+                // this instance before them would break the shutdown order. Only the force path cuts in.
                 () = self.parts.force.cancelled() => return,
-                () = self.parts.shutdown.cancelled(), if scope == Dependents::Required => return,
                 changed = self.changes.changed() => if changed.is_err() { return },
             }
         }
