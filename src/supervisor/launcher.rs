@@ -204,13 +204,6 @@ impl Default for ProcessLauncher {
     }
 }
 
-impl ProcessLauncher {
-    /// How this launcher contains each service's processes.
-    pub fn containment(&self) -> Containment {
-        self.containment
-    }
-}
-
 #[async_trait]
 impl Launcher for ProcessLauncher {
     async fn launch(&self, spec: &ServiceSpec) -> Result<Instance, LaunchError> {

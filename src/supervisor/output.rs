@@ -183,7 +183,6 @@ async fn to_log(
     if !line.is_empty() {
         deliver(&line);
     }
-    drop(chunk);
 }
 
 /// Writes one stream to the service's file as it comes.

@@ -68,7 +68,6 @@ impl Actor {
             // Liveness is the process: it runs, so it is healthy.
             self.health.process_running(now);
         }
-        self.startup_deadline = None;
         self.snapshot.ready_since = Some(self.parts.clock.at(now));
         self.healthy_since = Some(now);
         let check_interval = self.parts.spec.health.check_interval;

@@ -30,7 +30,7 @@ use crate::health::probe::Prober;
 use crate::health::{CheckResult, FailureReason, HealthTracker, ProbeOutcome};
 use crate::registry::RegistryHandle;
 use crate::supervisor::backoff::Backoff;
-use crate::supervisor::gate;
+use crate::supervisor::gate::{self, Gate};
 use crate::supervisor::launcher::{Instance, Launcher};
 use crate::supervisor::lifecycle::{Action, Event, Lifecycle, Policy, Request};
 use crate::supervisor::state::{Exit, RestartReason, ServiceState, Snapshot};
@@ -158,8 +158,8 @@ impl Actor {
 
     /// Runs the service until shutdown, then stops it once its dependents have stopped.
     pub(super) async fn run(mut self) {
-        let first = self.dependencies();
-        self.feed(first, None).await;
+        let (gate, held_by) = self.dependencies();
+        self.feed(Event::Dependencies { gate, held_by }, None).await;
         loop {
             if let Some(event) = self.dependencies_changed() {
                 self.feed(event, None).await;
@@ -265,6 +265,8 @@ impl Actor {
         }
         if !matches!(to, ServiceState::Starting | ServiceState::Running) {
             self.check = None;
+        }
+        if to != ServiceState::Starting {
             self.startup_deadline = None;
         }
         if to != ServiceState::Backoff {
@@ -280,8 +282,8 @@ impl Actor {
             let state = self.lifecycle.state();
             let live = matches!(state, ServiceState::Starting | ServiceState::Running);
             let probing = live && self.has_health_check() && self.check.is_none();
-            let startup_deadline = self.startup_deadline.filter(|_| state == ServiceState::Starting);
-            let backoff_until = self.backoff_until.filter(|_| state == ServiceState::Backoff);
+            // Timers are disarmed on leaving the state that armed them (`entered`).
+            let (startup_deadline, backoff_until) = (self.startup_deadline, self.backoff_until);
             let reset_at = self.reset_deadline().filter(|_| state == ServiceState::Running);
             tokio::select! {
                 biased;
@@ -321,16 +323,13 @@ impl Actor {
 
     /// The dependencies as they are now, when they differ from what the lifecycle last heard.
     fn dependencies_changed(&self) -> Option<Event> {
-        let event = self.dependencies();
-        let Event::Dependencies { gate, held_by } = &event else {
-            return None;
-        };
-        let unchanged = gate == self.lifecycle.gate() && held_by.as_deref() == self.lifecycle.held_by();
-        (!unchanged).then_some(event)
+        let (gate, held_by) = self.dependencies();
+        let unchanged = gate == *self.lifecycle.gate() && held_by.as_deref() == self.lifecycle.held_by();
+        (!unchanged).then_some(Event::Dependencies { gate, held_by })
     }
 
-    /// The dependencies as they are now.
-    fn dependencies(&self) -> Event {
+    /// What the dependencies allow now, and the required one being stopped on request, if any.
+    fn dependencies(&self) -> (Gate, Option<String>) {
         // Read guards, not copies: a service with a high priority watches every service below it.
         let required = borrow_all(&self.parts.required);
         let optional = borrow_all(&self.parts.optional);
@@ -339,7 +338,7 @@ impl Actor {
             optional.iter().map(|(n, s)| (*n, &**s)),
         );
         let held_by = gate::held_by(required.iter().map(|(n, s)| (*n, &**s)));
-        Event::Dependencies { gate, held_by }
+        (gate, held_by)
     }
 
     // ---- observations --------------------------------------------------------------------------------------
