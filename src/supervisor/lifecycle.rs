@@ -398,12 +398,17 @@ impl Lifecycle {
         if self.state == ServiceState::Stopped {
             return vec![Action::Answer];
         }
+        self.stop_on_request(AfterStop::Stopped)
+    }
+
+    /// A stop on request (its own, or a required dependency's): waiting requests fail, required
+    /// dependents stop first, then the instance, then `after`.
+    fn stop_on_request(&mut self, after: AfterStop) -> Vec<Action> {
         self.stop_requested = true;
         self.restarting = false;
         self.restart = None;
-
         self.state = ServiceState::Stopping;
-        self.after_stop = AfterStop::Stopped;
+        self.after_stop = after;
         self.stop_step = StopStep::Dependents;
         vec![
             Action::FailWaiters(ControlError::Stopped(self.name.clone())),
@@ -422,16 +427,7 @@ impl Lifecycle {
             ServiceState::Starting | ServiceState::Running if self.held_by.is_some() => {
                 // A required dependency is being stopped on request: stop first (dependents of this one
                 // before it), then wait in pending until it is ready again.
-                self.stop_requested = true;
-                self.restarting = false;
-                self.restart = None;
-                self.state = ServiceState::Stopping;
-                self.after_stop = AfterStop::Pending;
-                self.stop_step = StopStep::Dependents;
-                vec![
-                    Action::FailWaiters(ControlError::Stopped(self.name.clone())),
-                    Action::AwaitDependents(Dependents::Required),
-                ]
+                self.stop_on_request(AfterStop::Pending)
             }
             _ => Vec::new(),
         }
