@@ -46,6 +46,8 @@ pub(super) struct RegistryActor {
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
     max_registered: u32,
+    /// Entries registered at run time (not configured), kept with the map so the cap costs no scan.
+    registered: usize,
     timeouts: u64,
     requests: mpsc::Receiver<Request>,
     notices: mpsc::UnboundedReceiver<Notice>,
@@ -92,6 +94,7 @@ impl RegistryActor {
             heartbeat_interval: config.registry.heartbeat_interval,
             heartbeat_timeout: config.registry.heartbeat_timeout,
             max_registered: config.registry.max_registered,
+            registered: 0,
             timeouts: 0,
             requests,
             notices,
@@ -247,11 +250,8 @@ impl RegistryActor {
             return Err(RegistryError::Configured(name));
         }
         check_bounds(&registration)?;
-        if !self.records.contains_key(&name) {
-            let registered = self.records.values().filter(|r| !r.managed).count();
-            if registered >= self.max_registered as usize {
-                return Err(RegistryError::Full(self.max_registered));
-            }
+        if !self.records.contains_key(&name) && self.registered >= self.max_registered as usize {
+            return Err(RegistryError::Full(self.max_registered));
         }
         let service_type = registration.service_type.unwrap_or_else(|| name.clone());
         match self.records.get_mut(&name) {
@@ -283,6 +283,7 @@ impl RegistryActor {
                     process_alive: false,
                 };
                 self.records.insert(name.clone(), record);
+                self.registered += 1;
             }
         }
         // Registering is a sign of life.
@@ -299,6 +300,7 @@ impl RegistryActor {
         let Some(record) = self.records.shift_remove(name) else {
             return Err(RegistryError::UnknownService(name.to_owned()));
         };
+        self.registered -= 1;
         if let Some(key) = &record.deadline {
             self.deadlines.remove(key);
         }
