@@ -1,10 +1,10 @@
 //! The actor's actions that take time: launching an instance, waiting for dependents, stopping the
 //! instance (SIGTERM, then SIGKILL), and what becoming ready or backing off sets in motion.
 
-use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep, timeout};
+use tokio::time::{Instant, sleep, timeout};
 use tracing::Instrument;
 
-use super::{Actor, KILL_GRACE};
+use super::{Actor, KILL_GRACE, probe_ticker};
 use crate::health::FailureReason;
 use crate::supervisor::launcher::Instance;
 use crate::supervisor::lifecycle::{Dependents, Event};
@@ -27,8 +27,7 @@ impl Actor {
         self.launched_at = now;
         self.startup_failure = None;
         self.startup_deadline = Some(now + self.parts.spec.health.startup_timeout);
-        self.ticker = interval(self.parts.spec.health.startup_interval);
-        self.ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.ticker = probe_ticker(now, self.parts.spec.health.startup_interval);
         self.open_start_span();
         self.publish();
 
@@ -71,8 +70,7 @@ impl Actor {
         self.snapshot.ready_since = Some(self.parts.clock.at(now));
         self.healthy_since = Some(now);
         let check_interval = self.parts.spec.health.check_interval;
-        self.ticker = interval_at(now + check_interval, check_interval);
-        self.ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.ticker = probe_ticker(now + check_interval, check_interval);
         tracing::info!(
             service = self.name(),
             layer = self.parts.layer,

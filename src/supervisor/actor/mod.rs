@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, Interval, MissedTickBehavior, interval, sleep_until};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use self::checks::poll_check;
@@ -368,8 +368,7 @@ impl Actor {
         self.failure(FailureReason::Timeout, message.clone());
         if self.is_external() {
             // An external service keeps being probed, at its normal cadence.
-            self.ticker = interval(self.parts.spec.health.check_interval);
-            self.ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            self.ticker = probe_ticker(Instant::now(), self.parts.spec.health.check_interval);
         }
         Event::StartupTimedOut(message)
     }
@@ -486,6 +485,14 @@ fn borrow_all(list: &[Peer]) -> Vec<(&str, watch::Ref<'_, Snapshot>)> {
     list.iter()
         .map(|peer| (peer.name.as_str(), peer.snapshot.borrow()))
         .collect()
+}
+
+/// The probe cadence: first tick at `first`, then every `period`; a late tick delays the next ones rather
+/// than bursting to catch up.
+fn probe_ticker(first: Instant, period: Duration) -> Interval {
+    let mut ticker = interval_at(first, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
 }
 
 /// Sleeps until `deadline`; never, when there is none.
