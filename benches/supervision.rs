@@ -273,11 +273,13 @@ async fn metrics() {
         service.check_now().await.unwrap();
     }
     let metrics = supervisor.metrics().clone();
-    let bytes = metrics.render().len();
+    let bytes = metrics
+        .render(fog_orchestrator::telemetry::metrics::Format::Text)
+        .len();
     let mut times: Vec<Duration> = (0..50)
         .map(|_| {
             let start = Instant::now();
-            std::hint::black_box(metrics.render());
+            std::hint::black_box(metrics.render(fog_orchestrator::telemetry::metrics::Format::Text));
             start.elapsed()
         })
         .collect();

@@ -52,7 +52,7 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
     let origin = config.origin.clone();
     let startup_span = tracing::info_span!(
         "start orchestrator",
-        orchestrator.services = services,
+        orchestrator.services = i64::try_from(services).unwrap_or(i64::MAX),
         orchestrator.config = %origin,
     );
     let supervisor = Supervisor::builder(config)

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::body::Body;
 use hyper::{HeaderMap, Method, Request, StatusCode, header};
+use tracing::Instrument;
 
 pub use self::guard::BrowserPolicy;
 pub use self::reply::{ApiError, BODY_LIMIT, Reply};
@@ -75,12 +76,19 @@ impl Api {
         let started = std::time::Instant::now();
         let method = request.method().clone();
         let route = routes::label(&method, request.uri().path());
-        let reply = match self.route(request).await {
+        let span = server_span(&method, route, &request);
+        let reply = match self.route(request).instrument(span.clone()).await {
             Ok(reply) => reply,
             Err(error) => error.into_reply(),
         };
+        let status = reply.status().as_u16();
+        span.record("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.record("error.type", status.to_string());
+            span.record("otel.status_code", "ERROR");
+        }
         let metrics = self.state.supervisor.metrics();
-        metrics.api_request(route, method.as_str(), reply.status().as_u16(), started.elapsed());
+        metrics.api_request(route, method.as_str(), status, started.elapsed());
         reply
     }
 
@@ -139,7 +147,7 @@ impl Api {
             Endpoint::Heartbeat => self.heartbeat(&name()).await,
             Endpoint::ServiceDiscovery => self.service_discovery().await,
             Endpoint::OpenApi => Ok(reply::json_reply(StatusCode::OK, &openapi::document())),
-            Endpoint::Prometheus => Ok(self.prometheus()),
+            Endpoint::Prometheus => Ok(self.prometheus(&parts.headers)),
             Endpoint::Liveness => Ok(self.liveness()),
             Endpoint::Readiness => Ok(self.readiness()),
         }
@@ -164,6 +172,29 @@ impl Api {
             )),
         }
     }
+}
+
+/// The SERVER span of one request (OTel HTTP semantic conventions), continuing the caller's trace from
+/// its `traceparent`. Scrapes and probes of the orchestrator itself (`/metrics`, `/healthz`, `/readyz`)
+/// are not traced: they would be most spans and tell nothing.
+fn server_span<B>(method: &Method, route: &'static str, request: &Request<B>) -> tracing::Span {
+    if matches!(route, "/metrics" | "/healthz" | "/readyz") {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "HTTP request",
+        otel.name = if route == "unmatched" { method.to_string() } else { format!("{method} {route}") },
+        otel.kind = "server",
+        http.request.method = method.as_str(),
+        http.route = route,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::trace::continue_trace(&span, request.headers());
+    span
 }
 
 /// Compares two secrets in time that depends only on their lengths, not on where they differ.

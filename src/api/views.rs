@@ -15,6 +15,7 @@ use crate::health::{CheckResult, HealthStatus};
 use crate::registry::{Registration, RegistryEntry};
 use crate::supervisor::containment::Containment;
 use crate::supervisor::{HealthReport, ServiceHandle, ServiceState, Snapshot};
+use crate::telemetry::metrics::Format;
 
 /// The body of start, stop and restart.
 #[derive(Debug, Default, Deserialize)]
@@ -390,13 +391,36 @@ impl Api {
     }
 
     /// `/metrics`: every metric in the Prometheus text format.
-    pub(super) fn prometheus(&self) -> Reply {
-        let text = self.state.supervisor.metrics().render();
-        bytes_reply(
+    /// `/metrics`: OpenMetrics (with exemplars) when the `Accept` header prefers it, else text 0.0.4;
+    /// gzip-compressed when `Accept-Encoding` allows it.
+    pub(super) fn prometheus(&self, headers: &hyper::HeaderMap) -> Reply {
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+        };
+        let format = Format::negotiate(header(hyper::header::ACCEPT));
+        let text = self.state.supervisor.metrics().render(format);
+        let gzip = header(hyper::header::ACCEPT_ENCODING).is_some_and(accepts_gzip);
+        let body = if gzip { gzip_bytes(text.as_bytes()) } else { None };
+        let compressed = body.is_some();
+        let mut reply = bytes_reply(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            Bytes::from(text),
-        )
+            format.content_type(),
+            body.map_or_else(|| Bytes::from(text), Bytes::from),
+        );
+        let reply_headers = reply.headers_mut();
+        reply_headers.insert(
+            hyper::header::VARY,
+            hyper::header::HeaderValue::from_static("Accept, Accept-Encoding"),
+        );
+        if compressed {
+            reply_headers.insert(
+                hyper::header::CONTENT_ENCODING,
+                hyper::header::HeaderValue::from_static("gzip"),
+            );
+        }
+        reply
     }
 
     pub(super) fn liveness(&self) -> Reply {
@@ -504,4 +528,23 @@ fn target_group(entry: &RegistryEntry) -> Option<Value> {
         return None;
     }
     Some(json!({"targets": [target], "labels": labels}))
+}
+
+/// Whether an `Accept-Encoding` header allows gzip (named, or `*`, with a non-zero quality).
+fn accepts_gzip(accept: &str) -> bool {
+    accept.split(',').any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let refused = parts.any(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f64>().ok()) == Some(0.0));
+        (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+    })
+}
+
+/// `bytes` gzip-compressed (fast level: a scrape is latency-bound), or `None` if compression failed.
+fn gzip_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::fast());
+    encoder.write_all(bytes).ok()?;
+    encoder.finish().ok()
 }

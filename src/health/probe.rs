@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tokio::process::Command;
+use tracing::Instrument;
 
 use super::{FailureReason, ProbeOutcome};
 use crate::config::Probe;
@@ -62,11 +63,48 @@ impl Prober for NetworkProber {
 }
 
 impl NetworkProber {
+    /// One HTTP probe, as a CLIENT span (OTel HTTP semantic conventions) inside the check's span, which is
+    /// what its `traceparent` names: the probed service's server span joins the check's trace.
     async fn http(&self, url: &str) -> ProbeOutcome {
         let uri: Uri = match url.parse() {
             Ok(uri) => uri,
             Err(error) => return ProbeOutcome::fail(FailureReason::Error, format!("bad URL {url}: {error}")),
         };
+        let parent = tracing::Span::current();
+        if parent.is_disabled() {
+            // An untraced check (a startup probe): no span of its own either.
+            return self.http_request(url, uri).await;
+        }
+        let span = tracing::info_span!(
+            "GET",
+            otel.kind = "client",
+            http.request.method = "GET",
+            url.full = url,
+            server.address = uri.host().unwrap_or_default(),
+            server.port = i64::from(uri.port_u16().unwrap_or(80)),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let outcome = self.http_request(url, uri).instrument(span.clone()).await;
+        if let Some(status) = outcome
+            .details
+            .get("http_status")
+            .and_then(serde_json::Value::as_i64)
+        {
+            span.record("http.response.status_code", status);
+            if status >= 400 {
+                span.record("error.type", status.to_string());
+                span.record("otel.status_code", "ERROR");
+            }
+        } else if let Some(reason) = outcome.reason {
+            span.record("error.type", reason.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        outcome
+    }
+
+    async fn http_request(&self, url: &str, uri: Uri) -> ProbeOutcome {
         let request = hyper::Request::get(uri)
             .header(
                 hyper::header::USER_AGENT,
@@ -77,7 +115,7 @@ impl NetworkProber {
             Ok(request) => request,
             Err(error) => return ProbeOutcome::fail(FailureReason::Error, format!("bad request: {error}")),
         };
-        crate::telemetry::inject_trace_context(request.headers_mut());
+        crate::telemetry::trace::inject(request.headers_mut());
         let response = match self.client.request(request).await {
             Ok(response) => response,
             Err(error) if error.is_connect() => {

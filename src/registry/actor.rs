@@ -62,7 +62,7 @@ impl RegistryActor {
         notices: mpsc::UnboundedReceiver<Notice>,
     ) -> Self {
         let now = clock.now();
-        let records = config
+        let records: IndexMap<String, Record> = config
             .services
             .iter()
             .map(|spec| {
@@ -86,6 +86,7 @@ impl RegistryActor {
             })
             .collect();
         metrics.set_timeout(config.registry.heartbeat_timeout);
+        metrics.set_entries(records.len());
         Self {
             records,
             deadlines: DelayQueue::new(),
@@ -143,11 +144,11 @@ impl RegistryActor {
 
     fn on_request(&mut self, request: Request) {
         match request {
-            Request::Register(registration, reply) => {
-                let _ = reply.send(self.register(registration));
+            Request::Register(registration, caller, reply) => {
+                let _ = reply.send(caller.in_scope(|| self.register(registration)));
             }
-            Request::Deregister(name, reply) => {
-                let _ = reply.send(self.deregister(&name));
+            Request::Deregister(name, caller, reply) => {
+                let _ = reply.send(caller.in_scope(|| self.deregister(&name)));
             }
             Request::Heartbeat(name, reply) => {
                 let _ = reply.send(self.heartbeat(&name));
@@ -187,7 +188,24 @@ impl RegistryActor {
         record.timeouts += 1;
         self.timeouts += 1;
         self.metrics.timed_out(&name);
+        // A trace of its own: the alive → dead transition is rare and worth finding.
+        let span = tracing::info_span!(
+            parent: None,
+            "check heartbeat",
+            orchestrator.service.name = %name,
+            orchestrator.registry.managed = record.managed,
+            error.type = "heartbeat",
+            otel.status_code = "ERROR",
+            otel.status_description = "no heartbeat within the heartbeat timeout",
+        );
+        crate::span_event!(
+            parent: &span,
+            crate::telemetry::trace::event_name::HEARTBEAT_TIMEOUT,
+            orchestrator.heartbeat.timeout_seconds = self.heartbeat_timeout.as_secs_f64(),
+            orchestrator.heartbeat.count = i64::try_from(record.heartbeats).unwrap_or(i64::MAX),
+        );
         tracing::warn!(
+            parent: &span,
             service = %name,
             timeout_ms = self.heartbeat_timeout.as_millis() as u64,
             "heartbeat timeout: service is no longer alive"
@@ -284,6 +302,12 @@ impl RegistryActor {
                 };
                 self.records.insert(name.clone(), record);
                 self.registered += 1;
+                self.metrics.set_entries(self.records.len());
+                crate::span_event!(
+                    parent: &tracing::Span::current(),
+                    crate::telemetry::trace::event_name::SERVICE_REGISTERED,
+                    orchestrator.service.name = name.as_str(),
+                );
             }
         }
         // Registering is a sign of life.
@@ -305,6 +329,12 @@ impl RegistryActor {
             self.deadlines.remove(key);
         }
         self.metrics.remove(name);
+        self.metrics.set_entries(self.records.len());
+        crate::span_event!(
+            parent: &tracing::Span::current(),
+            crate::telemetry::trace::event_name::SERVICE_DEREGISTERED,
+            orchestrator.service.name = name,
+        );
         tracing::info!(service = %name, "service deregistered");
         Ok(self.entry(name, &record, now))
     }

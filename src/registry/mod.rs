@@ -28,11 +28,18 @@ const REQUEST_QUEUE: usize = 256;
 /// A question or change from the API.
 #[derive(Debug)]
 enum Request {
+    /// With the caller's span: the registration is an event of its trace.
     Register(
         Registration,
+        tracing::Span,
         oneshot::Sender<Result<RegistryEntry, RegistryError>>,
     ),
-    Deregister(String, oneshot::Sender<Result<RegistryEntry, RegistryError>>),
+    /// With the caller's span, as `Register`.
+    Deregister(
+        String,
+        tracing::Span,
+        oneshot::Sender<Result<RegistryEntry, RegistryError>>,
+    ),
     Heartbeat(String, oneshot::Sender<Result<RegistryEntry, RegistryError>>),
     Entries(oneshot::Sender<Vec<RegistryEntry>>),
     Entry(String, oneshot::Sender<Option<RegistryEntry>>),
@@ -71,12 +78,13 @@ impl RegistryHandle {
 
     /// Registers (or updates) a service that is not in the configuration.
     pub async fn register(&self, registration: Registration) -> Result<RegistryEntry, RegistryError> {
-        self.ask(|reply| Request::Register(registration, reply)).await?
+        self.ask(|reply| Request::Register(registration, tracing::Span::current(), reply))
+            .await?
     }
 
     /// Removes a service registered at run time.
     pub async fn deregister(&self, name: &str) -> Result<RegistryEntry, RegistryError> {
-        self.ask(|reply| Request::Deregister(name.to_owned(), reply))
+        self.ask(|reply| Request::Deregister(name.to_owned(), tracing::Span::current(), reply))
             .await?
     }
 

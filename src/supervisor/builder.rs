@@ -60,6 +60,7 @@ struct Shared {
     force: CancellationToken,
     boot: Instant,
     startup_span: tracing::Span,
+    shutdown_span: Arc<std::sync::Mutex<Option<tracing::Span>>>,
 }
 
 impl SupervisorBuilder {
@@ -113,7 +114,7 @@ impl SupervisorBuilder {
         let startup_span = self.startup_span.take().unwrap_or_else(|| {
             tracing::info_span!(
                 "start orchestrator",
-                orchestrator.services = self.config.services.len()
+                orchestrator.services = i64::try_from(self.config.services.len()).unwrap_or(i64::MAX)
             )
         });
         let registry = self
@@ -131,10 +132,11 @@ impl SupervisorBuilder {
             force: CancellationToken::new(),
             boot: Instant::now(),
             startup_span: startup_span.clone(),
+            shutdown_span: Arc::default(),
         };
         let (handles, channels) = self.handles(&registry, &metrics);
 
-        let resolving = tracing::info_span!(parent: &startup_span, "resolve dependencies", orchestrator.services = handles.len());
+        let resolving = tracing::info_span!(parent: &startup_span, "resolve dependencies", orchestrator.services = i64::try_from(handles.len()).unwrap_or(i64::MAX));
         let started_resolving = std::time::Instant::now();
         let gates = resolving.in_scope(|| resolve_gates(&self.config.graph, &handles));
         metrics.set_dependency_resolution(started_resolving.elapsed());
@@ -162,6 +164,7 @@ impl SupervisorBuilder {
             force: shared.force,
             tasks,
             boot: shared.boot,
+            shutdown_span: shared.shutdown_span.clone(),
         };
         tokio::spawn(tracing::Instrument::instrument(
             supervisor.clone().log_startup_summary(),
@@ -252,6 +255,7 @@ impl SupervisorBuilder {
             force: shared.force.clone(),
             boot: shared.boot,
             startup_span: shared.startup_span.clone(),
+            shutdown_span: shared.shutdown_span.clone(),
         }
     }
 }

@@ -23,6 +23,8 @@ pub enum Command {
         force: bool,
         /// The answer.
         reply: Reply,
+        /// The span of whoever asks (an API request's): what the request does joins its trace.
+        caller: tracing::Span,
     },
     /// Start a stopped (or, with force, failed) service; answered once it runs.
     Start {
@@ -30,6 +32,8 @@ pub enum Command {
         force: bool,
         /// The answer.
         reply: Reply,
+        /// The span of whoever asks (an API request's): what the request does joins its trace.
+        caller: tracing::Span,
     },
     /// Stop the service and keep it stopped.
     Stop {
@@ -37,6 +41,8 @@ pub enum Command {
         force: bool,
         /// The answer.
         reply: Reply,
+        /// The span of whoever asks (an API request's): what the request does joins its trace.
+        caller: tracing::Span,
     },
     /// Run a health check now.
     CheckNow(oneshot::Sender<CheckResult>),
@@ -154,17 +160,32 @@ impl ServiceHandle {
 
     /// Restarts the service; answers once it runs again, or with the error that stopped it.
     pub async fn restart(&self, force: bool) -> Result<Snapshot, ControlError> {
-        self.control(|reply| Command::Restart { force, reply }).await
+        self.control(|reply| Command::Restart {
+            force,
+            reply,
+            caller: tracing::Span::current(),
+        })
+        .await
     }
 
     /// Starts a stopped service (a failed one with `force`); answers once it runs.
     pub async fn start(&self, force: bool) -> Result<Snapshot, ControlError> {
-        self.control(|reply| Command::Start { force, reply }).await
+        self.control(|reply| Command::Start {
+            force,
+            reply,
+            caller: tracing::Span::current(),
+        })
+        .await
     }
 
     /// Stops the service and keeps it stopped.
     pub async fn stop(&self, force: bool) -> Result<Snapshot, ControlError> {
-        self.control(|reply| Command::Stop { force, reply }).await
+        self.control(|reply| Command::Stop {
+            force,
+            reply,
+            caller: tracing::Span::current(),
+        })
+        .await
     }
 
     /// Runs a health check now and returns its result.

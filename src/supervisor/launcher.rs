@@ -215,6 +215,12 @@ impl Launcher for ProcessLauncher {
             .split_first()
             .ok_or_else(|| LaunchError("empty command".into()))?;
         let mut process = Command::new(program);
+        // The `start service` span this launch runs in, for the child's own spans (W3C TRACEPARENT);
+        // never an inherited one that says nothing about this start. The service's own env still wins.
+        match crate::telemetry::trace::traceparent() {
+            Some(traceparent) => process.env("TRACEPARENT", traceparent),
+            None => process.env_remove("TRACEPARENT"),
+        };
         process
             .args(args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))

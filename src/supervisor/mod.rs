@@ -53,6 +53,8 @@ pub struct Supervisor {
     force: CancellationToken,
     tasks: TaskTracker,
     boot: Instant,
+    /// `stop orchestrator`, from the beginning of the shutdown to its end; each service's stop is a child.
+    shutdown_span: Arc<std::sync::Mutex<Option<tracing::Span>>>,
 }
 
 impl Supervisor {
@@ -138,6 +140,15 @@ impl Supervisor {
 
     /// Starts the graceful shutdown: health checks stop, services stop in reverse dependency order.
     pub fn begin_shutdown(&self) {
+        if let Ok(mut span) = self.shutdown_span.lock()
+            && span.is_none()
+        {
+            *span = Some(tracing::info_span!(
+                parent: None,
+                "stop orchestrator",
+                orchestrator.services = i64::try_from(self.services.len()).unwrap_or(i64::MAX),
+            ));
+        }
         self.shutdown.cancel();
     }
 
@@ -158,7 +169,9 @@ impl Supervisor {
                 _ = ticker.tick() => self.log_holdouts(),
             }
         }
-        tracing::info!("all services stopped");
+        // Every stop is done: `stop orchestrator` ends here.
+        let span = self.shutdown_span.lock().ok().and_then(|mut span| span.take());
+        tracing::info!(parent: span.as_ref().and_then(tracing::Span::id), "all services stopped");
     }
 
     fn log_holdouts(&self) {

@@ -6,15 +6,13 @@
 
 pub mod metrics;
 pub mod otlp;
+pub mod trace;
 
 use std::io::IsTerminal;
 
-use opentelemetry::propagation::Injector;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tracing::Level;
-use tracing::level_filters::LevelFilter;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -50,28 +48,51 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
             }
         });
 
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(
+            format!("{}=off", trace::EVENTS)
+                .parse()
+                .expect("a valid directive"),
+        );
     let log_layer = match settings.log_format {
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_target(false)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(false)
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Pretty => {
+            let format = tracing_subscriber::fmt::format().with_target(false);
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .event_format(trace::WithTraceIds::new(format, false))
+                .boxed()
+        }
+        LogFormat::Json => {
+            let format = tracing_subscriber::fmt::format().json().with_current_span(false);
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .event_format(trace::WithTraceIds::new(format, true))
+                .boxed()
+        }
     }
     .with_filter(log_filter);
     let trace_layer = pipeline.as_ref().map(|pipeline| {
-        let only_ours = Targets::new()
-            .with_target("fog_orchestrator", Level::DEBUG)
-            .with_target("fog_orchestrator::service_output", LevelFilter::OFF);
+        // This crate's spans (not the children's output relay) and, as span events, only the fixed
+        // vocabulary of `trace::EVENTS`: log lines stay log lines.
+        let only_ours = filter_fn(|metadata| {
+            let target = metadata.target();
+            if metadata.is_event() {
+                return target == trace::EVENTS;
+            }
+            target.starts_with("fog_orchestrator") && !target.starts_with("fog_orchestrator::service_output")
+        });
         tracing_opentelemetry::layer()
             .with_tracer(pipeline.provider.tracer(otlp::SERVICE_NAME))
+            .with_tracked_inactivity(false)
             .with_filter(only_ours)
     });
+    if let Some(pipeline) = &pipeline {
+        // For the spans written with the OpenTelemetry API directly (a startup probe's, timed afterwards).
+        opentelemetry::global::set_tracer_provider(pipeline.provider.clone());
+    }
     let _ = tracing_subscriber::registry()
         .with(log_layer)
         .with(trace_layer)
@@ -82,30 +103,15 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
             crate::config::OtlpProtocol::Grpc => "grpc",
             crate::config::OtlpProtocol::Http => "http/protobuf",
         };
-        tracing::info!(endpoint = %export.endpoint, protocol, "exporting traces over OTLP");
+        let sampler = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_else(|_| "parentbased_always_on".into());
+        let ratio = std::env::var("OTEL_TRACES_SAMPLER_ARG").unwrap_or_else(|_| "1.0".into());
+        tracing::info!(
+            endpoint = %export.endpoint,
+            protocol,
+            sampler = %sampler,
+            sampler_arg = %ratio,
+            "exporting traces over OTLP"
+        );
     }
     Telemetry { pipeline }
-}
-
-/// Writes the W3C `traceparent` (and `tracestate`) of the current span into outgoing HTTP headers, so a
-/// probed service's own spans join the check's trace. Writes nothing when traces are not exported.
-pub fn inject_trace_context(headers: &mut hyper::HeaderMap) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut HeaderInjector(headers));
-    });
-}
-
-struct HeaderInjector<'a>(&'a mut hyper::HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(key.as_bytes()),
-            hyper::header::HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
 }

@@ -121,7 +121,12 @@ impl Pipeline {
         };
         let resource = Resource::builder()
             .with_service_name(SERVICE_NAME)
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .with_attributes([
+                KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+                KeyValue::new("service.instance.id", instance_id()),
+                KeyValue::new("host.name", host_name()),
+                KeyValue::new("process.pid", i64::from(std::process::id())),
+            ])
             .build();
         let provider = SdkTracerProvider::builder()
             .with_resource(resource)
@@ -138,6 +143,34 @@ impl Pipeline {
         }
         drop(self.runtime);
     }
+}
+
+/// A random UUID (version 4) naming this run of the orchestrator, as `service.instance.id` asks.
+fn instance_id() -> String {
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// The machine's host name (`host.name`), or `unknown`.
+pub fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return "unknown".into();
+    }
+    let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
 fn batch(exporter: impl SpanExporter + 'static) -> BatchSpanProcessor {

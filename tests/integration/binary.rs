@@ -226,6 +226,11 @@ pub fn signal(pid: u32, signal: i32) {
 /// One HTTP request; the status and the body as text. A refused connection (a server still starting) is
 /// status 0 with an empty body.
 pub async fn http_text(method: &str, url: &str, body: &str) -> (u16, String) {
+    http_with(method, url, body, &[]).await
+}
+
+/// One HTTP request with extra `headers`; the status and the body as text (0 and empty when refused).
+pub async fn http_with(method: &str, url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let content_type = if body.is_empty() {
         "text/plain"
     } else {
@@ -233,12 +238,14 @@ pub async fn http_text(method: &str, url: &str, body: &str) -> (u16, String) {
     };
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    let request = hyper::Request::builder()
+    let mut request = hyper::Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
+        .header("content-type", content_type);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
     let Ok(Ok(response)) = timeout(LIMIT, client.request(request)).await else {
         return (0, String::new());
     };

@@ -7,6 +7,7 @@ mod containment;
 mod deploy;
 mod fuzz;
 mod harness;
+mod incident;
 mod lifecycle;
 mod metrics;
 mod otlp;

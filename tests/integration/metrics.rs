@@ -12,7 +12,9 @@ const SECOND: Duration = Duration::from_secs(1);
 /// The value of `name{labels}` in a real rendering of `/metrics` (a histogram's `_count` for a histogram
 /// name), or `None` without such a series.
 pub fn value(supervisor: &Supervisor, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let text = supervisor.metrics().render();
+    let text = supervisor
+        .metrics()
+        .render(fog_orchestrator::telemetry::metrics::Format::Text);
     let count = format!("{name}_count");
     text.lines()
         .filter(|line| !line.starts_with('#'))

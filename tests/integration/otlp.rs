@@ -29,7 +29,7 @@ use crate::binary::{Orchestrator, http, message};
 
 /// Everything a receiver got: spans with the resource's `service.name`.
 #[derive(Clone, Default)]
-struct Received {
+pub(crate) struct Received {
     spans: Arc<Mutex<Vec<(String, Span)>>>,
 }
 
@@ -50,12 +50,12 @@ impl Received {
         }
     }
 
-    fn spans(&self) -> Vec<(String, Span)> {
+    pub(crate) fn spans(&self) -> Vec<(String, Span)> {
         self.spans.lock().unwrap().clone()
     }
 }
 
-fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
+pub(crate) fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
     attributes
         .iter()
         .find(|a| a.key == key)
@@ -83,7 +83,7 @@ impl TraceService for GrpcReceiver {
     }
 }
 
-async fn grpc_receiver() -> (String, Received) {
+pub(crate) async fn grpc_receiver() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let received = Received::default();
@@ -166,7 +166,7 @@ fn config(target: &str) -> String {
     )
 }
 
-fn find<'a>(spans: &'a [(String, Span)], name: &str) -> Vec<&'a Span> {
+pub(crate) fn find<'a>(spans: &'a [(String, Span)], name: &str) -> Vec<&'a Span> {
     spans
         .iter()
         .filter(|(_, s)| s.name == name)

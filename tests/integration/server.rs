@@ -157,7 +157,7 @@ async fn healthz(address: &str) -> bool {
 fn refused(supervisor: &Supervisor) -> f64 {
     supervisor
         .metrics()
-        .render()
+        .render(fog_orchestrator::telemetry::metrics::Format::Text)
         .lines()
         .find_map(|line| line.strip_prefix("orchestrator_api_connections_refused_total "))
         .map(|value| value.parse::<f64>().unwrap())

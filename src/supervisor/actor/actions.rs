@@ -6,10 +6,12 @@ use tracing::Instrument;
 
 use super::{Actor, KILL_GRACE, probe_ticker};
 use crate::health::FailureReason;
+use crate::span_event;
 use crate::supervisor::launcher::Instance;
 use crate::supervisor::lifecycle::{Dependents, Event};
 use crate::supervisor::output;
 use crate::supervisor::state::{Exit, RestartReason};
+use crate::telemetry::trace::event_name;
 
 impl Actor {
     /// Launches a new instance (or, for an external service, starts probing it); reports `LaunchFailed`, or
@@ -20,7 +22,8 @@ impl Actor {
             let at = self.parts.clock.at(now);
             self.snapshot.last_restart = Some(at);
             self.snapshot.last_restart_reason = Some(reason);
-            self.parts.metrics.restart(reason, at);
+            let trace_id = self.attempt_trace_id();
+            self.parts.metrics.restart(reason, at, trace_id);
             tracing::info!(service = self.name(), %reason, restart_count = self.lifecycle.restart_count(), "restarting service");
         }
         self.health.reset(now);
@@ -32,7 +35,9 @@ impl Actor {
         self.publish();
 
         if let Some(launcher) = self.parts.launcher.clone() {
-            match launcher.launch(&self.parts.spec).await {
+            // Inside `start service`: the child gets its traceparent in `TRACEPARENT`.
+            let inside = self.traces_start().unwrap_or_else(tracing::Span::none);
+            match launcher.launch(&self.parts.spec).instrument(inside).await {
                 Ok(mut instance) => {
                     if let Some(output) = instance.take_output() {
                         output::forward(
@@ -43,6 +48,8 @@ impl Actor {
                         );
                     }
                     self.snapshot.pid = instance.pid();
+                    self.spawned(instance.pid());
+                    self.parts.metrics.started(self.parts.clock.at(now));
                     self.exit = Some(instance.exit_watch());
                     self.instance = Some(instance);
                     self.set_process_alive(true);
@@ -85,7 +92,7 @@ impl Actor {
         // Logged before it is published: the startup summary follows every "service ready" line.
         self.publish();
         self.close_start_span(None);
-        self.close_restart_span(None);
+        self.close_attempt();
         let snapshot = self.snapshot.clone();
         for waiter in self.start_waiters.drain(..) {
             let _ = waiter.send(Ok(snapshot.clone()));
@@ -97,7 +104,7 @@ impl Actor {
         self.backoff_until = Some(Instant::now() + delay);
         self.snapshot.backoff = Some(delay);
         self.healthy_since = None;
-        self.open_restart_span(reason, attempt, delay);
+        self.open_backoff(reason, attempt, delay);
         self.publish();
         tracing::info!(
             service = self.name(),
@@ -140,24 +147,33 @@ impl Actor {
             return;
         };
         self.set_process_alive(false);
-        let parent = self.restart_span.as_ref().and_then(tracing::Span::id);
+        let parent = self.stop_parent();
         let span = tracing::info_span!(
-            parent: parent,
+            parent: parent.as_ref().and_then(tracing::Span::id),
             "stop service",
             orchestrator.service.name = %self.parts.spec.name,
+            process.pid = instance.pid().map(i64::from),
             orchestrator.shutdown.timeout_seconds = self.parts.spec.shutdown.timeout.as_secs_f64(),
             orchestrator.stop.killed = tracing::field::Empty,
-            orchestrator.stop.exit = tracing::field::Empty,
+            process.exit.code = tracing::field::Empty,
+            process.exit.signal = tracing::field::Empty,
         );
-        let status = self.terminate(instance).instrument(span.clone()).await;
-        span.record("orchestrator.stop.exit", status.to_string());
+        let (status, killed) = self.terminate(instance).instrument(span.clone()).await;
+        span.record("orchestrator.stop.killed", killed);
+        match status {
+            Exit::Code(code) => span.record("process.exit.code", i64::from(code)),
+            Exit::Signal(signal) => span.record("process.exit.signal", i64::from(signal)),
+            Exit::Error(_) => &span,
+        };
+        self.parts.metrics.stopped(&status);
         tracing::info!(parent: &span, service = self.name(), %status, "service stopped");
         self.snapshot.pid = None;
         self.publish();
     }
 
-    /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced); returns how it ended.
-    async fn terminate(&mut self, mut instance: Instance) -> Exit {
+    /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced); returns how it ended and
+    /// whether it took SIGKILL.
+    async fn terminate(&mut self, mut instance: Instance) -> (Exit, bool) {
         let timeout_length = self.parts.spec.shutdown.timeout;
         instance.terminate();
         let graceful = tokio::select! {
@@ -172,11 +188,19 @@ impl Actor {
             }
         };
         if let Some(status) = graceful {
-            return status;
+            return (status, false);
         }
-        tracing::Span::current().record("orchestrator.stop.killed", true);
+        let span = tracing::Span::current();
+        span_event!(
+            parent: &span,
+            event_name::SERVICE_KILLED,
+            process.pid = instance.pid().map(i64::from),
+            orchestrator.shutdown.timeout_seconds = timeout_length.as_secs_f64(),
+            orchestrator.stop.forced = self.parts.force.is_cancelled(),
+        );
+        self.parts.metrics.killed();
         instance.kill();
-        match timeout(KILL_GRACE, instance.exited()).await {
+        let status = match timeout(KILL_GRACE, instance.exited()).await {
             Ok(status) => status,
             Err(_) => {
                 tracing::error!(
@@ -186,6 +210,7 @@ impl Actor {
                 );
                 Exit::Error("survived SIGKILL".into())
             }
-        }
+        };
+        (status, true)
     }
 }

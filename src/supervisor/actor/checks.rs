@@ -12,9 +12,11 @@ use tracing::{Instrument, Span};
 use super::{Actor, CheckFuture};
 use crate::config::Probe;
 use crate::health::{CheckResult, FailureReason, HealthStatus, ProbeOutcome};
+use crate::span_event;
 use crate::supervisor::launcher::{Instance, Service};
 use crate::supervisor::lifecycle::Event;
 use crate::supervisor::state::{RestartReason, ServiceState};
+use crate::telemetry::trace::event_name;
 
 impl Actor {
     pub(super) fn has_health_check(&self) -> bool {
@@ -25,8 +27,14 @@ impl Actor {
                 .is_some_and(|i| i.health_source().is_some())
     }
 
+    /// What kind of check this service has (`orchestrator.check.type`).
+    pub(super) fn check_type(&self) -> &'static str {
+        self.parts.spec.probe.as_ref().map_or("in_process", |p| p.kind())
+    }
+
     /// One check of the service, bounded by its timeout; owns what it needs so it can run inside `select!`.
-    /// A `traced` check runs in its own `check health` span (startup probes, every few milliseconds, don't).
+    /// A `traced` check runs in its own `check health` trace (startup probes, every few milliseconds, don't:
+    /// the one that passes is recorded afterwards, inside `start service`).
     pub(super) fn check_future(&self, traced: bool) -> CheckFuture {
         let limit = self.parts.spec.health.timeout;
         let span = if traced {
@@ -34,9 +42,10 @@ impl Actor {
                 parent: None,
                 "check health",
                 orchestrator.service.name = %self.parts.spec.name,
-                orchestrator.check.type = self.parts.spec.probe.as_ref().map_or("in_process", |p| p.kind()),
+                orchestrator.check.type = self.check_type(),
                 orchestrator.check.passed = Empty,
                 orchestrator.health.status = Empty,
+                error.type = Empty,
                 otel.status_code = Empty,
                 otel.status_description = Empty,
             )
@@ -85,9 +94,11 @@ impl Actor {
     pub(super) fn checked(&mut self, outcome: ProbeOutcome, elapsed: Duration, span: Span) -> Option<Event> {
         if self.lifecycle.state() == ServiceState::Starting {
             if outcome.passed {
+                self.first_pass(&outcome, elapsed);
                 self.record(outcome, elapsed, &span);
                 return Some(Event::Ready);
             }
+            self.startup_probe_failed();
             self.startup_failure = Some(outcome.message);
             return None;
         }
@@ -121,12 +132,23 @@ impl Actor {
             .check(reason, elapsed, self.health.consecutive_failures());
         span.record("orchestrator.check.passed", passed);
         span.record("orchestrator.health.status", self.health.status().as_str());
-        if !passed {
-            self.set_last_error(result.message.clone(), at);
-            super::spans::fail(span, &result.message);
-            self.remember_failure(span);
-            if reason == Some(FailureReason::Heartbeat) {
-                tracing::warn!(parent: span, service = self.name(), error = %result.message, "heartbeat timeout");
+        if let Some((trace_id, _)) = crate::telemetry::trace::ids(span) {
+            self.parts.metrics.check_trace(elapsed, trace_id, at);
+        }
+        match reason {
+            None => self.forget_failures(),
+            Some(reason) => {
+                self.set_last_error(result.message.clone(), at);
+                super::spans::fail(span, reason.as_str(), &result.message);
+                self.remember_failure(span);
+                if reason == FailureReason::Heartbeat {
+                    span_event!(
+                        parent: span,
+                        event_name::HEARTBEAT_TIMEOUT,
+                        orchestrator.heartbeat.timeout_seconds = self.parts.heartbeat_timeout.as_secs_f64(),
+                    );
+                    tracing::warn!(parent: span, service = self.name(), error = %result.message, "heartbeat timeout");
+                }
             }
         }
         if passed && self.instance.is_none() && self.parts.spec.probe != Some(Probe::Heartbeat) {
@@ -148,6 +170,13 @@ impl Actor {
             _ => self.healthy_since = None,
         }
         if let Some(transition) = transition {
+            self.parts.metrics.health_changed(transition.from, transition.to);
+            span_event!(
+                parent: span,
+                event_name::HEALTH_CHANGED,
+                orchestrator.health.from = transition.from.as_str(),
+                orchestrator.health.to = transition.to.as_str(),
+            );
             tracing::info!(parent: span, service = self.name(), from = %transition.from, to = %transition.to, detail = %result.message, "health changed");
         }
         self.snapshot.last_check = Some(result.clone());

@@ -18,7 +18,7 @@ impl Actor {
         let Some(command) = command else {
             return Some(Input::Shutdown);
         };
-        let (request, force, reply) = match command {
+        let (request, force, reply, caller) = match command {
             Command::CheckNow(reply) => {
                 self.check_now(reply);
                 return None;
@@ -27,14 +27,15 @@ impl Actor {
                 let _ = reply.send(self.report(history));
                 return None;
             }
-            Command::Restart { force, reply } => (Request::Restart, force, reply),
-            Command::Start { force, reply } => (Request::Start, force, reply),
-            Command::Stop { force, reply } => (Request::Stop, force, reply),
+            Command::Restart { force, reply, caller } => (Request::Restart, force, reply, caller),
+            Command::Start { force, reply, caller } => (Request::Start, force, reply, caller),
+            Command::Stop { force, reply, caller } => (Request::Stop, force, reply, caller),
         };
         Some(Input::Request {
             request,
             force,
             reply,
+            caller,
         })
     }
 

@@ -73,6 +73,8 @@ pub(super) struct ActorParts {
     pub force: CancellationToken,
     pub boot: Instant,
     pub startup_span: tracing::Span,
+    /// `stop orchestrator`, once the shutdown has begun.
+    pub shutdown_span: Arc<std::sync::Mutex<Option<tracing::Span>>>,
 }
 
 /// What the actor waits for between decisions.
@@ -82,6 +84,8 @@ enum Input {
         request: Request,
         force: bool,
         reply: Reply,
+        /// The span of whoever asked (an API request): what the request does continues its trace.
+        caller: tracing::Span,
     },
     Shutdown,
 }
@@ -109,9 +113,9 @@ pub(super) struct Actor {
     launched_at: Instant,
     started_once: bool,
     last_alive_notice: Option<Instant>,
-    start_span: Option<tracing::Span>,
-    restart_span: Option<tracing::Span>,
-    last_failure: Option<opentelemetry::trace::SpanContext>,
+    traces: spans::Traces,
+    /// Why the instance is being stopped, when the input being handled is a failure that restarts it.
+    recovery: Option<RestartReason>,
 }
 
 impl Actor {
@@ -141,9 +145,8 @@ impl Actor {
             launched_at: now,
             started_once: false,
             last_alive_notice: None,
-            start_span: None,
-            restart_span: None,
-            last_failure: None,
+            traces: spans::Traces::default(),
+            recovery: None,
             parts,
         }
     }
@@ -170,7 +173,11 @@ impl Actor {
                     request,
                     force,
                     reply,
-                } => self.feed(Event::Request { request, force }, Some(reply)).await,
+                    caller,
+                } => {
+                    self.traces.request = Some(caller);
+                    self.feed(Event::Request { request, force }, Some(reply)).await;
+                }
                 Input::Shutdown => break,
             }
         }
@@ -182,6 +189,11 @@ impl Actor {
     async fn feed(&mut self, event: Event, mut reply: Option<Reply>) {
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
+            self.recovery = match &event {
+                Event::Unhealthy(reason, _) => Some(*reason),
+                Event::StartupTimedOut(_) => Some(RestartReason::Crashed),
+                _ => None,
+            };
             let from = self.lifecycle.state();
             let actions = self.lifecycle.on(event);
             let to = self.lifecycle.state();
@@ -202,6 +214,8 @@ impl Actor {
             }
             self.publish();
         }
+        self.recovery = None;
+        self.traces.input_done();
         if let Some(reply) = reply {
             // Every admitted request is answered by an action; this is only a safety net against a hang.
             let _ = reply.send(Ok(self.snapshot.clone()));
@@ -223,22 +237,23 @@ impl Actor {
             }
             Action::AnswerWhenRunning => self.start_waiters.extend(reply.take()),
             Action::FailWaiters(error) => self.fail_start_waiters(error),
-            Action::BeginManualRestart => {
-                self.open_restart_span(RestartReason::Manual, self.lifecycle.attempts(), Duration::ZERO);
-            }
+            Action::BeginManualRestart => self.open_attempt(RestartReason::Manual),
             Action::Launch(restart) => return self.launch(restart).await,
             Action::AwaitDependents(scope) => {
                 self.await_dependents(scope).await;
                 return Some(Event::DependentsStopped);
             }
             Action::StopInstance => {
+                if let Some(reason) = self.recovery.take() {
+                    self.recovery_stop(reason);
+                }
                 self.stop_instance().await;
                 return Some(Event::InstanceStopped);
             }
             Action::Backoff { attempt, reason } => self.schedule_restart(attempt, reason),
             Action::AnnounceReady => self.became_ready(),
             Action::GiveUp => {
-                self.close_restart_span(Some("automatic restarts exhausted"));
+                self.gave_up();
                 tracing::error!(
                     service = self.name(),
                     attempts = self.lifecycle.attempts(),
@@ -247,6 +262,7 @@ impl Actor {
                 );
             }
             Action::ForgiveAttempts => {
+                self.end_incident();
                 tracing::info!(
                     service = self.name(),
                     "healthy long enough: restart attempts reset"
@@ -271,6 +287,11 @@ impl Actor {
         }
         if to != ServiceState::Backoff {
             self.backoff_until = None;
+            self.close_backoff();
+        }
+        if matches!(to, ServiceState::Stopped | ServiceState::Pending) && from == ServiceState::Stopping {
+            // Stopped on purpose: whatever incident was in progress is over.
+            self.end_incident();
         }
     }
 
@@ -349,9 +370,11 @@ impl Actor {
         self.exit = None;
         self.check = None;
         self.set_process_alive(false);
-        self.snapshot.pid = None;
+        let pid = self.snapshot.pid.take();
         let message = format!("process {status}");
-        tracing::warn!(service = self.name(), %status, "service exited unexpectedly");
+        tracing::warn!(service = self.name(), pid, %status, "service exited unexpectedly");
+        self.parts.metrics.exited(&status);
+        self.exit_observed(pid, status);
         self.failure(FailureReason::ProcessDown, message.clone());
         Event::Exited(message)
     }
@@ -377,15 +400,18 @@ impl Actor {
     fn failure(&mut self, reason: FailureReason, message: String) {
         let now = Instant::now();
         let at = self.parts.clock.at(now);
-        let (result, _) = self
-            .health
-            .record_down(&self.parts.spec.name, reason, message.clone(), at, now);
+        let (result, transition) =
+            self.health
+                .record_down(&self.parts.spec.name, reason, message.clone(), at, now);
+        if let Some(transition) = transition {
+            self.parts.metrics.health_changed(transition.from, transition.to);
+        }
         self.parts
             .metrics
             .down(reason, self.health.consecutive_failures());
         self.snapshot.last_check = Some(result);
         self.healthy_since = None;
-        self.close_start_span(Some(&message));
+        self.close_start_span(Some((reason.as_str(), &message)));
         self.set_last_error(message, at);
         self.publish();
     }

@@ -12,6 +12,7 @@
 //! child per per-service series (55 per service), 1,000 services cost about 25 MiB and a scrape took about
 //! 40 ms to build.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +33,52 @@ use crate::status::ServiceState;
 
 /// Metric name prefix.
 pub const NAMESPACE: &str = "orchestrator";
+
+/// An exposition format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4 (the fallback).
+    Text,
+    /// OpenMetrics 1.0.0: counter families without `_total`, exemplars, `# EOF`.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// The format an `Accept` header asks for: OpenMetrics when it is accepted at least as much as
+    /// plain text (as Prometheus asks), else text.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let Some(accept) = accept else {
+            return Format::Text;
+        };
+        let (mut openmetrics, mut text) = (0.0_f64, 0.0_f64);
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let quality = parts
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f64>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+                "text/plain" | "text/*" | "*/*" => text = text.max(quality),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+}
 
 /// Build revision, from the build script (git), or "unknown".
 const REVISION: &str = match option_env!("FOG_REVISION") {
@@ -81,6 +128,7 @@ pub struct RegistryMetrics {
     last_received: GaugeVec,
     timeouts: IntCounterVec,
     timeout: Gauge,
+    entries: IntGauge,
 }
 
 impl RegistryMetrics {
@@ -104,6 +152,11 @@ impl RegistryMetrics {
         self.timeouts.with_label_values(&[name]).inc();
     }
 
+    /// How many entries the registry holds (configured and registered at run time).
+    pub fn set_entries(&self, entries: usize) {
+        self.entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
     /// The configured heartbeat timeout.
     pub fn set_timeout(&self, timeout: Duration) {
         self.timeout.set(timeout.as_secs_f64());
@@ -114,6 +167,41 @@ impl RegistryMetrics {
         let _ = self.received.remove_label_values(&[name]);
         let _ = self.last_received.remove_label_values(&[name]);
         let _ = self.timeouts.remove_label_values(&[name]);
+    }
+}
+
+/// Writes one prometheus-crate family in OpenMetrics: the crate's text encoding, with the family name of
+/// a counter without `_total` (its samples keep it), a counter or untyped family whose samples do not end in
+/// `_total` as `unknown`, and `"` escaped in the help text.
+fn openmetrics_family(text: &mut String, family: &prometheus::proto::MetricFamily) {
+    use prometheus::proto::MetricType;
+    let mut encoded = Vec::new();
+    if let Err(error) = TextEncoder::new().encode(std::slice::from_ref(family), &mut encoded) {
+        tracing::error!(%error, "cannot encode metrics");
+        return;
+    }
+    let encoded = String::from_utf8_lossy(&encoded);
+    let name = family.name();
+    let (family_name, kind) = match family.get_field_type() {
+        MetricType::COUNTER => match name.strip_suffix("_total") {
+            Some(stem) => (stem, "counter"),
+            None => (name, "unknown"),
+        },
+        MetricType::GAUGE => (name, "gauge"),
+        MetricType::HISTOGRAM => (name, "histogram"),
+        MetricType::SUMMARY => (name, "summary"),
+        MetricType::UNTYPED => (name, "unknown"),
+    };
+    for line in encoded.lines() {
+        if let Some(help) = line.strip_prefix("# HELP ") {
+            let help = help.split_once(' ').map_or("", |(_, help)| help);
+            let _ = writeln!(text, "# HELP {family_name} {}", help.replace('"', "\\\""));
+        } else if line.starts_with("# TYPE ") {
+            let _ = writeln!(text, "# TYPE {family_name} {kind}");
+        } else if !line.is_empty() {
+            text.push_str(line);
+            text.push('\n');
+        }
     }
 }
 
@@ -181,6 +269,14 @@ impl Metrics {
                 Gauge::with_opts(opts(
                     "heartbeat_timeout_seconds",
                     "No heartbeat for this long means dead.",
+                ))
+                .expect("valid metric"),
+            ),
+            entries: register(
+                &registry,
+                IntGauge::with_opts(opts(
+                    "registry_entries",
+                    "Entries in the service registry, configured and registered at run time.",
                 ))
                 .expect("valid metric"),
             ),
@@ -317,20 +413,31 @@ impl Metrics {
         self.api_refused.inc();
     }
 
-    /// The text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// The exposition of every metric in `format`.
+    pub fn render(&self, format: Format) -> String {
         let services = self
             .services
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut text = String::with_capacity(2048 + services.len() * 3000);
-        write_services(&mut text, &services);
+        write_services(&mut text, format, &services);
         drop(services);
-        let mut gathered = Vec::with_capacity(64 * 1024);
-        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut gathered) {
-            tracing::error!(%error, "cannot encode metrics");
+        let families = self.registry.gather();
+        match format {
+            Format::Text => {
+                let mut gathered = Vec::with_capacity(64 * 1024);
+                if let Err(error) = TextEncoder::new().encode(&families, &mut gathered) {
+                    tracing::error!(%error, "cannot encode metrics");
+                }
+                text.push_str(&String::from_utf8_lossy(&gathered));
+            }
+            Format::OpenMetrics => {
+                for family in &families {
+                    openmetrics_family(&mut text, family);
+                }
+                text.push_str("# EOF\n");
+            }
         }
-        text.push_str(&String::from_utf8_lossy(&gathered));
         text
     }
 
