@@ -12,6 +12,8 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
 
+use std::sync::{Arc, Mutex};
+
 use crate::binary::{Orchestrator, http, http_text, spare_port};
 
 fn root() -> PathBuf {
@@ -65,6 +67,12 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
                 queries.push((file.clone(), panel["title"].as_str().unwrap().to_owned(), expr));
             }
         }
+        for annotation in dashboard["annotations"]["list"].as_array().into_iter().flatten() {
+            if let Some(expr) = annotation["expr"].as_str() {
+                let title = format!("annotation {}", annotation["name"].as_str().unwrap_or_default());
+                queries.push((file.clone(), title, expr.to_owned()));
+            }
+        }
     }
     queries
 }
@@ -91,6 +99,14 @@ fn every_alert_has_severity_summary_description_and_a_runbook_section() {
     let rules = yaml("alerts/orchestrator.rules.yml");
     let runbook = read("docs/runbook.md").to_lowercase();
     let tests = read("alerts/tests/orchestrator.test.yml");
+    let source = read("alerts/orchestrator.rules.yml");
+    let pattern = source
+        .lines()
+        .find_map(|l| l.strip_prefix("#   ").filter(|p| p.contains("%s")))
+        .expect("the rules file names its runbook URL pattern")
+        .trim()
+        .to_owned();
+    assert!(pattern.starts_with("https://"), "{pattern}");
     let mut alerts = 0;
     for group in rules["groups"].as_sequence().unwrap() {
         for rule in group["rules"].as_sequence().unwrap() {
@@ -109,13 +125,10 @@ fn every_alert_has_severity_summary_description_and_a_runbook_section() {
                     "{name} lacks {key}"
                 );
             }
-            let anchor = rule["annotations"]["runbook_url"]
-                .as_str()
-                .unwrap()
-                .rsplit_once('#')
-                .unwrap()
-                .1
-                .to_owned();
+            // Absolute, from the one pattern the rules file names (scripts/runbook-urls.sh rewrites it).
+            let url = rule["annotations"]["runbook_url"].as_str().unwrap();
+            assert_eq!(url, pattern.replace("%s", &name.to_lowercase()), "{name}");
+            let anchor = name.to_lowercase();
             assert!(
                 runbook.contains(&format!("## {anchor}")),
                 "no runbook section for {anchor}"
@@ -271,10 +284,13 @@ fn dashboards_follow_the_conventions() {
                             .nth(1)
                             .and_then(|w| w.split(']').next())
                             .unwrap_or_default();
-                        assert_eq!(
-                            window, "$__rate_interval",
-                            "{file}/{title}: {function} window in {expr}"
-                        );
+                        // Over time: the rate interval; a single figure for the time range: the range.
+                        let wanted = if target["instant"] == true {
+                            "$__range"
+                        } else {
+                            "$__rate_interval"
+                        };
+                        assert_eq!(window, wanted, "{file}/{title}: {function} window in {expr}");
                     }
                 }
             }
@@ -357,17 +373,21 @@ fn prometheus_config(dir: &Path, orchestrator: &str, alertmanager: &str, rules: 
     path
 }
 
-/// deploy/alertmanager.yml with groups sent at once.
-fn alertmanager_config(dir: &Path) -> PathBuf {
+/// deploy/alertmanager.yml with groups sent at once, its receivers' webhooks pointed at `webhook`.
+fn alertmanager_config(dir: &Path, webhook: &str) -> PathBuf {
     let mut config = yaml("deploy/alertmanager.yml");
     config["route"]["group_wait"] = "0s".into();
     config["route"]["group_interval"] = "1s".into();
+    for receiver in config["receivers"].as_sequence_mut().unwrap() {
+        let name = receiver["name"].as_str().unwrap().to_owned();
+        receiver["webhook_configs"][0]["url"] = format!("{webhook}/{name}").into();
+    }
     let path = dir.join("alertmanager.yml");
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
     path
 }
 
-fn orchestrator_config(web: u16, api: u16, slow: u16, crashy: u16, state: &Path) -> String {
+fn orchestrator_config(web: u16, api: u16, slow: u16, crashy: u16, state: &Path, dead: u16) -> String {
     let demo = |name: &str, port: u16| {
         format!(
             "[services.{name}]\ncommand = [\"{exe}\", \"demo-service\", \"--name\", \"{name}\", \"--listen\", \"127.0.0.1:{port}\", \
@@ -380,7 +400,11 @@ fn orchestrator_config(web: u16, api: u16, slow: u16, crashy: u16, state: &Path)
         "[registry]\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"3s\"\n\
          [defaults.health]\ncheck_interval = \"500ms\"\ntimeout = \"400ms\"\nauto_recovery = false\n\
          {web}{api}depends_on = [\"web\"]\n{slow}health.failure_threshold = 1000\n\
-         {crashy}[services.crashy.restart]\ninitial_delay = \"1s\"\nbackoff_base = 1.0\nmax_attempts = 3\n",
+         {crashy}[services.crashy.restart]\ninitial_delay = \"1s\"\nbackoff_base = 1.0\nmax_attempts = 3\n\
+         [services.choppy]\ncommand = [\"sleep\", \"3600\"]\n\
+         health.exec = [\"sh\", \"-c\", \"n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}; [ $((n % 4)) -ne 0 ]\"]\n\
+         [services.stuck]\ncommand = [\"sleep\", \"3600\"]\nhealth.tcp = \"127.0.0.1:{dead}\"\nhealth.startup_timeout = \"1h\"\n",
+        count = state.with_extension("count").display(),
         web = demo("web", web),
         api = demo("api", api),
         slow = demo("slow", slow),
@@ -412,6 +436,7 @@ fn expand(expr: &str, service: &str) -> String {
     expr.replace("$__rate_interval", "4s")
         .replace("$__range", "1m")
         .replace("=~\"$job\"", "=~\"fog-orchestrator\"")
+        .replace("=~\"$cluster\"", "=~\".*\"")
         .replace("=~\"$instance\"", "=~\".+\"")
         .replace("=~\"$service\"", &format!("=~\"{service}\""))
         .replace("=\"$service\"", &format!("=\"{service}\""))
@@ -431,7 +456,16 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
     let dir = tempfile::tempdir().unwrap();
     let (web, api_service, slow, crashy) = (spare_port(), spare_port(), spare_port(), spare_port());
     let state = dir.path().join("demo-state");
-    let mut orchestrator = Orchestrator::start(&orchestrator_config(web, api_service, slow, crashy, &state));
+    let (otlp, spans) = crate::otlp::grpc_receiver().await;
+    let (webhook, notifications) = webhook_receiver().await;
+    let config = orchestrator_config(web, api_service, slow, crashy, &state, spare_port());
+    let mut orchestrator = Orchestrator::start_with(
+        &config,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
     let orch = orchestrator.api().await;
     let address = orch.trim_start_matches("http://").to_owned();
 
@@ -445,12 +479,16 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
             format!("--config.file={}", prometheus_config.display()),
             format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
             format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
+            "--enable-feature=exemplar-storage".to_owned(),
         ],
     );
     let _alertmanager = spawn(
         "prometheus-alertmanager",
         &[
-            format!("--config.file={}", alertmanager_config(dir.path()).display()),
+            format!(
+                "--config.file={}",
+                alertmanager_config(dir.path(), &webhook).display()
+            ),
             format!("--storage.path={}", dir.path().join("am").display()),
             format!("--web.listen-address={alertmanager_address}"),
             "--cluster.listen-address=".to_owned(),
@@ -510,6 +548,8 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
         ("OrchestratorHeartbeatTimeout", "agent"),
         ("OrchestratorServiceRestartingTooOften", "crashy"),
         ("OrchestratorServiceFailed", "crashy"),
+        ("OrchestratorServiceFlapping", "choppy"),
+        ("OrchestratorServiceStuckStarting", "stuck"),
     ];
     eventually(
         "every expected alert firing",
@@ -579,9 +619,11 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
         .unwrap();
     assert_eq!(web_alert["labels"]["severity"], "critical");
     assert_eq!(web_alert["annotations"]["summary"], "Service web is unhealthy");
-    assert_eq!(
-        web_alert["annotations"]["runbook_url"],
-        "docs/runbook.md#orchestratorserviceunhealthy"
+    assert!(
+        web_alert["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/docs/runbook.md#orchestratorserviceunhealthy")
     );
     assert!(
         web_alert["annotations"]["description"]
@@ -609,9 +651,20 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
     // Every metric the dashboards and rules name is one the orchestrator exports.
     let exported = http_text("GET", &format!("{orch}/metrics"), "").await.1;
     let mut sources: Vec<String> = dashboard_queries().into_iter().map(|(_, _, e)| e).collect();
-    sources.push(read("alerts/orchestrator.rules.yml"));
+    let rules = read("alerts/orchestrator.rules.yml");
+    let rules: Vec<&str> = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    sources.push(rules.join("\n"));
     for source in sources {
-        for word in source.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+        // Metric names only: label values ("process_down") are quoted.
+        let unquoted: String = source
+            .split('"')
+            .enumerate()
+            .map(|(i, part)| if i % 2 == 0 { part } else { " " })
+            .collect();
+        for word in unquoted.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
             if word.starts_with("orchestrator_") || word.starts_with("process_") {
                 let base = ["_bucket", "_sum", "_count"]
                     .iter()
@@ -624,5 +677,146 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
         }
     }
 
+    // Prometheus scraped OpenMetrics: the restart counter's exemplar names a trace the receiver got.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exemplars = eventually("a restart exemplar", Duration::from_secs(30), async || {
+        let url = format!(
+            "{prometheus}/api/v1/query_exemplars?query={}&start={}&end={}",
+            urlencode("orchestrator_service_restarts_total{service=\"crashy\"}"),
+            now - 600,
+            now + 60
+        );
+        let result = get_json(&url).await;
+        let ids: Vec<String> = result["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_owned))
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    })
+    .await;
+
+    // One incident pages once: crashy's restarts warned, its failure paged, and nothing else about it
+    // paged. (Checked after every alert above has had time to notify.)
+    sleep(Duration::from_secs(3)).await;
+    let pages: Vec<(String, String)> = notifications
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(receiver, body)| receiver == "pager" && body["status"] == "firing")
+        .flat_map(|(_, body)| {
+            body["alerts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| a["status"] == "firing")
+                .map(|a| {
+                    let name = a["labels"]["alertname"].as_str().unwrap_or_default().to_owned();
+                    let service = a["labels"]["service"].as_str().unwrap_or_default().to_owned();
+                    (name, service)
+                })
+        })
+        .collect();
+    let crashy_pages: Vec<&(String, String)> = pages.iter().filter(|(_, s)| s == "crashy").collect();
+    assert_eq!(
+        crashy_pages,
+        [&("OrchestratorServiceFailed".to_owned(), "crashy".to_owned())],
+        "a failed service pages exactly once; pages: {pages:?}"
+    );
+    assert!(
+        pages
+            .iter()
+            .all(|(_, s)| s != "api" && s != "slow" && s != "choppy" && s != "stuck"),
+        "only root causes page: {pages:?}"
+    );
+
     assert_eq!(orchestrator.stop().await.code(), Some(0));
+    let exported: BTreeSet<String> = spans
+        .spans()
+        .iter()
+        .map(|(_, s)| s.trace_id.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    assert!(
+        exemplars.iter().any(|id| exported.contains(id)),
+        "exemplar trace ids {exemplars:?} were not exported"
+    );
+
+    // The orchestrator gone: down, and absent once its target leaves the configuration.
+    eventually("OrchestratorDown firing", Duration::from_secs(60), async || {
+        let firing = firing(&get_json(&format!("{prometheus}/api/v1/alerts")).await);
+        firing
+            .iter()
+            .any(|f| f.alertname == "OrchestratorDown")
+            .then_some(())
+    })
+    .await;
+    // Absent: a Prometheus whose configuration lost the orchestrator's target (as service discovery
+    // would). A removed target's last `up` lingers for the 5-minute lookback in the running one, so a
+    // second Prometheus with the same rules and no such target shows it in seconds.
+    let mut without_target = yaml(&prometheus_config.display().to_string());
+    let jobs = without_target["scrape_configs"].as_sequence_mut().unwrap();
+    jobs.retain(|job| job["job_name"] != "fog-orchestrator");
+    let lost = dir.path().join("prometheus-lost.yml");
+    std::fs::write(&lost, serde_yaml::to_string(&without_target).unwrap()).unwrap();
+    let other_port = spare_port();
+    let _other = spawn(
+        "prometheus",
+        &[
+            format!("--config.file={}", lost.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("tsdb-lost").display()),
+            format!("--web.listen-address=127.0.0.1:{other_port}"),
+        ],
+    );
+    eventually("OrchestratorAbsent firing", Duration::from_secs(60), async || {
+        let alerts = get_json(&format!("http://127.0.0.1:{other_port}/api/v1/alerts")).await;
+        firing(&alerts)
+            .iter()
+            .any(|f| f.alertname == "OrchestratorAbsent")
+            .then_some(())
+    })
+    .await;
+}
+
+/// Alertmanager's webhooks: every notification's receiver (the last path segment) and JSON body.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let received: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                        let sink = sink.clone();
+                        async move {
+                            let receiver = request.uri().path().trim_start_matches('/').to_owned();
+                            let body = http_body_util::BodyExt::collect(request.into_body())
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            sink.lock().unwrap().push((receiver, body));
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{address}"), received)
 }
