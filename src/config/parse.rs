@@ -21,7 +21,12 @@ const API: &[&str] = &[
     "allowed_hosts",
     "allowed_origins",
 ];
-const TELEMETRY: &[&str] = &["log_format", "otlp_endpoint", "otlp_protocol"];
+const TELEMETRY: &[&str] = &[
+    "log_format",
+    "otlp_endpoint",
+    "otlp_protocol",
+    "check_sample_ratio",
+];
 const DEFAULTS: &[&str] = &["health", "restart", "shutdown", "output"];
 const REGISTRY: &[&str] = &["heartbeat_interval", "heartbeat_timeout", "max_registered"];
 
@@ -261,10 +266,21 @@ fn telemetry(table: &Table<'_>, problems: &mut Problems) -> Option<TelemetrySett
         );
         return None;
     }
+    let check_sample_ratio = table.number("check_sample_ratio", problems).filter(|ratio| {
+        let ok = (0.0..=1.0).contains(ratio);
+        if !ok {
+            problems.push(
+                table.key_path("check_sample_ratio"),
+                format!("{ratio} is outside 0.0..=1.0"),
+            );
+        }
+        ok
+    });
     Some(TelemetrySettings {
         log_format: log_format?,
         otlp_endpoint,
         otlp_protocol: otlp_protocol?,
+        check_sample_ratio: check_sample_ratio?,
     })
 }
 

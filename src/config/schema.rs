@@ -52,6 +52,9 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
     /// OTLP transport.
     pub otlp_protocol: OtlpProtocol,
+    /// The share of passing steady-state health checks exported as traces (0.0 to 1.0); failing checks
+    /// and every other span are always exported (as far as `OTEL_TRACES_SAMPLER` allows).
+    pub check_sample_ratio: f64,
 }
 
 /// `[defaults.health]` and `[services.NAME.health]`: how often and how strictly a service is checked.

@@ -511,6 +511,7 @@ fn every_problem_is_reported_at_once() {
         [telemetry]
         log_format = "xml"
         otlp_protocol = "udp"
+        check_sample_ratio = 1.5
         [registry]
         heartbeat_timeout = "30s"
         [services.Bad]
@@ -529,6 +530,7 @@ fn every_problem_is_reported_at_once() {
         "api.listen",
         "telemetry.log_format",
         "telemetry.otlp_protocol",
+        "telemetry.check_sample_ratio",
         "registry.heartbeat_timeout",
         "services.Bad: invalid service name",
         "services.web.command",

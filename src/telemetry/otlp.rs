@@ -8,12 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TraceState};
+use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracerProvider,
+    ShouldSample, SpanData, SpanExporter,
 };
 
 use crate::config::{OtlpProtocol, TelemetrySettings};
@@ -83,9 +85,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Builds the exporter and batch processor for `export`. Call outside any Tokio runtime: the HTTP
-    /// exporter's blocking client must not be created inside one.
-    pub fn build(export: &Export) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
+    /// Builds the exporter and batch processor for `export`, sampling passing checks at
+    /// `check_sample_ratio`. Call outside any Tokio runtime: the HTTP exporter's blocking client must not
+    /// be created inside one.
+    pub fn build(
+        export: &Export,
+        check_sample_ratio: f64,
+    ) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
         let (processor, runtime) = match export.protocol {
             OtlpProtocol::Http => {
                 let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -128,7 +134,14 @@ impl Pipeline {
                 KeyValue::new("process.pid", i64::from(std::process::id())),
             ])
             .build();
+        // Everything but passing checks: the sampler OTEL_TRACES_SAMPLER / _ARG name (parentbased_always_on
+        // by default), as the SDK's default configuration reads it.
+        let sampler = ChecksSampler::new(
+            check_sample_ratio,
+            opentelemetry_sdk::trace::Config::default().sampler,
+        );
         let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler)
             .with_resource(resource)
             .with_span_processor(processor)
             .build();
@@ -142,6 +155,57 @@ impl Pipeline {
             eprintln!("warning: trace export did not shut down cleanly: {error}");
         }
         drop(self.runtime);
+    }
+}
+
+/// The head sampler: a root `check health` span (a steady-state check, most of all spans, nearly all
+/// passing) is kept at `telemetry.check_sample_ratio`, unless it is known to have failed (the one recorded
+/// afterwards for a failed check that was not sampled carries `orchestrator.check.passed = false`); every
+/// other span follows the sampler of `OTEL_TRACES_SAMPLER`.
+#[derive(Debug, Clone)]
+pub struct ChecksSampler {
+    ratio: Sampler,
+    others: Box<dyn ShouldSample>,
+}
+
+impl ChecksSampler {
+    /// Passing checks at `ratio`; everything else by `others`.
+    pub fn new(ratio: f64, others: Box<dyn ShouldSample>) -> Self {
+        Self {
+            ratio: Sampler::TraceIdRatioBased(ratio),
+            others,
+        }
+    }
+}
+
+impl ShouldSample for ChecksSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let is_root = parent_context.is_none_or(|parent| !parent.has_active_span());
+        if !(is_root && name == "check health") {
+            return self
+                .others
+                .should_sample(parent_context, trace_id, name, span_kind, attributes, links);
+        }
+        let failed = attributes
+            .iter()
+            .any(|a| a.key.as_str() == "orchestrator.check.passed" && a.value == Value::Bool(false));
+        if failed {
+            return SamplingResult {
+                decision: SamplingDecision::RecordAndSample,
+                attributes: Vec::new(),
+                trace_state: TraceState::default(),
+            };
+        }
+        self.ratio
+            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
     }
 }
 
@@ -234,11 +298,65 @@ mod tests {
             log_format: LogFormat::Pretty,
             otlp_endpoint: endpoint.map(str::to_owned),
             otlp_protocol: protocol,
+            check_sample_ratio: 1.0,
         }
     }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |key| vars.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn passing_checks_are_sampled_at_their_ratio_and_everything_else_by_the_configured_sampler() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags};
+        let sampler = ChecksSampler::new(0.0, Box::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))));
+        let decide = |parent: Option<&Context>, name: &str, attributes: &[KeyValue]| {
+            sampler
+                .should_sample(
+                    parent,
+                    TraceId::from(7),
+                    name,
+                    &SpanKind::Internal,
+                    attributes,
+                    &[],
+                )
+                .decision
+        };
+        assert_eq!(decide(None, "check health", &[]), SamplingDecision::Drop);
+        let failed = [KeyValue::new("orchestrator.check.passed", false)];
+        assert_eq!(
+            decide(None, "check health", &failed),
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(
+            decide(None, "restart service", &[]),
+            SamplingDecision::RecordAndSample
+        );
+        // A check inside a sampled start (the first passing startup probe) follows its parent.
+        let parent = Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(7),
+            SpanId::from(9),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ));
+        assert_eq!(
+            decide(Some(&parent), "check health", &[]),
+            SamplingDecision::RecordAndSample
+        );
+
+        let all = ChecksSampler::new(1.0, Box::new(Sampler::AlwaysOff));
+        let decision = all
+            .should_sample(
+                None,
+                TraceId::from(7),
+                "check health",
+                &SpanKind::Internal,
+                &[],
+                &[],
+            )
+            .decision;
+        assert_eq!(decision, SamplingDecision::RecordAndSample);
     }
 
     #[test]

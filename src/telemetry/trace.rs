@@ -60,13 +60,12 @@ macro_rules! span_event {
     };
 }
 
-/// The trace and span id of `span` (hex), when it is being exported.
+/// The trace and span id of `span` (hex), when it is exported (valid and sampled).
 pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
     let context = span.context();
     let span = context.span();
     let context = span.span_context();
-    context
-        .is_valid()
+    (context.is_valid() && context.is_sampled())
         .then(|| (context.trace_id().to_string(), context.span_id().to_string()))
 }
 
@@ -184,7 +183,7 @@ where
         if let Some(context) = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch) {
             let span = context.span();
             let context = span.span_context();
-            if context.is_valid() {
+            if context.is_valid() && context.is_sampled() {
                 return Some((context.trace_id().to_string(), context.span_id().to_string()));
             }
         }

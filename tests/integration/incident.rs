@@ -73,7 +73,9 @@ fn linked(span: &Span, kind: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn config(dir: &Path) -> String {
     let dir = dir.display();
     format!(
-        r#"[services.app]
+        r#"[telemetry]
+check_sample_ratio = 0.0
+[services.app]
 command = ["sh", "-c", "echo \"$TRACEPARENT\" >> {dir}/traceparents; trap '' TERM; if [ -e {dir}/broken ]; then exit 3; fi; while :; do sleep 0.05; done"]
 [services.app.health]
 exec = ["test", "-e", "{dir}/healthy"]
@@ -268,6 +270,16 @@ async fn a_crash_loop_is_one_trace_that_tells_the_incident_in_order() {
         Some("true")
     );
     assert!(first_pass.start_time_unix_nano < first_pass.end_time_unix_nano);
+
+    // Passing steady-state checks are not exported at check_sample_ratio 0; failing ones always are.
+    let roots: Vec<&Span> = find(&spans, "check health")
+        .into_iter()
+        .filter(|s| s.parent_span_id.is_empty())
+        .collect();
+    assert!(
+        !roots.is_empty() && roots.iter().all(|s| is_error(s)),
+        "only failed checks are roots"
+    );
 
     // ---- the caller's restart -------------------------------------------------------------------------
     let server = all

@@ -132,15 +132,15 @@ impl Actor {
             .check(reason, elapsed, self.health.consecutive_failures());
         span.record("orchestrator.check.passed", passed);
         span.record("orchestrator.health.status", self.health.status().as_str());
-        if let Some((trace_id, _)) = crate::telemetry::trace::ids(span) {
-            self.parts.metrics.check_trace(elapsed, trace_id, at);
-        }
-        match reason {
-            None => self.forget_failures(),
+        let trace_id = match reason {
+            None => {
+                self.forget_failures();
+                crate::telemetry::trace::ids(span).map(|(trace_id, _)| trace_id)
+            }
             Some(reason) => {
                 self.set_last_error(result.message.clone(), at);
                 super::spans::fail(span, reason.as_str(), &result.message);
-                self.remember_failure(span);
+                let context = self.failed_check(span, reason.as_str(), &result.message, elapsed);
                 if reason == FailureReason::Heartbeat {
                     span_event!(
                         parent: span,
@@ -149,7 +149,11 @@ impl Actor {
                     );
                     tracing::warn!(parent: span, service = self.name(), error = %result.message, "heartbeat timeout");
                 }
+                context.map(|context| context.trace_id().to_string())
             }
+        };
+        if let Some(trace_id) = trace_id {
+            self.parts.metrics.check_trace(elapsed, trace_id, at);
         }
         if passed && self.instance.is_none() && self.parts.spec.probe != Some(Probe::Heartbeat) {
             // A passing check of a service without a process of ours is the engine observing it alive

@@ -71,9 +71,10 @@ pub(super) fn fail(span: &Span, error_type: &str, message: &str) {
     span.record("error.type", error_type);
 }
 
+/// The context of `span` when it is exported (valid and sampled): what links may point at.
 fn context_of(span: &Span) -> Option<SpanContext> {
     let context = span.context().span().span_context().clone();
-    context.is_valid().then_some(context)
+    (context.is_valid() && context.is_sampled()).then_some(context)
 }
 
 fn exit_event(span: &Span, pid: Option<u32>, exit: &Exit) {
@@ -350,13 +351,47 @@ impl Actor {
         self.traces.exit = Some((pid, exit));
     }
 
-    /// A failed check, remembered for the restart it may cause.
-    pub(super) fn remember_failure(&mut self, span: &Span) {
-        if let Some(context) = context_of(span)
+    /// The exported trace of a failed check: its own span when sampled, else (a passing check would not
+    /// have been kept at `check_sample_ratio`) the same check recorded now as a root span with its real
+    /// start and end, which the sampler always keeps. Remembered for the restart it may cause.
+    pub(super) fn failed_check(
+        &mut self,
+        span: &Span,
+        error_type: &str,
+        message: &str,
+        took: Duration,
+    ) -> Option<SpanContext> {
+        let context = context_of(span).or_else(|| {
+            if !span.context().span().span_context().is_valid() {
+                return None; // Traces are not exported at all.
+            }
+            let end = SystemTime::now();
+            let tracer = opentelemetry::global::tracer(crate::telemetry::otlp::SERVICE_NAME);
+            let mut recorded = tracer
+                .span_builder("check health")
+                .with_start_time(end - took)
+                .with_attributes([
+                    KeyValue::new("orchestrator.service.name", self.parts.spec.name.to_string()),
+                    KeyValue::new("orchestrator.check.type", self.check_type()),
+                    KeyValue::new("orchestrator.check.passed", false),
+                    KeyValue::new("orchestrator.health.status", self.health.status().as_str()),
+                    KeyValue::new("error.type", error_type.to_owned()),
+                ])
+                .start_with_context(&tracer, &Context::new());
+            opentelemetry::trace::Span::set_status(
+                &mut recorded,
+                opentelemetry::trace::Status::error(message.to_owned()),
+            );
+            let context = opentelemetry::trace::Span::span_context(&recorded).clone();
+            opentelemetry::trace::Span::end_with_timestamp(&mut recorded, end);
+            (context.is_valid() && context.is_sampled()).then_some(context)
+        });
+        if let Some(context) = &context
             && self.traces.failed_checks.len() < MAX_LINKED_CHECKS
         {
-            self.traces.failed_checks.push(context);
+            self.traces.failed_checks.push(context.clone());
         }
+        context
     }
 
     /// A passing check: earlier failures caused nothing.
