@@ -26,6 +26,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked 2>&1 | tee "$log"
 
+echo "== OpenMetrics exposition (a strict parser, exemplars, gzip)"
+scripts/openmetrics-check.py
+
 echo "== API contract (schemathesis against the served OpenAPI document)"
 scripts/schemathesis.sh 2>&1 | tail -25
 
