@@ -56,13 +56,14 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
                 .parse()
                 .expect("a valid directive"),
         );
+    let dispatch = trace::DispatchHandle::default();
     let log_layer = match settings.log_format {
         LogFormat::Pretty => {
             let format = tracing_subscriber::fmt::format().with_target(false);
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal())
-                .event_format(trace::WithTraceIds::new(format, false))
+                .event_format(trace::WithTraceIds::new(format, false, dispatch.clone()))
                 .boxed()
         }
         LogFormat::Json => {
@@ -70,7 +71,7 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
             tracing_subscriber::fmt::layer()
                 .json()
                 .with_writer(std::io::stderr)
-                .event_format(trace::WithTraceIds::new(format, true))
+                .event_format(trace::WithTraceIds::new(format, true, dispatch.clone()))
                 .boxed()
         }
     }
@@ -95,6 +96,7 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
         opentelemetry::global::set_tracer_provider(pipeline.provider.clone());
     }
     let _ = tracing_subscriber::registry()
+        .with(dispatch.capture())
         .with(log_layer)
         .with(trace_layer)
         .try_init();

@@ -7,10 +7,12 @@
 //! vocabulary with details as attributes.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt;
-use tracing::{Event, Subscriber};
+use tracing::dispatcher::WeakDispatch;
+use tracing::{Dispatch, Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -126,18 +128,46 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// The dispatcher the log format asks for span contexts. A formatter runs inside the dispatcher's own call,
+/// where `tracing::dispatcher::get_default` answers "none" under a scoped dispatcher, so the dispatcher is
+/// captured when it is built, by [`DispatchCapture`], a layer of the same subscriber.
+#[derive(Clone, Default)]
+pub struct DispatchHandle(Arc<OnceLock<WeakDispatch>>);
+
+impl DispatchHandle {
+    /// The layer that fills this handle when the subscriber becomes a dispatcher.
+    pub fn capture(&self) -> DispatchCapture {
+        DispatchCapture(self.clone())
+    }
+}
+
+/// Fills a [`DispatchHandle`]; does nothing else.
+pub struct DispatchCapture(DispatchHandle);
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for DispatchCapture {
+    fn on_register_dispatch(&self, dispatch: &Dispatch) {
+        let _ = self.0.0.set(dispatch.downgrade());
+    }
+}
+
 /// A log line format that adds the `trace_id` and `span_id` of the span the event happened in, when that
 /// span is exported: as two more keys of the JSON object, or as `trace_id=… span_id=…` at the end of a
 /// pretty line.
 pub struct WithTraceIds<F> {
     inner: F,
     json: bool,
+    dispatch: DispatchHandle,
 }
 
 impl<F> WithTraceIds<F> {
-    /// Wraps the `inner` format; `json` says how the ids are written.
-    pub fn new(inner: F, json: bool) -> Self {
-        Self { inner, json }
+    /// Wraps the `inner` format; `json` says how the ids are written; `dispatch` is captured by a layer of
+    /// the same subscriber.
+    pub fn new(inner: F, json: bool, dispatch: DispatchHandle) -> Self {
+        Self {
+            inner,
+            json,
+            dispatch,
+        }
     }
 }
 
@@ -153,7 +183,8 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let Some((trace_id, span_id)) = event_ids(ctx) else {
+        let dispatch = self.dispatch.0.get().and_then(WeakDispatch::upgrade);
+        let Some((trace_id, span_id)) = dispatch.and_then(|dispatch| event_ids(ctx, &dispatch)) else {
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::with_capacity(256);
@@ -172,15 +203,14 @@ where
 }
 
 /// The ids of the innermost exported span around the event (its explicit parent, else the current span).
-fn event_ids<S, N>(ctx: &FmtContext<'_, S, N>) -> Option<(String, String)>
+fn event_ids<S, N>(ctx: &FmtContext<'_, S, N>, dispatch: &Dispatch) -> Option<(String, String)>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
     let scope = ctx.event_scope()?;
-    let dispatch = tracing::dispatcher::get_default(Clone::clone);
     for span in scope {
-        if let Some(context) = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch) {
+        if let Some(context) = tracing_opentelemetry::get_otel_context(&span.id(), dispatch) {
             let span = context.span();
             let context = span.span_context();
             if context.is_valid() && context.is_sampled() {
@@ -189,4 +219,89 @@ where
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Logs one line outside any span and one inside an exported span, in both formats; returns the
+    /// lines and the span's ids.
+    fn log_lines(json: bool) -> (Vec<String>, (String, String)) {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let make = move || writer.clone();
+        let handle = DispatchHandle::default();
+        let subscriber = tracing_subscriber::registry().with(otel).with(handle.capture());
+        let ids = if json {
+            let format = tracing_subscriber::fmt::format().json().with_current_span(false);
+            let fmt = tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(make)
+                .event_format(WithTraceIds::new(format, true, handle.clone()));
+            tracing::subscriber::with_default(subscriber.with(fmt), emit)
+        } else {
+            let format = tracing_subscriber::fmt::format().with_ansi(false);
+            let fmt = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(make)
+                .event_format(WithTraceIds::new(format, false, handle.clone()));
+            tracing::subscriber::with_default(subscriber.with(fmt), emit)
+        };
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        (text.lines().map(str::to_owned).collect(), ids)
+    }
+
+    fn emit() -> (String, String) {
+        tracing::info!("outside");
+        let span = tracing::info_span!("stop service");
+        tracing::info!(parent: &span, pid = 7, "inside");
+        ids(&span).expect("an exported span has ids")
+    }
+
+    #[test]
+    fn json_lines_inside_a_span_carry_its_ids_and_stay_one_object() {
+        let (lines, (trace_id, span_id)) = log_lines(true);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let outside: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert!(outside.get("trace_id").is_none());
+        let inside: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(inside["trace_id"], trace_id.as_str());
+        assert_eq!(inside["span_id"], span_id.as_str());
+        assert_eq!(inside["fields"]["message"], "inside");
+        assert_eq!((trace_id.len(), span_id.len()), (32, 16));
+    }
+
+    #[test]
+    fn pretty_lines_inside_a_span_end_with_its_ids() {
+        let (lines, (trace_id, span_id)) = log_lines(false);
+        assert!(!lines[0].contains("trace_id="), "{}", lines[0]);
+        assert!(
+            lines[1].ends_with(&format!(" trace_id={trace_id} span_id={span_id}")),
+            "{}",
+            lines[1]
+        );
+    }
 }

@@ -113,10 +113,18 @@ impl Actor {
         }
         let manual = reason == RestartReason::Manual;
         if let Some(previous) = self.traces.attempt.take() {
-            if let Some((pid, exit)) = self.traces.exit.take() {
-                exit_event(&previous, pid, &exit);
+            // Its instance never became ready: it exited (process_down), or its start timed out.
+            match self.traces.exit.take() {
+                Some((pid, exit)) => {
+                    exit_event(&previous, pid, &exit);
+                    fail(
+                        &previous,
+                        "process_down",
+                        &format!("the instance {exit} before it was ready"),
+                    );
+                }
+                None => fail(&previous, "timeout", "the instance did not become ready"),
             }
-            fail(&previous, "not_ready", "the instance did not become ready");
             self.traces.previous_attempt = context_of(&previous);
         }
         let parent = if manual { self.traces.request.clone() } else { None };
