@@ -4,6 +4,8 @@
 //! - startup: the FOG graph, each service a `demo-service` with a 200 ms start-up delay: launch to all-ready.
 //! - restart: SIGKILL of a child to its replacement running, restart delay 0.
 //! - checks: orchestrator CPU per 1,000 HTTP health checks, 100 services checked every second.
+//! - traced=RATIO: the same with every span exported over OTLP/HTTP (batched, to a sink in another
+//!   process) and passing checks sampled at RATIO (`telemetry.check_sample_ratio`), e.g. `traced=1.0`.
 //! - idle: 1,000 idle children supervised: orchestrator CPU per minute and resident memory.
 //! - metrics: rendering `/metrics` for 1,000 services (with check history and API traffic).
 
@@ -20,6 +22,14 @@ const DEMO: &str = env!("CARGO_BIN_EXE_fog-orchestrator");
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let runs = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let traced = wanted
+        .iter()
+        .find_map(|w| w.strip_prefix("traced="))
+        .map(|ratio| ratio.parse::<f64>().expect("traced=RATIO, a number from 0 to 1"));
+    if let Some(ratio) = traced {
+        traced_checks(ratio);
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,7 +41,7 @@ fn main() {
         runtime.block_on(restart());
     }
     if runs("checks") {
-        runtime.block_on(checks());
+        runtime.block_on(checks(""));
     }
     if runs("idle") {
         runtime.block_on(idle());
@@ -166,7 +176,8 @@ async fn restart() {
     supervisor.shutdown(Duration::from_secs(5)).await;
 }
 
-async fn checks() {
+/// `telemetry` starts the config (a `[telemetry]` table, or nothing).
+async fn checks(telemetry: &str) {
     const SERVICES: usize = 100;
     const SECONDS: u64 = 20;
     let port = free_ports(1)[0];
@@ -182,7 +193,7 @@ async fn checks() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut text = String::new();
+    let mut text = telemetry.to_owned();
     for i in 0..SERVICES {
         text.push_str(&format!(
             "[services.s{i}]\nhealth.http = \"http://127.0.0.1:{port}/health\"\nhealth.check_interval = \"1s\"\n\
@@ -218,6 +229,44 @@ async fn checks() {
     );
     supervisor.shutdown(Duration::from_secs(5)).await;
     let _ = target.kill().await;
+}
+
+/// `checks` with trace export on: OTLP/HTTP to a sink in another process (so its work is not counted), the
+/// batch exporter's thread counted as the orchestrator's.
+fn traced_checks(ratio: f64) {
+    let port = free_ports(1)[0];
+    let sink = r#"
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200); self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+"#;
+    let mut sink = std::process::Command::new("python3")
+        .args(["-c", sink, &port.to_string()])
+        .spawn()
+        .expect("python3 for the OTLP sink");
+    std::thread::sleep(Duration::from_millis(500));
+    let settings = fog_orchestrator::config::TelemetrySettings {
+        log_format: fog_orchestrator::config::LogFormat::Pretty,
+        otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+        otlp_protocol: fog_orchestrator::config::OtlpProtocol::Http,
+        check_sample_ratio: ratio,
+    };
+    // (The supervisor reads the ratio from its config, below; the settings here only start the export.)
+    let telemetry = fog_orchestrator::telemetry::init(&settings);
+    println!("traced   spans exported over OTLP/HTTP, passing checks sampled at {ratio}:");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(checks(&format!("[telemetry]\ncheck_sample_ratio = {ratio:?}\n")));
+    drop(runtime);
+    telemetry.shutdown();
+    let _ = sink.kill();
 }
 
 /// Checks recorded so far (history is capped at 100 per service, so read it within 100 checks).

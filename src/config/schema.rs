@@ -52,8 +52,9 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
     /// OTLP transport.
     pub otlp_protocol: OtlpProtocol,
-    /// The share of passing steady-state health checks exported as traces (0.0 to 1.0); failing checks
-    /// and every other span are always exported (as far as `OTEL_TRACES_SAMPLER` allows).
+    /// The share of steady-state health checks traced (0.0 to 1.0); a check not traced that fails is
+    /// recorded afterwards, so failures are always exported (as is every other span, as far as
+    /// `OTEL_TRACES_SAMPLER` allows).
     pub check_sample_ratio: f64,
 }
 

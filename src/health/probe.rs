@@ -71,8 +71,9 @@ impl NetworkProber {
             Err(error) => return ProbeOutcome::fail(FailureReason::Error, format!("bad URL {url}: {error}")),
         };
         let parent = tracing::Span::current();
-        if parent.is_disabled() {
-            // An untraced check (a startup probe): no span of its own either.
+        if parent.is_disabled() || !is_sampled(&parent) {
+            // An untraced check (a startup probe) or one not sampled: no span of its own either (the
+            // traceparent still says "not sampled" to the service).
             return self.http_request(url, uri).await;
         }
         let span = tracing::info_span!(
@@ -139,6 +140,13 @@ impl NetworkProber {
         };
         outcome.with_detail("http_status", status.as_u16())
     }
+}
+
+/// Whether `span` is exported: only then is a child span worth making. (Without trace export, nothing is.)
+fn is_sampled(span: &tracing::Span) -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    span.context().span().span_context().is_sampled()
 }
 
 async fn tcp(address: &str) -> ProbeOutcome {

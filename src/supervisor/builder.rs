@@ -242,6 +242,7 @@ impl SupervisorBuilder {
             clock: shared.clock,
             heartbeat_timeout: self.config.registry.heartbeat_timeout,
             heartbeat_interval: self.config.registry.heartbeat_interval,
+            check_sample_ratio: self.config.telemetry.check_sample_ratio,
             registry: shared.registry.clone(),
             metrics: handle.metrics.clone(),
             commands: channels.commands,

@@ -38,16 +38,15 @@ impl Telemetry {
 /// second call (tests, embedding programs) keeps the first subscriber.
 pub fn init(settings: &TelemetrySettings) -> Telemetry {
     let export = otlp::resolve(settings, |key| std::env::var(key).ok());
-    let pipeline =
-        export.as_ref().and_then(
-            |export| match otlp::Pipeline::build(export, settings.check_sample_ratio) {
-                Ok(pipeline) => Some(pipeline),
-                Err(error) => {
-                    eprintln!("warning: trace export to {} is off: {error}", export.endpoint);
-                    None
-                }
-            },
-        );
+    let pipeline = export
+        .as_ref()
+        .and_then(|export| match otlp::Pipeline::build(export) {
+            Ok(pipeline) => Some(pipeline),
+            Err(error) => {
+                eprintln!("warning: trace export to {} is off: {error}", export.endpoint);
+                None
+            }
+        });
 
     let log_filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info"))
@@ -94,6 +93,7 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
     if let Some(pipeline) = &pipeline {
         // For the spans written with the OpenTelemetry API directly (a startup probe's, timed afterwards).
         opentelemetry::global::set_tracer_provider(pipeline.provider.clone());
+        trace::set_exporting();
     }
     let _ = tracing_subscriber::registry()
         .with(dispatch.capture())

@@ -14,7 +14,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, SamplingDecision, SamplingResult, SdkTracerProvider,
     ShouldSample, SpanData, SpanExporter,
 };
 
@@ -85,13 +85,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Builds the exporter and batch processor for `export`, sampling passing checks at
-    /// `check_sample_ratio`. Call outside any Tokio runtime: the HTTP exporter's blocking client must not
-    /// be created inside one.
-    pub fn build(
-        export: &Export,
-        check_sample_ratio: f64,
-    ) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
+    /// Builds the exporter and batch processor for `export`. Call outside any Tokio runtime: the HTTP
+    /// exporter's blocking client must not be created inside one.
+    pub fn build(export: &Export) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
         let (processor, runtime) = match export.protocol {
             OtlpProtocol::Http => {
                 let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -136,10 +132,7 @@ impl Pipeline {
             .build();
         // Everything but passing checks: the sampler OTEL_TRACES_SAMPLER / _ARG name (parentbased_always_on
         // by default), as the SDK's default configuration reads it.
-        let sampler = ChecksSampler::new(
-            check_sample_ratio,
-            opentelemetry_sdk::trace::Config::default().sampler,
-        );
+        let sampler = ChecksSampler::new(opentelemetry_sdk::trace::Config::default().sampler);
         let provider = SdkTracerProvider::builder()
             .with_sampler(sampler)
             .with_resource(resource)
@@ -158,23 +151,19 @@ impl Pipeline {
     }
 }
 
-/// The head sampler: a root `check health` span (a steady-state check, most of all spans, nearly all
-/// passing) is kept at `telemetry.check_sample_ratio`, unless it is known to have failed (the one recorded
-/// afterwards for a failed check that was not sampled carries `orchestrator.check.passed = false`); every
-/// other span follows the sampler of `OTEL_TRACES_SAMPLER`.
+/// The head sampler: every span follows the sampler `OTEL_TRACES_SAMPLER` names, except a failed check
+/// recorded afterwards (a check the actor did not trace at `telemetry.check_sample_ratio`, which turned
+/// out to fail: it carries `orchestrator.check.passed = false`), which is always kept, so restarts link to
+/// every failing check.
 #[derive(Debug, Clone)]
 pub struct ChecksSampler {
-    ratio: Sampler,
     others: Box<dyn ShouldSample>,
 }
 
 impl ChecksSampler {
-    /// Passing checks at `ratio`; everything else by `others`.
-    pub fn new(ratio: f64, others: Box<dyn ShouldSample>) -> Self {
-        Self {
-            ratio: Sampler::TraceIdRatioBased(ratio),
-            others,
-        }
+    /// Everything by `others`, but failed checks.
+    pub fn new(others: Box<dyn ShouldSample>) -> Self {
+        Self { others }
     }
 }
 
@@ -189,22 +178,19 @@ impl ShouldSample for ChecksSampler {
         links: &[Link],
     ) -> SamplingResult {
         let is_root = parent_context.is_none_or(|parent| !parent.has_active_span());
-        if !(is_root && name == "check health") {
-            return self
-                .others
-                .should_sample(parent_context, trace_id, name, span_kind, attributes, links);
-        }
-        let failed = attributes
-            .iter()
-            .any(|a| a.key.as_str() == "orchestrator.check.passed" && a.value == Value::Bool(false));
-        if failed {
+        let failed_check = is_root
+            && name == "check health"
+            && attributes
+                .iter()
+                .any(|a| a.key.as_str() == "orchestrator.check.passed" && a.value == Value::Bool(false));
+        if failed_check {
             return SamplingResult {
                 decision: SamplingDecision::RecordAndSample,
                 attributes: Vec::new(),
                 trace_state: TraceState::default(),
             };
         }
-        self.ratio
+        self.others
             .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
     }
 }
@@ -292,6 +278,7 @@ impl<E: SpanExporter> SpanExporter for OnOwnRuntime<E> {
 mod tests {
     use super::*;
     use crate::config::LogFormat;
+    use opentelemetry_sdk::trace::Sampler;
 
     fn settings(endpoint: Option<&str>, protocol: OtlpProtocol) -> TelemetrySettings {
         TelemetrySettings {
@@ -307,56 +294,29 @@ mod tests {
     }
 
     #[test]
-    fn passing_checks_are_sampled_at_their_ratio_and_everything_else_by_the_configured_sampler() {
-        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags};
-        let sampler = ChecksSampler::new(0.0, Box::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))));
-        let decide = |parent: Option<&Context>, name: &str, attributes: &[KeyValue]| {
+    fn a_failed_check_is_always_kept_and_everything_else_follows_the_configured_sampler() {
+        let decide = |sampler: &ChecksSampler, name: &str, attributes: &[KeyValue]| {
             sampler
-                .should_sample(
-                    parent,
-                    TraceId::from(7),
-                    name,
-                    &SpanKind::Internal,
-                    attributes,
-                    &[],
-                )
+                .should_sample(None, TraceId::from(7), name, &SpanKind::Internal, attributes, &[])
                 .decision
         };
-        assert_eq!(decide(None, "check health", &[]), SamplingDecision::Drop);
+        let off = ChecksSampler::new(Box::new(Sampler::AlwaysOff));
         let failed = [KeyValue::new("orchestrator.check.passed", false)];
         assert_eq!(
-            decide(None, "check health", &failed),
+            decide(&off, "check health", &failed),
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(decide(&off, "check health", &[]), SamplingDecision::Drop);
+        assert_eq!(decide(&off, "restart service", &[]), SamplingDecision::Drop);
+        let on = ChecksSampler::new(Box::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))));
+        assert_eq!(
+            decide(&on, "check health", &[]),
             SamplingDecision::RecordAndSample
         );
         assert_eq!(
-            decide(None, "restart service", &[]),
+            decide(&on, "restart service", &[]),
             SamplingDecision::RecordAndSample
         );
-        // A check inside a sampled start (the first passing startup probe) follows its parent.
-        let parent = Context::new().with_remote_span_context(SpanContext::new(
-            TraceId::from(7),
-            SpanId::from(9),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::default(),
-        ));
-        assert_eq!(
-            decide(Some(&parent), "check health", &[]),
-            SamplingDecision::RecordAndSample
-        );
-
-        let all = ChecksSampler::new(1.0, Box::new(Sampler::AlwaysOff));
-        let decision = all
-            .should_sample(
-                None,
-                TraceId::from(7),
-                "check health",
-                &SpanKind::Internal,
-                &[],
-                &[],
-            )
-            .decision;
-        assert_eq!(decision, SamplingDecision::RecordAndSample);
     }
 
     #[test]

@@ -18,6 +18,19 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// Whether spans are exported (an OTLP pipeline is installed).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Spans are exported from now on (set once the pipeline is installed).
+pub fn set_exporting() {
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether spans are exported: without export, spans only nobody would see are not worth making.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The target of span events: seen by the OpenTelemetry layer only.
 pub const EVENTS: &str = "fog_orchestrator::span_event";
 

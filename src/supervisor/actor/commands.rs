@@ -44,7 +44,7 @@ impl Actor {
         let checkable = self.has_health_check() && state == ServiceState::Running;
         if checkable {
             if self.check.is_none() {
-                self.check = Some(self.check_future(true));
+                self.check = Some(self.check_future(crate::telemetry::trace::exporting()));
             }
             self.check_waiters.push(reply);
             return;

@@ -58,6 +58,8 @@ pub(super) struct ActorParts {
     pub clock: Clock,
     pub heartbeat_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// The share of steady-state checks traced (`telemetry.check_sample_ratio`).
+    pub check_sample_ratio: f64,
     pub registry: RegistryHandle,
     pub metrics: ServiceMetrics,
     pub commands: mpsc::Receiver<Command>,
@@ -327,7 +329,8 @@ impl Actor {
                     }
                 }
                 _ = self.ticker.tick(), if probing => {
-                    self.check = Some(self.check_future(state == ServiceState::Running));
+                    let traced = state == ServiceState::Running && self.trace_next_check();
+                    self.check = Some(self.check_future(traced));
                 }
                 () = sleep_until_armed(startup_deadline), if startup_deadline.is_some() => {
                     return Input::Event(self.startup_timed_out());

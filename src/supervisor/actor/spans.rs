@@ -223,6 +223,14 @@ impl Actor {
         self.traces.start = Some(span);
     }
 
+    /// Whether the next steady-state check gets a span: when traces are exported, at
+    /// `telemetry.check_sample_ratio` (decided here, before the span would be made: a check not traced
+    /// costs nothing, and if it fails it is recorded afterwards anyway).
+    pub(super) fn trace_next_check(&self) -> bool {
+        let ratio = self.parts.check_sample_ratio;
+        crate::telemetry::trace::exporting() && (ratio >= 1.0 || fastrand::f64() < ratio)
+    }
+
     /// The trace of the open restart, for the restart counter's exemplar.
     pub(super) fn attempt_trace_id(&self) -> Option<String> {
         let span = self.traces.attempt.as_ref()?;
@@ -370,8 +378,8 @@ impl Actor {
         took: Duration,
     ) -> Option<SpanContext> {
         let context = context_of(span).or_else(|| {
-            if !span.context().span().span_context().is_valid() {
-                return None; // Traces are not exported at all.
+            if !crate::telemetry::trace::exporting() {
+                return None;
             }
             let end = SystemTime::now();
             let tracer = opentelemetry::global::tracer(crate::telemetry::otlp::SERVICE_NAME);
