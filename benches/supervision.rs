@@ -267,6 +267,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_for
     drop(runtime);
     telemetry.shutdown();
     let _ = sink.kill();
+    let _ = sink.wait();
 }
 
 /// Checks recorded so far (history is capped at 100 per service, so read it within 100 checks).
