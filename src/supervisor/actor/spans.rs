@@ -194,8 +194,14 @@ impl Actor {
         ));
     }
 
-    /// The parent of `stop service`: the restart it belongs to, the request asking for it, or the shutdown.
+    /// The parent of `stop service`: the shutdown, once it has begun (one `stop orchestrator` trace holds
+    /// every stop); else the restart it belongs to, or the request asking for it.
     pub(super) fn stop_parent(&self) -> Option<Span> {
+        if self.parts.shutdown.is_cancelled()
+            && let Some(shutdown) = self.parts.shutdown_span.lock().ok().and_then(|span| span.clone())
+        {
+            return Some(shutdown);
+        }
         self.traces.attempt.clone().or_else(|| self.outer_parent())
     }
 
