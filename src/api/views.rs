@@ -548,3 +548,23 @@ fn gzip_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
     encoder.write_all(bytes).ok()?;
     encoder.finish().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_is_used_when_accepted() {
+        for yes in ["gzip", "gzip, deflate, br", "br;q=1.0, gzip;q=0.8", "*", "GZIP"] {
+            assert!(accepts_gzip(yes), "{yes}");
+        }
+        for no in ["identity", "deflate", "gzip;q=0", "br, gzip;q=0"] {
+            assert!(!accepts_gzip(no), "{no}");
+        }
+        let compressed = gzip_bytes(b"orchestrator_up 1\n").unwrap();
+        let mut decoder = flate2::read::GzDecoder::new(&compressed[..]);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut decoder, &mut text).unwrap();
+        assert_eq!(text, "orchestrator_up 1\n");
+    }
+}

@@ -165,7 +165,7 @@ impl Actor {
             Exit::Signal(signal) => span.record("process.exit.signal", i64::from(signal)),
             Exit::Error(_) => &span,
         };
-        self.parts.metrics.stopped(&status);
+        self.parts.metrics.ended(&status);
         tracing::info!(parent: &span, service = self.name(), %status, "service stopped");
         self.snapshot.pid = None;
         self.publish();

@@ -376,7 +376,7 @@ impl Actor {
         let pid = self.snapshot.pid.take();
         let message = format!("process {status}");
         tracing::warn!(service = self.name(), pid, %status, "service exited unexpectedly");
-        self.parts.metrics.exited(&status);
+        self.parts.metrics.ended(&status);
         self.exit_observed(pid, status);
         self.failure(FailureReason::ProcessDown, message.clone());
         Event::Exited(message)

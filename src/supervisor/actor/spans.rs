@@ -14,7 +14,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{SpanContext, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanContext, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use tracing::Span;
 use tracing::field::Empty;
@@ -140,22 +140,14 @@ impl Actor {
             otel.status_code = Empty,
             otel.status_description = Empty,
         );
-        match (&self.traces.incident, manual) {
-            (Some(incident), false) => {
-                let _ = span.set_parent(Context::new().with_remote_span_context(incident.clone()));
+        if !manual {
+            if self.traces.incident.is_none() {
+                self.traces.incident = context_of(&span);
+            } else {
+                self.join_incident(&span);
             }
-            (None, false) => self.traces.incident = context_of(&span),
-            (_, true) => {}
         }
-        if let Some(previous) = &self.traces.previous_attempt {
-            span.add_link_with_attributes(
-                previous.clone(),
-                vec![KeyValue::new("orchestrator.link", "previous_attempt")],
-            );
-        }
-        for check in self.traces.failed_checks.drain(..) {
-            span.add_link_with_attributes(check, vec![KeyValue::new("orchestrator.link", "failed_check")]);
-        }
+        self.link_history(&span);
         if let Some((pid, exit)) = self.traces.exit.take() {
             exit_event(&span, pid, &exit);
         }
@@ -270,22 +262,44 @@ impl Actor {
             i64::from(self.traces.startup_failures),
         );
         let parent = start.context();
-        if !parent.span().span_context().is_valid() {
-            return;
+        if parent.span().span_context().is_sampled() {
+            let startup = [KeyValue::new("orchestrator.check.startup", true)];
+            self.record_check(&parent, outcome.passed, took, startup, None);
         }
+    }
+
+    /// A `check health` span made after the check, with its real start (`took` ago) and end (now), under
+    /// `parent` (an empty context: a trace of its own); failed with `error` (type, message) if given.
+    fn record_check(
+        &self,
+        parent: &Context,
+        passed: bool,
+        took: Duration,
+        extra: impl IntoIterator<Item = KeyValue>,
+        error: Option<(&str, &str)>,
+    ) -> SpanContext {
         let end = SystemTime::now();
         let tracer = opentelemetry::global::tracer(crate::telemetry::otlp::SERVICE_NAME);
+        let mut attributes = vec![
+            KeyValue::new("orchestrator.service.name", self.parts.spec.name.to_string()),
+            KeyValue::new("orchestrator.check.type", self.check_type()),
+            KeyValue::new("orchestrator.check.passed", passed),
+        ];
+        attributes.extend(extra);
+        if let Some((error_type, _)) = error {
+            attributes.push(KeyValue::new("error.type", error_type.to_owned()));
+        }
         let mut span = tracer
             .span_builder("check health")
             .with_start_time(end - took)
-            .with_attributes([
-                KeyValue::new("orchestrator.service.name", self.parts.spec.name.to_string()),
-                KeyValue::new("orchestrator.check.type", self.check_type()),
-                KeyValue::new("orchestrator.check.passed", outcome.passed),
-                KeyValue::new("orchestrator.check.startup", true),
-            ])
-            .start_with_context(&tracer, &parent);
-        opentelemetry::trace::Span::end_with_timestamp(&mut span, end);
+            .with_attributes(attributes)
+            .start_with_context(&tracer, parent);
+        if let Some((_, message)) = error {
+            span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
+        }
+        let context = span.span_context().clone();
+        span.end_with_timestamp(end);
+        context
     }
 
     /// Closes `start service`, failed when `error` says why (with `error_type`, the metric's reason).
@@ -353,19 +367,27 @@ impl Actor {
             otel.status_code = Empty,
             otel.status_description = Empty,
         );
+        self.join_incident(&span);
+        self.link_history(&span);
+        span
+    }
+
+    /// Makes the root `span` a child of the incident in progress (if any): one incident, one trace.
+    fn join_incident(&self, span: &Span) {
         if let Some(incident) = &self.traces.incident {
             let _ = span.set_parent(Context::new().with_remote_span_context(incident.clone()));
         }
+    }
+
+    /// Links `span` to what led to it: the attempt before it and the failed checks since the last pass.
+    fn link_history(&mut self, span: &Span) {
         if let Some(previous) = &self.traces.previous_attempt {
-            span.add_link_with_attributes(
-                previous.clone(),
-                vec![KeyValue::new("orchestrator.link", "previous_attempt")],
-            );
+            let kind = KeyValue::new("orchestrator.link", "previous_attempt");
+            span.add_link_with_attributes(previous.clone(), vec![kind]);
         }
         for check in self.traces.failed_checks.drain(..) {
             span.add_link_with_attributes(check, vec![KeyValue::new("orchestrator.link", "failed_check")]);
         }
-        span
     }
 
     /// The instance exited on its own: told in the attempt still open, else in the restart that follows.
@@ -387,26 +409,13 @@ impl Actor {
             if !crate::telemetry::trace::exporting() {
                 return None;
             }
-            let end = SystemTime::now();
-            let tracer = opentelemetry::global::tracer(crate::telemetry::otlp::SERVICE_NAME);
-            let mut recorded = tracer
-                .span_builder("check health")
-                .with_start_time(end - took)
-                .with_attributes([
-                    KeyValue::new("orchestrator.service.name", self.parts.spec.name.to_string()),
-                    KeyValue::new("orchestrator.check.type", self.check_type()),
-                    KeyValue::new("orchestrator.check.passed", false),
-                    KeyValue::new("orchestrator.health.status", self.health.status().as_str()),
-                    KeyValue::new("error.type", error_type.to_owned()),
-                ])
-                .start_with_context(&tracer, &Context::new());
-            opentelemetry::trace::Span::set_status(
-                &mut recorded,
-                opentelemetry::trace::Status::error(message.to_owned()),
-            );
-            let context = opentelemetry::trace::Span::span_context(&recorded).clone();
-            opentelemetry::trace::Span::end_with_timestamp(&mut recorded, end);
-            (context.is_valid() && context.is_sampled()).then_some(context)
+            let status = [KeyValue::new(
+                "orchestrator.health.status",
+                self.health.status().as_str(),
+            )];
+            let recorded =
+                self.record_check(&Context::new(), false, took, status, Some((error_type, message)));
+            recorded.is_sampled().then_some(recorded)
         });
         if let Some(context) = &context
             && self.traces.failed_checks.len() < MAX_LINKED_CHECKS

@@ -446,3 +446,53 @@ impl Metrics {
         &self.registry
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_is_served_when_preferred_and_text_otherwise() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;\
+                          q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text; version=1.0.0")),
+            Format::OpenMetrics
+        );
+        for text in [
+            None,
+            Some("*/*"),
+            Some("text/plain"),
+            Some("application/openmetrics-text;q=0,text/plain"),
+            Some("text/plain;q=0.9,application/openmetrics-text;q=0.5"),
+            Some("application/json"),
+        ] {
+            assert_eq!(Format::negotiate(text), Format::Text, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn openmetrics_counter_families_drop_total_and_the_exposition_ends_with_eof() {
+        let metrics = Metrics::new();
+        let service = metrics.service("web", "web", true, false, 0);
+        service.restart(
+            crate::status::RestartReason::Crashed,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            Some("0af7651916cd43dd8448eb211c80319c".into()),
+        );
+        metrics.api_request("/metrics", "GET", 200, Duration::from_millis(1));
+        let text = metrics.render(Format::OpenMetrics);
+        assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains("# TYPE orchestrator_service_restarts counter\n"));
+        assert!(text.contains("# TYPE orchestrator_api_requests counter\n"));
+        assert!(!text.contains("# TYPE orchestrator_service_restarts_total"));
+        assert!(text.contains(
+            "orchestrator_service_restarts_total{service=\"web\",reason=\"crashed\"} 1 \
+             # {trace_id=\"0af7651916cd43dd8448eb211c80319c\"} 1 1800000000.000\n"
+        ));
+        let plain = metrics.render(Format::Text);
+        assert!(plain.contains("# TYPE orchestrator_service_restarts_total counter\n"));
+        assert!(!plain.contains("# {") && !plain.contains("# EOF"));
+    }
+}

@@ -182,13 +182,8 @@ impl ServiceMetrics {
         self.0.start_time.set(unix_seconds(at));
     }
 
-    /// The instance exited on its own with `exit`.
-    pub fn exited(&self, exit: &Exit) {
-        self.stopped(exit);
-    }
-
     /// The instance ended (on its own or stopped) with `exit`: its code, or the signal that ended it.
-    pub fn stopped(&self, exit: &Exit) {
+    pub fn ended(&self, exit: &Exit) {
         let (code, signal) = match exit {
             Exit::Code(code) => (i64::from(*code), 0),
             Exit::Signal(signal) => (-1, i64::from(*signal)),
