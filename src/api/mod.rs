@@ -175,10 +175,10 @@ impl Api {
 }
 
 /// The SERVER span of one request (OTel HTTP semantic conventions), continuing the caller's trace from
-/// its `traceparent`. Scrapes and probes of the orchestrator itself (`/metrics`, `/healthz`, `/readyz`)
-/// are not traced: they would be most spans and tell nothing.
+/// its `traceparent`, when traces are exported. Scrapes and probes of the orchestrator itself (`/metrics`,
+/// `/healthz`, `/readyz`) are not traced: they would be most spans and tell nothing.
 fn server_span<B>(method: &Method, route: &'static str, request: &Request<B>) -> tracing::Span {
-    if matches!(route, "/metrics" | "/healthz" | "/readyz") {
+    if !crate::telemetry::trace::exporting() || matches!(route, "/metrics" | "/healthz" | "/readyz") {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(

@@ -90,16 +90,17 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
             .with_tracked_inactivity(false)
             .with_filter(only_ours)
     });
-    if let Some(pipeline) = &pipeline {
-        // For the spans written with the OpenTelemetry API directly (a startup probe's, timed afterwards).
-        opentelemetry::global::set_tracer_provider(pipeline.provider.clone());
-        trace::set_exporting();
-    }
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(dispatch.capture())
         .with(log_layer)
         .with(trace_layer)
-        .try_init();
+        .try_init()
+        .is_ok();
+    if let (true, Some(pipeline)) = (installed, &pipeline) {
+        // For the spans written with the OpenTelemetry API directly (checks timed afterwards).
+        opentelemetry::global::set_tracer_provider(pipeline.provider.clone());
+        trace::set_exporting();
+    }
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     if let (Some(export), Some(_)) = (&export, &pipeline) {
         let protocol = match export.protocol {
@@ -113,6 +114,7 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
             protocol,
             sampler = %sampler,
             sampler_arg = %ratio,
+            check_sample_ratio = settings.check_sample_ratio,
             "exporting traces over OTLP"
         );
     }
