@@ -71,7 +71,7 @@ impl NetworkProber {
             Err(error) => return ProbeOutcome::fail(FailureReason::Error, format!("bad URL {url}: {error}")),
         };
         let parent = tracing::Span::current();
-        if parent.is_disabled() || !is_sampled(&parent) {
+        if parent.is_disabled() || !crate::telemetry::trace::is_sampled(&parent) {
             // An untraced check (a startup probe) or one not sampled: no span of its own either (the
             // traceparent still says "not sampled" to the service).
             return self.http_request(url, uri).await;
@@ -82,7 +82,7 @@ impl NetworkProber {
             http.request.method = "GET",
             url.full = url,
             server.address = uri.host().unwrap_or_default(),
-            server.port = i64::from(uri.port_u16().unwrap_or(80)),
+            server.port = i64::from(uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 })),
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
@@ -140,13 +140,6 @@ impl NetworkProber {
         };
         outcome.with_detail("http_status", status.as_u16())
     }
-}
-
-/// Whether `span` is exported: only then is a child span worth making. (Without trace export, nothing is.)
-fn is_sampled(span: &tracing::Span) -> bool {
-    use opentelemetry::trace::TraceContextExt;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    span.context().span().span_context().is_sampled()
 }
 
 async fn tcp(address: &str) -> ProbeOutcome {

@@ -188,16 +188,21 @@ impl RegistryActor {
         record.timeouts += 1;
         self.timeouts += 1;
         self.metrics.timed_out(&name);
-        // A trace of its own: the alive → dead transition is rare and worth finding.
-        let span = tracing::info_span!(
-            parent: None,
-            "check heartbeat",
-            orchestrator.service.name = %name,
-            orchestrator.registry.managed = record.managed,
-            error.type = "heartbeat",
-            otel.status_code = "ERROR",
-            otel.status_description = "no heartbeat within the heartbeat timeout",
-        );
+        // A service registered at run time: a trace of its own (the alive → dead transition is rare and
+        // worth finding). A supervised service's heartbeats stop because its process did, which its own
+        // restart trace (or its heartbeat probe's check) already tells.
+        let span = if record.managed || !crate::telemetry::trace::exporting() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                parent: None,
+                "check heartbeat",
+                orchestrator.service.name = %name,
+                error.type = "heartbeat",
+                otel.status_code = "ERROR",
+                otel.status_description = "no heartbeat within the heartbeat timeout",
+            )
+        };
         crate::span_event!(
             parent: &span,
             crate::telemetry::trace::event_name::HEARTBEAT_TIMEOUT,

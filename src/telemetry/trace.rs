@@ -77,11 +77,18 @@ macro_rules! span_event {
 
 /// The trace and span id of `span` (hex), when it is exported (valid and sampled).
 pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
-    let context = span.context();
-    let span = context.span();
-    let context = span.span_context();
-    (context.is_valid() && context.is_sampled())
-        .then(|| (context.trace_id().to_string(), context.span_id().to_string()))
+    exported(span).map(|context| (context.trace_id().to_string(), context.span_id().to_string()))
+}
+
+/// Whether `span` is exported (valid and sampled): only then is a child span worth making.
+pub fn is_sampled(span: &tracing::Span) -> bool {
+    exported(span).is_some()
+}
+
+/// The OpenTelemetry context of `span`, when it is exported (valid and sampled).
+pub fn exported(span: &tracing::Span) -> Option<opentelemetry::trace::SpanContext> {
+    let context = span.context().span().span_context().clone();
+    (context.is_valid() && context.is_sampled()).then_some(context)
 }
 
 /// The W3C `traceparent` of the current span, for a spawned child's environment (`TRACEPARENT`).

@@ -24,7 +24,7 @@ use super::Actor;
 use crate::health::ProbeOutcome;
 use crate::span_event;
 use crate::supervisor::state::{Exit, RestartReason, ServiceState};
-use crate::telemetry::trace::event_name;
+use crate::telemetry::trace::{event_name, exported};
 
 /// Links at most this many failed checks to one restart.
 const MAX_LINKED_CHECKS: usize = 32;
@@ -69,12 +69,6 @@ pub(super) fn fail(span: &Span, error_type: &str, message: &str) {
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", message);
     span.record("error.type", error_type);
-}
-
-/// The context of `span` when it is exported (valid and sampled): what links may point at.
-fn context_of(span: &Span) -> Option<SpanContext> {
-    let context = span.context().span().span_context().clone();
-    (context.is_valid() && context.is_sampled()).then_some(context)
 }
 
 fn exit_event(span: &Span, pid: Option<u32>, exit: &Exit) {
@@ -125,7 +119,7 @@ impl Actor {
                 }
                 None => fail(&previous, "timeout", "the instance did not become ready"),
             }
-            self.traces.previous_attempt = context_of(&previous);
+            self.traces.previous_attempt = exported(&previous);
         }
         let parent = if manual { self.traces.request.clone() } else { None };
         let span = tracing::info_span!(
@@ -142,7 +136,7 @@ impl Actor {
         );
         if !manual {
             if self.traces.incident.is_none() {
-                self.traces.incident = context_of(&span);
+                self.traces.incident = exported(&span);
             } else {
                 self.join_incident(&span);
             }
@@ -318,7 +312,7 @@ impl Actor {
     /// The instance is ready: the restart it belongs to has done its work.
     pub(super) fn close_attempt(&mut self) {
         if let Some(span) = self.traces.attempt.take() {
-            self.traces.previous_attempt = context_of(&span);
+            self.traces.previous_attempt = exported(&span);
         }
         if self.lifecycle.attempts() == 0 {
             // Nothing to forgive later: the incident (if any) ends here.
@@ -405,7 +399,7 @@ impl Actor {
         message: &str,
         took: Duration,
     ) -> Option<SpanContext> {
-        let context = context_of(span).or_else(|| {
+        let context = exported(span).or_else(|| {
             if !crate::telemetry::trace::exporting() {
                 return None;
             }
