@@ -30,7 +30,15 @@ echo "== OpenMetrics exposition (a strict parser, exemplars, gzip)"
 scripts/openmetrics-check.py
 
 echo "== API contract (schemathesis against the served OpenAPI document)"
-scripts/schemathesis.sh 2>&1 | tail -25
+# The summary when it passes; everything (the failing cases, any error's traceback) when it does not.
+schemathesis_log=$(mktemp)
+trap 'rm -f "$log" "$schemathesis_log"' EXIT
+if scripts/schemathesis.sh > "$schemathesis_log" 2>&1; then
+  tail -25 "$schemathesis_log"
+else
+  cat "$schemathesis_log"
+  exit 1
+fi
 
 echo "== chaos soak (2 minutes)"
 scripts/chaos.sh 2

@@ -196,8 +196,11 @@ fn paths() -> Value {
                 json!({"type": "array", "items": {"type": "object", "properties": {
                     "targets": {"type": "array", "items": {"type": "string"}}, "labels": {"type": "object"}}}}))},
             "/api/orchestration/openapi.json": {"get": get("This document.", object())},
-            "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)", "responses": {
-                "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics: text format 0.0.4, or OpenMetrics 1.0 (with trace-id exemplars) when Accept prefers application/openmetrics-text; gzip when Accept-Encoding allows it",
+                "responses": {"200": {"description": "Metrics.", "content": {
+                    "text/plain": {"schema": {"type": "string"}},
+                    "application/openmetrics-text": {"schema": {"type": "string"}}}}}}},
             "/healthz": {"get": get("The orchestrator itself is up.", object())},
             "/readyz": {"get": {"summary": "Readiness: the startup sequence finished and every critical service runs",
                 "responses": {"200": ok("Ready.", object()), "503": ok("Not ready.", object())}}}

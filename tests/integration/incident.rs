@@ -107,7 +107,8 @@ async fn a_crash_loop_is_one_trace_that_tells_the_incident_in_order() {
     let api = orchestrator.api().await;
     orchestrator.wait_ready().await;
 
-    // Unhealthy, and every new instance crashes at once: a crash loop of three attempts, then recovery.
+    // Unhealthy, and every new instance crashes at once: a crash loop of at least three attempts (a slow
+    // machine may see one more before the files are put back), then recovery.
     std::fs::write(&broken, "").unwrap();
     std::fs::remove_file(&healthy).unwrap();
     orchestrator
@@ -169,11 +170,12 @@ async fn a_crash_loop_is_one_trace_that_tells_the_incident_in_order() {
         .iter()
         .map(|s| int(&s.attributes, "orchestrator.restart.attempt"))
         .collect();
-    assert_eq!(
-        numbers,
-        [Some(1), Some(2), Some(3)],
-        "attempts are integers, 1 to 3"
+    let expected: Vec<Option<i64>> = (1..=attempts.len() as i64).map(Some).collect();
+    assert!(
+        attempts.len() >= 3,
+        "a crash loop of at least three attempts: {numbers:?}"
     );
+    assert_eq!(numbers, expected, "attempts are integers, from 1, none missing");
     let incident = attempts[0];
     assert!(
         attempts.iter().all(|s| s.trace_id == incident.trace_id),
@@ -231,8 +233,9 @@ async fn a_crash_loop_is_one_trace_that_tells_the_incident_in_order() {
     );
     assert!(int(&steps[2].attributes, "process.pid").is_some());
 
-    // Attempts 1 and 2 launched instances that exited with code 3 before being ready.
-    for attempt in &attempts[..2] {
+    // Every attempt but the last launched an instance that exited with code 3 before being ready.
+    let (last, crashed) = attempts.split_last().unwrap();
+    for attempt in crashed {
         assert!(is_error(attempt), "an attempt whose instance crashed is an error");
         let exited = attempt
             .events
@@ -255,7 +258,6 @@ async fn a_crash_loop_is_one_trace_that_tells_the_incident_in_order() {
         assert!(pair[0].start_time_unix_nano < pair[1].start_time_unix_nano);
     }
     // The last attempt ends with the first passing check, inside its start.
-    let last = attempts[2];
     assert!(!is_error(last));
     let start = children(&all, last)
         .into_iter()
