@@ -176,6 +176,13 @@ command = ["sh", "-c", "setsid sleep 86400.{os.getpid()} & setsid sh -c 'trap \\
                 except OSError:
                     pass
             orphans = [pid for pid, (_, _, cmdline) in table.items() if ours(cmdline) and pid not in tree]
+            if orphans:
+                # A service whose shim was just killed is outside the tree for the moment its PID namespace
+                # takes to die with it: an orphan is one still outside a moment later.
+                time.sleep(0.5)
+                table = processes()
+                tree = descendants(orchestrator.pid, table)
+                orphans = [pid for pid in orphans if pid in table and ours(table[pid][2]) and pid not in tree]
             for pid in orphans:
                 violations.append(f"orphan {pid} outside the orchestrator's tree: {table[pid][2][:80]}")
             try:

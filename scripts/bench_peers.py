@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""fog-orchestrator side by side with the tools a user would pick instead, in one run on this machine.
+
+Workloads (issue 12), each measured on fog-orchestrator and, in the same run, on its peer:
+  checks    CPU per 1,000 HTTP health checks: 100 services, each checked every second, against nginx
+            answering `/health` and closing every connection (keepalive_timeout 0), vs monit.
+  restart   SIGKILL of a child -> the replacement's own first instruction (a C child that appends its
+            CLOCK_MONOTONIC start time to a file), restart delay 0, vs runit and s6, and a floor: a minimal C
+            parent that respawns with posix_spawn.
+  spawn     1,000 idle children (`sleep`): launch -> all running (their start times from /proc), vs s6 and
+            runit, and a floor: a C loop of 1,000 posix_spawn.
+  idle      the same 1,000 children: CPU per idle minute of the whole supervision tree (the orchestrator
+            and its helpers; s6-svscan and every s6-supervise; runsvdir and every runsv).
+  rest      REST GETs under wrk -t2 -c32 (10 s), 10 and 1,000 services, vs nginx serving the same bytes.
+
+Prints one table with the ratios. Usage: scripts/bench-peers.sh [workload ...] (default: all).
+Environment: BENCH_CHECK_SECONDS (60), BENCH_IDLE_SECONDS (60), BENCH_KILLS (30), BENCH_WRK_SECONDS (10).
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.path.join(ROOT, "target", "release", "fog-orchestrator")
+HELPERS = os.path.join(ROOT, "target", "peers")
+TICKS = os.sysconf("SC_CLK_TCK")
+CHECK_SECONDS = int(os.environ.get("BENCH_CHECK_SECONDS", "60"))
+IDLE_SECONDS = int(os.environ.get("BENCH_IDLE_SECONDS", "60"))
+KILLS = int(os.environ.get("BENCH_KILLS", "30"))
+WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "10"))
+ROWS = []
+
+
+def row(workload, fog, peer_name, peer, unit, target, better="lower"):
+    ratio = fog / peer if peer else float("nan")
+    ROWS.append((workload, fog, peer_name, peer, unit, ratio, target))
+    print(f"  {workload}: fog {fog:.2f} {unit}, {peer_name} {peer:.2f} {unit}, ratio {ratio:.2f} ({target})",
+          flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, headers=None):
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
+
+
+def wait_for(what, check, limit=60.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def proc_stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    fields = text[text.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state): utime is field 14, stime 15, starttime 22.
+    return {"ppid": int(fields[1]), "utime": int(fields[11]), "stime": int(fields[12]),
+            "start": int(fields[19]), "comm": text[text.index("(") + 1:text.rindex(")")]}
+
+
+def all_processes():
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                found[int(entry)] = proc_stat(int(entry))
+            except (OSError, ValueError):
+                pass
+    return found
+
+
+def tree(root):
+    """The pids of `root` and all its descendants."""
+    processes = all_processes()
+    children = {}
+    for pid, stat in processes.items():
+        children.setdefault(stat["ppid"], []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        if pid in processes:
+            out.append(pid)
+            stack.extend(children.get(pid, []))
+    return out, processes
+
+
+def cpu_seconds(pids, processes, skip=("sleep",)):
+    return sum((processes[p]["utime"] + processes[p]["stime"]) / TICKS
+               for p in pids if p in processes and processes[p]["comm"] not in skip)
+
+
+def start(args, **kwargs):
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+
+
+def stop(process):
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def kill_tree(root):
+    pids, _ = tree(root)
+    for pid in reversed(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def fog(work, config, name="fog"):
+    path = os.path.join(work, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(config)
+    port = free_port()
+    process = start([BINARY, "run", "--config", path, "--listen", f"127.0.0.1:{port}"],
+                    env={**os.environ, "RUST_LOG": "warn"})
+    api = f"http://127.0.0.1:{port}"
+    wait_for("the orchestrator", lambda: get(api + "/healthz") is not None)
+    return process, api
+
+
+def nginx(work, name, body):
+    """nginx on a free port: `/health` answers 200 and closes the connection; `root` is work/name."""
+    port = free_port()
+    root = os.path.join(work, name)
+    os.makedirs(root, exist_ok=True)
+    config = os.path.join(work, f"{name}.conf")
+    with open(config, "w") as f:
+        f.write(f"""
+daemon off; worker_processes 1; pid {work}/{name}.pid; error_log {work}/{name}.error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log {work}/{name}.access.log;
+  client_body_temp_path {work}/{name}.tmp; proxy_temp_path {work}/{name}.tmp;
+  fastcgi_temp_path {work}/{name}.tmp; uwsgi_temp_path {work}/{name}.tmp; scgi_temp_path {work}/{name}.tmp;
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    {body}
+  }}
+}}
+""")
+    process = start(["nginx", "-c", config, "-p", work])
+    wait_for("nginx", lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None)
+    return process, port
+
+
+# ---- checks ------------------------------------------------------------------------------------------------
+
+def checks(work):
+    print("checks: 100 services, HTTP every second, targets close every connection", flush=True)
+    target, port = nginx(work, "target", "keepalive_timeout 0; location = /health { return 200 'ok'; }")
+    log = os.path.join(work, "target.access.log")
+
+    def measure(process_root, label):
+        time.sleep(5)
+        pids, before = tree(process_root)
+        lines_before = sum(1 for _ in open(log))
+        time.sleep(CHECK_SECONDS)
+        pids, after = tree(process_root)
+        lines = sum(1 for _ in open(log)) - lines_before
+        cpu = cpu_seconds(pids, after) - cpu_seconds(pids, before)
+        per_thousand = cpu * 1000 / lines * 1000 if lines else float("nan")
+        print(f"    {label}: {lines} checks in {CHECK_SECONDS} s, {cpu * 1000:.0f} ms CPU, "
+              f"{per_thousand:.1f} ms per 1,000", flush=True)
+        return per_thousand
+
+    services = "".join(f'[services.s{i}]\nhealth.http = "http://127.0.0.1:{port}/health"\n'
+                       'health.check_interval = "1s"\nhealth.timeout = "500ms"\n' for i in range(100))
+    process, _ = fog(work, services)
+    fog_cost = measure(process.pid, "fog-orchestrator")
+    stop(process)
+
+    monitrc = os.path.join(work, "monitrc")
+    with open(monitrc, "w") as f:
+        f.write(f"set daemon 1\nset logfile {work}/monit.log\nset idfile {work}/monit.id\n"
+                f"set statefile {work}/monit.state\nset pidfile {work}/monit.pid\n")
+        for i in range(100):
+            f.write(f'check host s{i} with address 127.0.0.1\n'
+                    f'  if failed port {port} protocol http request "/health" then alert\n')
+    os.chmod(monitrc, 0o600)
+    monit = start(["monit", "-I", "-c", monitrc])
+    monit_cost = measure(monit.pid, "monit")
+    stop(monit)
+    stop(target)
+    row("CPU per 1,000 HTTP checks (closing targets)", fog_cost, "monit", monit_cost, "ms", "<= 0.4x, <= 40 ms")
+
+
+# ---- restart -----------------------------------------------------------------------------------------------
+
+def stamp_pid(file):
+    """The pid of the stamp child writing `file`."""
+    for pid, _ in all_processes().items():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) >= 2 and argv[0].endswith(b"/stamp") and argv[1] == file.encode():
+            return pid
+    return None
+
+
+def lines(file):
+    try:
+        with open(file) as f:
+            return [int(line) for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def kill_latencies(file, kills):
+    wait_for("the first child", lambda: len(lines(file)) >= 1 and stamp_pid(file))
+    latencies = []
+    for _ in range(kills):
+        time.sleep(1.1)  # runit and s6 hold back a service that ran less than a second
+        before = len(lines(file))
+        pid = stamp_pid(file)
+        killed = time.monotonic_ns()
+        os.kill(pid, signal.SIGKILL)
+        wait_for("the replacement", lambda: len(lines(file)) > before, limit=10)
+        latencies.append((lines(file)[-1] - killed) / 1e6)
+    return statistics.median(latencies)
+
+
+def restart(work):
+    print(f"restart: SIGKILL -> the replacement's first instruction, {KILLS} kills each", flush=True)
+    stamp = os.path.join(HELPERS, "stamp")
+    results = {}
+    file = os.path.join(work, "fog.stamps")
+    process, _ = fog(work, f'[services.stamp]\ncommand = ["{stamp}", "{file}"]\n'
+                           '[services.stamp.restart]\ninitial_delay = "0s"\nmax_attempts = 1000\n')
+    results["fog-orchestrator"] = kill_latencies(file, KILLS)
+    stop(process)
+    for peer, supervise in (("runit", "runsv"), ("s6", "s6-supervise")):
+        service = os.path.join(work, f"{peer}-stamp")
+        os.makedirs(service, exist_ok=True)
+        file = os.path.join(work, f"{peer}.stamps")
+        with open(os.path.join(service, "run"), "w") as f:
+            f.write(f"#!/bin/sh\nexec {stamp} {file}\n")
+        os.chmod(os.path.join(service, "run"), 0o755)
+        process = start([supervise, service])
+        results[peer] = kill_latencies(file, KILLS)
+        kill_tree(process.pid)
+        process.wait()
+    floor = subprocess.run([os.path.join(HELPERS, "floor"), "respawn", stamp, os.path.join(work, "floor.stamps"),
+                            str(KILLS)], capture_output=True, text=True, check=True)
+    results["floor (C posix_spawn parent)"] = statistics.median(int(x) / 1000 for x in floor.stdout.split())
+    for name, value in results.items():
+        print(f"    {name}: median {value:.2f} ms", flush=True)
+    row("SIGKILL -> replacement running", results["fog-orchestrator"], "runit", results["runit"], "ms",
+        "<= 0.5x runit")
+    row("SIGKILL -> replacement running", results["fog-orchestrator"], "s6", results["s6"], "ms", "(s6)")
+    row("SIGKILL -> replacement running", results["fog-orchestrator"], "C floor",
+        results["floor (C posix_spawn parent)"], "ms", "(floor)")
+
+
+# ---- spawn and idle ----------------------------------------------------------------------------------------
+
+def children_of(root, duration):
+    pids, processes = tree(root)
+    return [processes[p] for p in pids if processes[p]["comm"] == "sleep"]
+
+
+def launch_and_idle(root_process, duration, label, count=1000):
+    root = root_process.pid
+    wait_for(f"{count} children of {label}", lambda: len(children_of(root, duration)) >= count, limit=120)
+    started = proc_stat(root)["start"]
+    last = max(child["start"] for child in children_of(root, duration))
+    spawn = (last - started) / TICKS
+    time.sleep(5)
+    pids, before = tree(root)
+    time.sleep(IDLE_SECONDS)
+    pids, after = tree(root)
+    idle = (cpu_seconds(pids, after) - cpu_seconds(pids, before)) * 1000 * 60 / IDLE_SECONDS
+    print(f"    {label}: all {count} running {spawn:.2f} s after launch; {idle:.1f} ms CPU per idle minute",
+          flush=True)
+    return spawn, idle
+
+
+def spawn(work):
+    print(f"spawn/idle: 1,000 children (idle CPU over {IDLE_SECONDS} s)", flush=True)
+    results = {}
+    process, _ = fog(work, "".join(f'[services.c{i}]\ncommand = ["sleep", "3601"]\n' for i in range(1000)))
+    results["fog-orchestrator"] = launch_and_idle(process, 3601, "fog-orchestrator")
+    stop(process)
+    for peer, scanner in (("s6", "s6-svscan"), ("runit", "runsvdir")):
+        scandir = os.path.join(work, f"{peer}-scan")
+        for i in range(1000):
+            service = os.path.join(scandir, f"c{i}")
+            os.makedirs(service, exist_ok=True)
+            with open(os.path.join(service, "run"), "w") as f:
+                f.write("#!/bin/sh\nexec sleep 3602\n")
+            os.chmod(os.path.join(service, "run"), 0o755)
+        process = start([scanner, scandir])
+        results[peer] = launch_and_idle(process, 3602, peer)
+        kill_tree(process.pid)
+        process.wait()
+    floor = subprocess.run([os.path.join(HELPERS, "floor"), "spawn", "1000"], capture_output=True, text=True,
+                           check=True)
+    floor_seconds = float(floor.stdout.split()[0]) / 1000
+    print(f"    floor (C posix_spawn loop): {floor_seconds:.2f} s", flush=True)
+    fog_spawn, fog_idle = results["fog-orchestrator"]
+    row("1,000 children: launch -> all running", fog_spawn, "s6", results["s6"][0], "s", "(s6)")
+    row("1,000 children: launch -> all running", fog_spawn, "C floor", floor_seconds, "s", "<= 1.0x floor")
+    row("1,000 children: CPU per idle minute", fog_idle, "runit", results["runit"][1], "ms", "<= 10 ms")
+    row("1,000 children: CPU per idle minute", fog_idle, "s6", results["s6"][1], "ms", "(s6)")
+
+
+# ---- REST --------------------------------------------------------------------------------------------------
+
+def wrk(url):
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{WRK_SECONDS}s", url], capture_output=True, text=True,
+                         check=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def rest(work):
+    print("rest: wrk -t2 -c32 against the orchestrator and nginx serving the same bytes", flush=True)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    probed = listener.getsockname()[1]
+    for count in (10, 1000):
+        config = "".join(f'[services.x{i}]\nhealth.tcp = "127.0.0.1:{probed}"\nhealth.check_interval = "30s"\n'
+                         for i in range(count))
+        process, api = fog(work, config, f"rest{count}")
+        time.sleep(2)
+        static, port = None, None
+        paths = {"services": "/api/orchestration/services", "health": "/api/orchestration/health",
+                 "metrics": "/metrics"}
+        root = os.path.join(work, f"static{count}")
+        os.makedirs(root, exist_ok=True)
+        for name, path in paths.items():
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(get(api + path))
+        static, port = nginx(work, f"static{count}", "location / { }")
+        for name, path in paths.items():
+            fog_rate = wrk(api + path)
+            nginx_rate = wrk(f"http://127.0.0.1:{port}/{name}")
+            row(f"GET {path}, {count} services", fog_rate, "nginx", nginx_rate, "req/s", ">= 0.5x nginx",
+                better="higher")
+        stop(static)
+        stop(process)
+    listener.close()
+
+
+def main():
+    wanted = sys.argv[1:] or ["checks", "restart", "spawn", "rest"]
+    work = tempfile.mkdtemp(prefix="fog-peers-")
+    load = os.getloadavg()
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores", flush=True)
+    try:
+        for name in wanted:
+            {"checks": checks, "restart": restart, "spawn": spawn, "rest": rest}[name](work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print("| workload | fog-orchestrator | peer | peer's figure | fog / peer | target |")
+    print("|---|---|---|---|---|---|")
+    for workload, fog_value, peer, peer_value, unit, ratio, target in ROWS:
+        print(f"| {workload} | {fog_value:.2f} {unit} | {peer} | {peer_value:.2f} {unit} | {ratio:.2f} | {target} |")
+    load = os.getloadavg()
+    print(f"\nload average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
