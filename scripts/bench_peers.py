@@ -352,8 +352,11 @@ def spawn(work):
 # ---- REST --------------------------------------------------------------------------------------------------
 
 def wrk(url):
+    """Requests per second of wrk -t2 -c32; refuses a run with errors or non-2xx answers."""
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{WRK_SECONDS}s", url], capture_output=True, text=True,
                          check=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk against {url} saw errors:\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
@@ -374,8 +377,10 @@ def rest(work):
         root = os.path.join(work, f"static{count}")
         os.makedirs(root, exist_ok=True)
         for name, path in paths.items():
+            body = get(api + path)
             with open(os.path.join(root, name), "wb") as f:
-                f.write(get(api + path))
+                f.write(body)
+            print(f"    {path}: {len(body):,} bytes", flush=True)
         static, port = nginx(work, f"static{count}", "location / { }")
         for name, path in paths.items():
             fog_rate = wrk(api + path)
@@ -390,6 +395,7 @@ def rest(work):
 def main():
     wanted = sys.argv[1:] or ["checks", "restart", "spawn", "rest"]
     work = tempfile.mkdtemp(prefix="fog-peers-")
+    os.chmod(work, 0o755)  # nginx's workers run as nobody: they must read what they serve
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores", flush=True)
     try:
