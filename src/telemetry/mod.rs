@@ -48,8 +48,12 @@ pub fn init(settings: &TelemetrySettings) -> Telemetry {
             }
         });
 
+    // By default the OpenTelemetry SDK's own notes (a provider set, ...) stay out; its warnings and errors
+    // (an export that failed) do not. RUST_LOG replaces all of it.
     let log_filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .unwrap_or_else(|_| {
+            EnvFilter::new("info,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn")
+        })
         .add_directive(
             format!("{}=off", trace::EVENTS)
                 .parse()
