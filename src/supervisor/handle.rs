@@ -160,32 +160,20 @@ impl ServiceHandle {
 
     /// Restarts the service; answers once it runs again, or with the error that stopped it.
     pub async fn restart(&self, force: bool) -> Result<Snapshot, ControlError> {
-        self.control(|reply| Command::Restart {
-            force,
-            reply,
-            caller: tracing::Span::current(),
-        })
-        .await
+        self.control(|reply, caller| Command::Restart { force, reply, caller })
+            .await
     }
 
     /// Starts a stopped service (a failed one with `force`); answers once it runs.
     pub async fn start(&self, force: bool) -> Result<Snapshot, ControlError> {
-        self.control(|reply| Command::Start {
-            force,
-            reply,
-            caller: tracing::Span::current(),
-        })
-        .await
+        self.control(|reply, caller| Command::Start { force, reply, caller })
+            .await
     }
 
     /// Stops the service and keeps it stopped.
     pub async fn stop(&self, force: bool) -> Result<Snapshot, ControlError> {
-        self.control(|reply| Command::Stop {
-            force,
-            reply,
-            caller: tracing::Span::current(),
-        })
-        .await
+        self.control(|reply, caller| Command::Stop { force, reply, caller })
+            .await
     }
 
     /// Runs a health check now and returns its result.
@@ -216,9 +204,14 @@ impl ServiceHandle {
         self.registry.heartbeat(self.name()).await
     }
 
-    async fn control(&self, command: impl FnOnce(Reply) -> Command) -> Result<Snapshot, ControlError> {
+    /// Sends a control request with the caller's span (what it sets in motion joins the caller's trace)
+    /// and waits for its answer.
+    async fn control(
+        &self,
+        command: impl FnOnce(Reply, tracing::Span) -> Command,
+    ) -> Result<Snapshot, ControlError> {
         let (reply, answer) = oneshot::channel();
-        self.send(command(reply)).await?;
+        self.send(command(reply, tracing::Span::current())).await?;
         answer.await.map_err(|_| ControlError::ShuttingDown)?
     }
 

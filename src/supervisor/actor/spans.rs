@@ -90,13 +90,15 @@ impl Actor {
     /// The parent of a stop or start that is not part of a restart: the API request asking for it, else
     /// the shutdown.
     fn outer_parent(&self) -> Option<Span> {
-        if let Some(request) = &self.traces.request {
-            return Some(request.clone());
+        self.traces.request.clone().or_else(|| self.shutdown_span())
+    }
+
+    /// `stop orchestrator`, once the shutdown has begun.
+    fn shutdown_span(&self) -> Option<Span> {
+        if !self.parts.shutdown.is_cancelled() {
+            return None;
         }
-        if self.parts.shutdown.is_cancelled() {
-            return self.parts.shutdown_span.lock().ok().and_then(|span| span.clone());
-        }
-        None
+        self.parts.shutdown_span.lock().ok().and_then(|span| span.clone())
     }
 
     /// Opens `restart service` at the decision to restart, closing an attempt still open (its instance
@@ -183,12 +185,9 @@ impl Actor {
     /// The parent of `stop service`: the shutdown, once it has begun (one `stop orchestrator` trace holds
     /// every stop); else the restart it belongs to, or the request asking for it.
     pub(super) fn stop_parent(&self) -> Option<Span> {
-        if self.parts.shutdown.is_cancelled()
-            && let Some(shutdown) = self.parts.shutdown_span.lock().ok().and_then(|span| span.clone())
-        {
-            return Some(shutdown);
-        }
-        self.traces.attempt.clone().or_else(|| self.outer_parent())
+        self.shutdown_span()
+            .or_else(|| self.traces.attempt.clone())
+            .or_else(|| self.traces.request.clone())
     }
 
     /// Opens `start service`: inside the restart it belongs to, the request asking for it, or `start
@@ -251,10 +250,6 @@ impl Actor {
     /// and end (startup probes run every few milliseconds and only this one is worth a span).
     pub(super) fn first_pass(&self, outcome: &ProbeOutcome, took: Duration) {
         let Some(start) = &self.traces.start else { return };
-        start.record(
-            "orchestrator.check.failed_before_ready",
-            i64::from(self.traces.startup_failures),
-        );
         let parent = start.context();
         if parent.span().span_context().is_sampled() {
             let startup = [KeyValue::new("orchestrator.check.startup", true)];
@@ -296,15 +291,17 @@ impl Actor {
         context
     }
 
-    /// Closes `start service`, failed when `error` says why (with `error_type`, the metric's reason).
+    /// Closes `start service` with the startup probes that failed before it ended, failed when `error`
+    /// says why (with `error_type`, the metric's reason).
     pub(super) fn close_start_span(&mut self, error: Option<(&str, &str)>) {
-        if let Some(span) = self.traces.start.take()
-            && let Some((error_type, message)) = error
-        {
-            span.record(
-                "orchestrator.check.failed_before_ready",
-                i64::from(self.traces.startup_failures),
-            );
+        let Some(span) = self.traces.start.take() else {
+            return;
+        };
+        span.record(
+            "orchestrator.check.failed_before_ready",
+            i64::from(self.traces.startup_failures),
+        );
+        if let Some((error_type, message)) = error {
             fail(&span, error_type, message);
         }
     }

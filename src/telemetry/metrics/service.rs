@@ -293,11 +293,8 @@ fn per_service_and(
                 "{NAMESPACE}_{name}{{service=\"{}\",{label}=\"{label_value}\"}} ",
                 entry.name
             );
-            let value = value(&entry.metrics.0, position);
-            match exemplars.as_deref().and_then(|e| exemplar(e, position)) {
-                Some(exemplar) => with_exemplar(text, value, &exemplar),
-                None => number(text, value),
-            }
+            let exemplar = exemplars.as_deref().and_then(|e| exemplar(e, position));
+            sample(text, value(&entry.metrics.0, position), exemplar.as_ref());
         }
     }
 }
@@ -311,9 +308,11 @@ fn number(text: &mut String, value: f64) {
     }
 }
 
-/// Writes a sample value followed by its OpenMetrics exemplar: ` # {trace_id="…"} value timestamp`.
-fn with_exemplar(text: &mut String, value: f64, exemplar: &Exemplar) {
+/// Writes a sample value, followed by its OpenMetrics exemplar if it has one:
+/// ` # {trace_id="…"} value timestamp`.
+fn sample(text: &mut String, value: f64, exemplar: Option<&Exemplar>) {
     number(text, value);
+    let Some(exemplar) = exemplar else { return };
     text.pop();
     let _ = writeln!(
         text,
@@ -430,20 +429,14 @@ pub(super) fn write_services(text: &mut String, format: Format, services: &[Serv
                 text,
                 "{NAMESPACE}_health_check_duration_seconds_bucket{{service=\"{name}\",le=\"{bound}\"}} "
             );
-            match exemplar(position) {
-                Some(exemplar) => with_exemplar(text, cumulative as f64, &exemplar),
-                None => number(text, cumulative as f64),
-            }
+            sample(text, cumulative as f64, exemplar(position).as_ref());
         }
         let total = series.duration_count.load(Ordering::Relaxed);
         let _ = write!(
             text,
             "{NAMESPACE}_health_check_duration_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} "
         );
-        match exemplar(CHECK_BUCKETS.len()) {
-            Some(exemplar) => with_exemplar(text, total as f64, &exemplar),
-            None => number(text, total as f64),
-        }
+        sample(text, total as f64, exemplar(CHECK_BUCKETS.len()).as_ref());
         drop(exemplars);
         let _ = write!(
             text,
