@@ -46,5 +46,9 @@ for _ in $(seq 1 300); do
 done
 [ -n "$address" ] || { echo "the orchestrator did not start"; cat "$work/log"; exit 1; }
 
+# One worker: with two, hypothesis parses lambda sources with `ast.parse` from two threads at once, and
+# CPython 3.11 keeps the AST constructor's recursion depth in interpreter-wide state, so the threads race
+# ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905) and schemathesis reports
+# a "Runtime Error" that is not about this API.
 "$venv/bin/st" run "http://$address/api/orchestration/openapi.json" \
-  --checks all --max-examples 50 --workers 2 --seed 20261130 --no-color
+  --checks all --max-examples 50 --workers 1 --seed 20261130 --no-color
