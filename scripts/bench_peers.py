@@ -108,17 +108,23 @@ def tree(root):
 
 
 def cpu_seconds(pids, processes, skip=("sleep",)):
-    """CPU time of `pids` (but the idle children), from /proc/PID/schedstat (nanoseconds on a CPU; the
-    tick-based utime and stime are too coarse for an idle minute)."""
+    """CPU time of `pids` (but the idle children), every thread of each, from /proc/PID/task/TID/schedstat
+    (nanoseconds on a CPU; the tick-based utime and stime are too coarse for an idle minute, and
+    /proc/PID/schedstat counts the main thread only)."""
     total = 0.0
     for pid in pids:
         if pid not in processes or processes[pid]["comm"] in skip:
             continue
         try:
-            with open(f"/proc/{pid}/schedstat") as f:
-                total += int(f.read().split()[0]) / 1e9
+            tasks = os.listdir(f"/proc/{pid}/task")
         except OSError:
-            pass
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0]) / 1e9
+            except OSError:
+                pass
     return total
 
 

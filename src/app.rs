@@ -1,6 +1,10 @@
 //! Wiring for `fog-orchestrator run`: bind the API, start the supervisor, serve until a signal, then stop
 //! the API (in-flight requests finish) and the services (reverse dependency order). A second signal kills
 //! what is left at once.
+//!
+//! Supervision (every service's actor, its checks and processes, the registry) runs on a thread of its own
+//! with a single-threaded runtime; the API is served by the caller's runtime. Checks then cost no wakeups of
+//! a second thread (BENCHMARKS.md, "Health checks"), and no load on the API can delay a check or a restart.
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,6 +38,9 @@ pub enum AppError {
     /// The supervisor refused its configuration.
     #[error(transparent)]
     Supervisor(#[from] ControlError),
+    /// The supervision thread could not be started.
+    #[error("cannot start the supervision thread")]
+    Supervision(#[source] io::Error),
 }
 
 /// Runs every service of `config` and the API until the first signal, then shuts down in order.
@@ -55,10 +62,15 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
         orchestrator.services = i64::try_from(services).unwrap_or(i64::MAX),
         orchestrator.config = %origin,
     );
-    let supervisor = Supervisor::builder(config)
-        .clock(clock)
-        .startup_span(startup_span)
-        .start()?;
+    let supervision = Supervision::start().map_err(AppError::Supervision)?;
+    let supervisor = {
+        // Everything the supervisor spawns, now and later from its own tasks, runs on that thread.
+        let _on_supervision = supervision.runtime.enter();
+        Supervisor::builder(config)
+            .clock(clock)
+            .startup_span(startup_span)
+            .start()?
+    };
     let api = Api::new(supervisor.clone(), graph, token, browsers, clock);
     let stop_api = CancellationToken::new();
     let server = tokio::spawn(server::serve(
@@ -97,6 +109,42 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
             supervisor.shutdown(SHUTDOWN_REPORT_EVERY).await;
         }
     }
+    supervision.stop().await;
     tracing::info!("orchestrator stopped");
     Ok(())
+}
+
+/// The supervision thread: a single-threaded runtime, driven until [`Supervision::stop`].
+struct Supervision {
+    runtime: tokio::runtime::Handle,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Supervision {
+    fn start() -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("fog-supervision".to_owned())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+                // Dropping the runtime drops whatever tasks are left (the services are stopped by now).
+            })?;
+        Ok(Self {
+            runtime: handle,
+            stop,
+            thread,
+        })
+    }
+
+    /// Ends the thread once the supervisor has shut down, and waits for it.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
 }

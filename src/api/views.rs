@@ -78,24 +78,9 @@ impl Api {
             .ok_or_else(|| ApiError::not_found(format!("unknown service {name:?}")))
     }
 
-    /// Every service's summary (no history), concurrently, in declaration order.
-    async fn reports(&self) -> Result<Vec<HealthReport>, ApiError> {
-        let tasks: Vec<_> = self
-            .handles()
-            .iter()
-            .map(|handle| {
-                let handle = handle.clone();
-                tokio::spawn(async move { handle.summary().await })
-            })
-            .collect();
-        let mut reports = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            let report = task
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            reports.push(report?);
-        }
-        Ok(reports)
+    /// Every service's summary (no history), in declaration order, from the published snapshots.
+    fn reports(&self) -> Vec<HealthReport> {
+        self.handles().iter().map(ServiceHandle::summary).collect()
     }
 
     pub(super) fn services(&self) -> Reply {
@@ -118,7 +103,7 @@ impl Api {
     }
 
     pub(super) async fn health(&self) -> Result<Reply, ApiError> {
-        let reports = self.reports().await?;
+        let reports = self.reports();
         let mut services = Map::new();
         let (mut unhealthy, mut degraded) = (Vec::new(), Vec::new());
         for (handle, report) in self.handles().iter().zip(&reports) {
@@ -229,7 +214,7 @@ impl Api {
 
     pub(super) async fn metrics(&self) -> Result<Reply, ApiError> {
         let supervisor = &self.state.supervisor;
-        let reports = self.reports().await?;
+        let reports = self.reports();
         let registry_stats = supervisor.registry().stats().await?;
         let count_state = |state: ServiceState| reports.iter().filter(|r| r.snapshot.state == state).count();
         let count_health =

@@ -5,11 +5,13 @@
 //! tested without a runtime. [`composite`] folds every service's status into the system's. The probes that
 //! produce results live in [`probe`].
 
+mod http;
 pub mod probe;
 mod uptime;
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -190,7 +192,9 @@ pub struct HealthTracker {
     consecutive_failures: u32,
     consecutive_successes: u32,
     history: VecDeque<CheckResult>,
-    uptime: UptimeLog,
+    /// Shared with the published snapshot, which readers compute uptimes from; copied on write, which
+    /// happens on status changes only.
+    uptime: Arc<UptimeLog>,
 }
 
 impl HealthTracker {
@@ -203,7 +207,7 @@ impl HealthTracker {
             consecutive_failures: 0,
             consecutive_successes: 0,
             history: VecDeque::with_capacity(HISTORY_LEN),
-            uptime: UptimeLog::new(now),
+            uptime: Arc::new(UptimeLog::new(now)),
         }
     }
 
@@ -235,6 +239,11 @@ impl HealthTracker {
     /// Percentage of `window` (up to `now`) spent healthy, over the time the service was observed.
     pub fn uptime_percent(&self, window: Duration, now: Instant) -> f64 {
         self.uptime.percent_healthy(window, now)
+    }
+
+    /// The uptime log (cheap to clone: it is copied only when the status changes).
+    pub fn uptime(&self) -> &Arc<UptimeLog> {
+        &self.uptime
     }
 
     /// Applies one probe outcome. Degraded below the failure threshold, unhealthy at it; back to healthy
@@ -335,7 +344,9 @@ impl HealthTracker {
     }
 
     fn set(&mut self, from: HealthStatus, now: Instant) -> Option<Transition> {
-        self.uptime.observe(self.status, now);
+        if self.uptime.changes_with(self.status) {
+            Arc::make_mut(&mut self.uptime).observe(self.status, now);
+        }
         (from != self.status).then_some(Transition {
             from,
             to: self.status,

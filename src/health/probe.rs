@@ -7,21 +7,14 @@
 use std::process::Stdio;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tokio::process::Command;
 use tracing::Instrument;
 
+use super::http::{Client, Failure, READ_LIMIT, Target};
 use super::{FailureReason, ProbeOutcome};
 use crate::config::Probe;
 
-/// Most bytes of a response body or command output read by a probe.
-const READ_LIMIT: usize = 64 * 1024;
 /// Most characters of output quoted in a failure message.
 const QUOTE_LIMIT: usize = 200;
 
@@ -30,29 +23,23 @@ const QUOTE_LIMIT: usize = 200;
 pub trait Prober: Send + Sync + 'static {
     /// Checks `service` with `probe` once. Called with `http`, `tcp` and `exec` probes only.
     async fn probe(&self, service: &str, probe: &Probe) -> ProbeOutcome;
+
+    /// `service` is gone or stopped: whatever is kept for its next check (a connection) can go.
+    fn forget(&self, _service: &str) {}
 }
 
-/// The real probes: HTTP GET with connection reuse, TCP connect, and exec.
-#[derive(Debug, Clone)]
+/// The real probes: HTTP GET (on a connection kept per service while the target keeps it alive), TCP
+/// connect, and exec.
+#[derive(Debug, Default)]
 pub struct NetworkProber {
-    client: Client<HttpConnector, Empty<Bytes>>,
-}
-
-impl Default for NetworkProber {
-    fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        }
-    }
+    client: Client,
 }
 
 #[async_trait]
 impl Prober for NetworkProber {
-    async fn probe(&self, _service: &str, probe: &Probe) -> ProbeOutcome {
+    async fn probe(&self, service: &str, probe: &Probe) -> ProbeOutcome {
         match probe {
-            Probe::Http(url) => self.http(url).await,
+            Probe::Http(url) => self.http(service, url).await,
             Probe::Tcp(address) => tcp(address).await,
             Probe::Exec(command) => exec(command).await,
             Probe::Heartbeat => {
@@ -60,34 +47,41 @@ impl Prober for NetworkProber {
             }
         }
     }
+
+    fn forget(&self, service: &str) {
+        self.client.forget(service);
+    }
 }
 
 impl NetworkProber {
     /// One HTTP probe, as a CLIENT span (OTel HTTP semantic conventions) inside the check's span, which is
     /// what its `traceparent` names: the probed service's server span joins the check's trace.
-    async fn http(&self, url: &str) -> ProbeOutcome {
-        let uri: Uri = match url.parse() {
-            Ok(uri) => uri,
-            Err(error) => return ProbeOutcome::fail(FailureReason::Error, format!("bad URL {url}: {error}")),
+    async fn http(&self, service: &str, url: &str) -> ProbeOutcome {
+        let target = match Target::parse(url) {
+            Ok(target) => target,
+            Err(error) => return ProbeOutcome::fail(FailureReason::Error, error),
         };
         let parent = tracing::Span::current();
         if parent.is_disabled() || !crate::telemetry::trace::is_sampled(&parent) {
             // An untraced check (a startup probe) or one not sampled: no span of its own either (the
             // traceparent still says "not sampled" to the service).
-            return self.http_request(url, uri).await;
+            return self.http_request(service, url, &target).await;
         }
         let span = tracing::info_span!(
             "GET",
             otel.kind = "client",
             http.request.method = "GET",
             url.full = url,
-            server.address = uri.host().unwrap_or_default(),
-            server.port = i64::from(uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 })),
+            server.address = target.host.as_str(),
+            server.port = i64::from(target.port),
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let outcome = self.http_request(url, uri).instrument(span.clone()).await;
+        let outcome = self
+            .http_request(service, url, &target)
+            .instrument(span.clone())
+            .await;
         if let Some(status) = outcome
             .details
             .get("http_status")
@@ -105,40 +99,40 @@ impl NetworkProber {
         outcome
     }
 
-    async fn http_request(&self, url: &str, uri: Uri) -> ProbeOutcome {
-        let request = hyper::Request::get(uri)
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("fog-orchestrator/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::new());
-        let mut request = match request {
-            Ok(request) => request,
-            Err(error) => return ProbeOutcome::fail(FailureReason::Error, format!("bad request: {error}")),
+    async fn http_request(&self, service: &str, url: &str, target: &Target) -> ProbeOutcome {
+        let traceparent = if crate::telemetry::trace::exporting() {
+            crate::telemetry::trace::traceparent()
+        } else {
+            None
         };
-        crate::telemetry::trace::inject(request.headers_mut());
-        let response = match self.client.request(request).await {
+        let response = match self.client.get(service, target, traceparent.as_deref()).await {
             Ok(response) => response,
-            Err(error) if error.is_connect() => {
-                return ProbeOutcome::fail(FailureReason::Connect, format!("GET {url}: cannot connect"));
+            Err(failure @ Failure::Connect(_)) => {
+                return ProbeOutcome::fail(FailureReason::Connect, format!("GET {url}: {failure}"));
             }
-            Err(error) => return ProbeOutcome::fail(FailureReason::Error, format!("GET {url}: {error}")),
+            Err(failure) => return ProbeOutcome::fail(FailureReason::Error, format!("GET {url}: {failure}")),
         };
-        let status = response.status();
-        // Read the body (bounded) so the connection can be reused for the next check.
-        let body = match Limited::new(response.into_body(), READ_LIMIT).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => Bytes::new(),
-        };
-        let outcome = if status.is_success() {
+        let outcome = if (200..300).contains(&response.status) {
             ProbeOutcome::pass("Service health check passed")
         } else {
             ProbeOutcome::fail(
                 FailureReason::HttpStatus,
-                format!("GET {url} answered {status}: {}", quote(&body)),
+                format!(
+                    "GET {url} answered {}: {}",
+                    status_line(response.status),
+                    quote(&response.body)
+                ),
             )
         };
-        outcome.with_detail("http_status", status.as_u16())
+        outcome.with_detail("http_status", response.status)
+    }
+}
+
+/// `503 Service Unavailable`, as hyper's `StatusCode` shows it.
+fn status_line(status: u16) -> String {
+    match hyper::StatusCode::from_u16(status) {
+        Ok(code) => code.to_string(),
+        Err(_) => status.to_string(),
     }
 }
 

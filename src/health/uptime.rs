@@ -24,6 +24,11 @@ impl UptimeLog {
         }
     }
 
+    /// Whether `status` differs from the status in force (observing it would change the log).
+    pub fn changes_with(&self, status: HealthStatus) -> bool {
+        self.changes.back().is_none_or(|(_, last)| *last != status)
+    }
+
     /// Notes the status in force from `now` on.
     pub fn observe(&mut self, status: HealthStatus, now: Instant) {
         if self.changes.back().is_some_and(|(_, last)| *last == status) {

@@ -116,6 +116,22 @@ pub struct HealthReport {
     pub uptime_7d: f64,
 }
 
+impl HealthReport {
+    /// The report `snapshot` gives at `now` (without history).
+    pub fn of(snapshot: Snapshot, now: tokio::time::Instant) -> Self {
+        let hour = std::time::Duration::from_secs(3600);
+        let uptime = |window| snapshot.uptime.0.percent_healthy(window, now);
+        Self {
+            consecutive_successes: snapshot.consecutive_successes,
+            history: Vec::new(),
+            uptime_1h: uptime(hour),
+            uptime_24h: uptime(24 * hour),
+            uptime_7d: uptime(7 * 24 * hour),
+            snapshot,
+        }
+    }
+}
+
 /// The way in to one service's actor. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ServiceHandle {
@@ -188,9 +204,10 @@ impl ServiceHandle {
         self.ask_report(true).await
     }
 
-    /// Uptime and counters without the history: what the overview endpoints need.
-    pub async fn summary(&self) -> Result<HealthReport, ControlError> {
-        self.ask_report(false).await
+    /// Uptime and counters without the history, from the published snapshot (no round trip to the
+    /// service's actor): what the overview endpoints need.
+    pub fn summary(&self) -> HealthReport {
+        HealthReport::of(self.snapshot(), tokio::time::Instant::now())
     }
 
     async fn ask_report(&self, history: bool) -> Result<HealthReport, ControlError> {

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 pub use self::builder::SupervisorBuilder;
 pub use self::handle::{Command, ControlError, HealthReport, Reply, ServiceHandle};
 pub use self::launcher::{InProcessLauncher, Instance, LaunchError, Launcher, ProcessLauncher, Service};
-pub use self::state::{Exit, RestartReason, ServiceState, Snapshot};
+pub use self::state::{Exit, PublishedUptime, RestartReason, ServiceState, Snapshot};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::health::probe::NetworkProber;

@@ -2,9 +2,10 @@
 //! service's actor publishes on every change.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::health::{CheckResult, HealthStatus};
+use crate::health::{CheckResult, HealthStatus, UptimeLog};
 pub use crate::status::{RestartReason, ServiceState};
 
 /// How a service instance ended.
@@ -42,6 +43,17 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// A service's uptime log as its snapshot carries it: shared with the actor, which replaces it when the
+/// status changes (so two are the same log exactly when they are the same allocation).
+#[derive(Debug, Clone)]
+pub struct PublishedUptime(pub Arc<UptimeLog>);
+
+impl PartialEq for PublishedUptime {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// Everything the rest of the program may know about one service, published on every change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -75,6 +87,10 @@ pub struct Snapshot {
     pub pid: Option<u32>,
     /// Consecutive failed checks.
     pub consecutive_failures: u32,
+    /// Consecutive passed checks.
+    pub consecutive_successes: u32,
+    /// The status changes of the last seven days, which uptimes are computed from.
+    pub uptime: PublishedUptime,
     /// The most recent check.
     pub last_check: Option<CheckResult>,
     /// The delay being waited out, in the backoff state.
@@ -101,6 +117,8 @@ impl Snapshot {
             waiting_on: None,
             pid: None,
             consecutive_failures: 0,
+            consecutive_successes: 0,
+            uptime: PublishedUptime(Arc::new(UptimeLog::new(tokio::time::Instant::now()))),
             last_check: None,
             backoff: None,
             ready_since: None,

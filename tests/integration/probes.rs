@@ -79,6 +79,156 @@ async fn http_fails_on_other_statuses_and_on_refused_connections() {
     assert_eq!(outcome.reason, Some(FailureReason::Connect));
 }
 
+/// A server answering each request (read up to its blank line) with `response`, byte for byte, and
+/// closing the connection after it when `close`; counts connections and keeps the last request.
+async fn scripted_server(
+    response: Vec<u8>,
+    close: bool,
+) -> (String, tokio::sync::watch::Receiver<(usize, String)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ready?full=1", listener.local_addr().unwrap());
+    let (seen, watched) = tokio::sync::watch::channel((0usize, String::new()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            seen.send_modify(|(connections, _)| *connections += 1);
+            let (response, seen) = (response.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                    if !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    seen.send_modify(|(_, last)| *last = text);
+                    request.clear();
+                    if stream.write_all(&response).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, watched)
+}
+
+#[tokio::test]
+async fn http_sends_one_plain_request_with_host_and_path() {
+    let (url, seen) = scripted_server(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false).await;
+    let prober = NetworkProber::default();
+    let outcome = prober.probe("web", &Probe::Http(url.clone())).await;
+    assert!(outcome.passed, "{outcome:?}");
+    assert_eq!(outcome.details["http_status"], 204);
+    let request = seen.borrow().1.clone();
+    let authority = url.trim_start_matches("http://").split('/').next().unwrap();
+    assert!(request.starts_with("GET /ready?full=1 HTTP/1.1\r\n"), "{request}");
+    assert!(
+        request.contains(&format!("\r\nHost: {authority}\r\n")),
+        "{request}"
+    );
+    assert!(request.contains("\r\nUser-Agent: fog-orchestrator/"), "{request}");
+}
+
+#[tokio::test]
+async fn http_reads_chunked_bodies_and_keeps_their_connection() {
+    let response = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n3;x=y\r\n!!!\r\n0\r\nx-trailer: 1\r\n\r\n";
+    let (url, seen) = scripted_server(response.to_vec(), false).await;
+    let prober = NetworkProber::default();
+    for _ in 0..3 {
+        let outcome = prober.probe("web", &Probe::Http(url.clone())).await;
+        assert!(outcome.passed, "{outcome:?}");
+    }
+    assert_eq!(seen.borrow().0, 1, "three checks over one connection");
+
+    let failing = b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndb is dow\r\n1\r\nn\r\n0\r\n\r\n";
+    let (url, _) = scripted_server(failing.to_vec(), false).await;
+    let outcome = prober.probe("web", &Probe::Http(url)).await;
+    assert_eq!(outcome.reason, Some(FailureReason::HttpStatus));
+    assert!(
+        outcome
+            .message
+            .ends_with("answered 503 Service Unavailable: db is down"),
+        "{}",
+        outcome.message
+    );
+}
+
+#[tokio::test]
+async fn http_opens_a_new_connection_when_the_target_closes_each() {
+    let response = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+    let (url, seen) = scripted_server(response.to_vec(), true).await;
+    let prober = NetworkProber::default();
+    for _ in 0..3 {
+        assert!(prober.probe("web", &Probe::Http(url.clone())).await.passed);
+    }
+    assert_eq!(seen.borrow().0, 3);
+
+    // HTTP/1.0 without a length: the body ends where the connection does, and is quoted.
+    let response = b"HTTP/1.0 500 Internal Server Error\r\n\r\nout of\n  memory";
+    let (url, _) = scripted_server(response.to_vec(), true).await;
+    let outcome = prober.probe("web", &Probe::Http(url)).await;
+    assert!(
+        outcome.message.ends_with(": out of memory"),
+        "{}",
+        outcome.message
+    );
+}
+
+#[tokio::test]
+async fn http_retries_once_when_a_kept_connection_was_closed_meanwhile() {
+    // Keeps the connection open (no `connection: close`) but closes it after the response: the next
+    // check finds its kept connection closed and must not fail for that.
+    let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (url, seen) = scripted_server(response.to_vec(), true).await;
+    let prober = NetworkProber::default();
+    for _ in 0..3 {
+        let outcome = prober.probe("web", &Probe::Http(url.clone())).await;
+        assert!(outcome.passed, "{outcome:?}");
+    }
+    assert_eq!(seen.borrow().0, 3);
+}
+
+#[tokio::test]
+async fn http_skips_interim_responses() {
+    let response = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    let (url, _) = scripted_server(response.to_vec(), false).await;
+    let outcome = NetworkProber::default().probe("web", &Probe::Http(url)).await;
+    assert!(outcome.passed, "{outcome:?}");
+    assert_eq!(outcome.details["http_status"], 200);
+}
+
+#[tokio::test]
+async fn http_fails_clearly_on_what_is_not_http_and_quotes_long_bodies_in_part() {
+    let (url, _) = scripted_server(b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(), true).await;
+    let outcome = NetworkProber::default()
+        .probe("web", &Probe::Http(url.clone()))
+        .await;
+    assert_eq!(outcome.reason, Some(FailureReason::Error));
+    assert!(
+        outcome.message.starts_with(&format!("GET {url}: bad response:")),
+        "{}",
+        outcome.message
+    );
+
+    let body = "x".repeat(200_000);
+    let response = format!(
+        "HTTP/1.1 500 Oops\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (url, _) = scripted_server(response.into_bytes(), false).await;
+    let outcome = NetworkProber::default().probe("web", &Probe::Http(url)).await;
+    assert_eq!(outcome.reason, Some(FailureReason::HttpStatus));
+    assert!(outcome.message.ends_with("…"), "a long body is quoted in part");
+    assert!(outcome.message.len() < 400, "{}", outcome.message.len());
+}
+
 #[tokio::test]
 async fn tcp_passes_when_a_connection_is_accepted() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

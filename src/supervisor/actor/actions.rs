@@ -13,6 +13,9 @@ use crate::supervisor::output;
 use crate::supervisor::state::{Exit, RestartReason};
 use crate::telemetry::trace::event_name;
 
+/// The grid checks fall due on (see `became_ready`).
+const CHECK_GRID: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Actor {
     /// Launches a new instance (or, for an external service, starts probing it); reports `LaunchFailed`, or
     /// `Ready` at once when there is no probe.
@@ -77,7 +80,11 @@ impl Actor {
         self.snapshot.ready_since = Some(self.parts.clock.at(now));
         self.healthy_since = Some(now);
         let check_interval = self.parts.spec.health.check_interval;
-        self.ticker = probe_ticker(now + check_interval, check_interval);
+        // Due on the orchestrator's whole seconds (or its interval's steps, when shorter), so that the
+        // checks of many services share the runtime's wakeups: at most one step later than the interval.
+        let step = check_interval.min(CHECK_GRID);
+        let first = super::on_grid(self.parts.boot, now + check_interval, step);
+        self.ticker = probe_ticker(first, check_interval);
         tracing::info!(
             service = self.name(),
             layer = self.parts.layer,

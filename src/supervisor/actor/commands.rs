@@ -1,7 +1,5 @@
 //! The actor's commands: control requests go to the lifecycle; check-now and reports are answered here.
 
-use std::time::Duration;
-
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -67,19 +65,10 @@ impl Actor {
     }
 
     pub(super) fn report(&self, with_history: bool) -> HealthReport {
-        let now = Instant::now();
-        let hour = Duration::from_secs(3600);
-        HealthReport {
-            snapshot: self.snapshot.clone(),
-            consecutive_successes: self.health.consecutive_successes(),
-            history: if with_history {
-                self.health.history().cloned().collect()
-            } else {
-                Vec::new()
-            },
-            uptime_1h: self.health.uptime_percent(hour, now),
-            uptime_24h: self.health.uptime_percent(24 * hour, now),
-            uptime_7d: self.health.uptime_percent(7 * 24 * hour, now),
+        let mut report = HealthReport::of(self.snapshot.clone(), Instant::now());
+        if with_history {
+            report.history = self.health.history().cloned().collect();
         }
+        report
     }
 }

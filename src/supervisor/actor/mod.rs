@@ -33,7 +33,7 @@ use crate::supervisor::backoff::Backoff;
 use crate::supervisor::gate::{self, Gate};
 use crate::supervisor::launcher::{Instance, Launcher};
 use crate::supervisor::lifecycle::{Action, Event, Lifecycle, Policy, Request};
-use crate::supervisor::state::{Exit, RestartReason, ServiceState, Snapshot};
+use crate::supervisor::state::{Exit, PublishedUptime, RestartReason, ServiceState, Snapshot};
 use crate::supervisor::{Command, ControlError, Reply};
 use crate::telemetry::metrics::ServiceMetrics;
 
@@ -283,6 +283,8 @@ impl Actor {
         }
         if !matches!(to, ServiceState::Starting | ServiceState::Running) {
             self.check = None;
+            // No checks until it runs again: a connection kept for them would only idle.
+            self.parts.prober.forget(self.name());
         }
         if to != ServiceState::Starting {
             self.startup_deadline = None;
@@ -466,6 +468,10 @@ impl Actor {
         }
         snapshot.health = self.health.status();
         snapshot.consecutive_failures = self.health.consecutive_failures();
+        snapshot.consecutive_successes = self.health.consecutive_successes();
+        if !Arc::ptr_eq(&snapshot.uptime.0, self.health.uptime()) {
+            snapshot.uptime = PublishedUptime(Arc::clone(self.health.uptime()));
+        }
         let running = snapshot.state == ServiceState::Running;
         snapshot.ready = running && snapshot.health != crate::health::HealthStatus::Unhealthy;
         if !running {
@@ -524,6 +530,16 @@ fn probe_ticker(first: Instant, period: Duration) -> Interval {
     ticker
 }
 
+/// The first instant at or after `at` on the grid of `quantum` steps from `epoch`: checks of services
+/// with the same interval fall due together and share the runtime's wakeups.
+pub(super) fn on_grid(epoch: Instant, at: Instant, quantum: Duration) -> Instant {
+    let quantum_ns = quantum.as_nanos().max(1);
+    let offset = at.saturating_duration_since(epoch).as_nanos();
+    let steps = offset.div_ceil(quantum_ns);
+    let aligned = steps.saturating_mul(quantum_ns);
+    epoch + Duration::from_nanos(u64::try_from(aligned).unwrap_or(u64::MAX))
+}
+
 /// Sleeps until `deadline`; never, when there is none.
 async fn sleep_until_armed(deadline: Option<Instant>) {
     match deadline {
@@ -546,5 +562,29 @@ async fn wait_exit(exit: Option<&mut watch::Receiver<Option<Exit>>>) -> Exit {
         Some(status) => status,
         // The watcher is gone without a status: nothing more will be learnt from it.
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::on_grid;
+
+    #[test]
+    fn checks_fall_due_on_the_next_step_of_the_grid() {
+        let epoch = Instant::now();
+        let second = Duration::from_secs(1);
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        assert_eq!(on_grid(epoch, at(1_300), second), at(2_000));
+        assert_eq!(
+            on_grid(epoch, at(2_000), second),
+            at(2_000),
+            "on the grid already"
+        );
+        assert_eq!(on_grid(epoch, at(1), Duration::from_millis(250)), at(250));
+        assert_eq!(on_grid(epoch, epoch, second), epoch);
     }
 }
