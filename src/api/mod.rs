@@ -41,6 +41,7 @@ struct ApiState {
     token: Option<String>,
     browsers: BrowserPolicy,
     clock: Clock,
+    bodies: views::Bodies,
 }
 
 impl Api {
@@ -63,6 +64,7 @@ impl Api {
                 token,
                 browsers,
                 clock,
+                bodies: views::Bodies::default(),
             }),
         }
     }
@@ -125,7 +127,7 @@ impl Api {
         let (parts, body) = request.into_parts();
         match endpoint {
             Endpoint::Services => Ok(self.services()),
-            Endpoint::Health => self.health().await,
+            Endpoint::Health => Ok(self.health()),
             Endpoint::CheckNow => self.check_now(query_value(&query, "service")).await,
             Endpoint::Restart | Endpoint::Start | Endpoint::Stop => {
                 let control = reply::read_json(&parts.headers, body).await?;

@@ -83,26 +83,44 @@ impl Api {
         self.handles().iter().map(ServiceHandle::summary).collect()
     }
 
+    /// `/services`: made again only after a snapshot changed.
     pub(super) fn services(&self) -> Reply {
         let supervisor = &self.state.supervisor;
-        let services: Map<String, Value> = self
-            .handles()
-            .iter()
-            .map(|handle| (handle.name().to_owned(), summary(handle, &handle.snapshot())))
-            .collect();
-        json_reply(
-            StatusCode::OK,
-            &json!({
+        let body = self.state.bodies.services.get(supervisor.generation(), || {
+            let services: Map<String, Value> = self
+                .handles()
+                .iter()
+                .map(|handle| (handle.name().to_owned(), summary(handle, &handle.snapshot())))
+                .collect();
+            to_bytes(&json!({
                 "success": true,
                 "total_services": services.len(),
                 "services": services,
                 "is_ready": supervisor.is_ready(),
                 "initialized": supervisor.is_initialized(),
-            }),
-        )
+            }))
+        });
+        bytes_reply(StatusCode::OK, "application/json", body)
     }
 
-    pub(super) async fn health(&self) -> Result<Reply, ApiError> {
+    /// `/health`: made again only after a snapshot changed or in a new second (its timestamp has whole
+    /// seconds, so the body is exact; the uptimes it quotes are at most a second old).
+    pub(super) fn health(&self) -> Reply {
+        let now = self.state.clock.now();
+        let second = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let key = (self.state.supervisor.generation(), second);
+        let body = self.state.bodies.health.get(key, || {
+            let mut body = self.health_body();
+            body["timestamp"] = Value::String(rfc3339(now));
+            to_bytes(&body)
+        });
+        bytes_reply(StatusCode::OK, "application/json", body)
+    }
+
+    /// `/health`'s body but its timestamp (the last field).
+    fn health_body(&self) -> Value {
         let reports = self.reports();
         let mut services = Map::new();
         let (mut unhealthy, mut degraded) = (Vec::new(), Vec::new());
@@ -130,17 +148,13 @@ impl Api {
             );
         }
         let composite = crate::health::composite(reports.iter().map(|r| r.snapshot.health));
-        Ok(json_reply(
-            StatusCode::OK,
-            &json!({
-                "status": "ok",
-                "composite_health": composite,
-                "services": services,
-                "unhealthy_services": unhealthy,
-                "degraded_services": degraded,
-                "timestamp": rfc3339(self.state.clock.now()),
-            }),
-        ))
+        json!({
+            "status": "ok",
+            "composite_health": composite,
+            "services": services,
+            "unhealthy_services": unhealthy,
+            "degraded_services": degraded,
+        })
     }
 
     pub(super) async fn check_now(&self, only: Option<&str>) -> Result<Reply, ApiError> {
@@ -516,6 +530,47 @@ fn target_group(entry: &RegistryEntry) -> Option<Value> {
 }
 
 /// Whether an `Accept-Encoding` header allows gzip (named, or `*`, with a non-zero quality).
+/// Bodies made from every service's snapshot, kept while their key holds.
+#[derive(Debug, Default)]
+pub(super) struct Bodies {
+    services: Cached<u64>,
+    health: Cached<(u64, u64)>,
+}
+
+/// One body and the key it was made under.
+#[derive(Debug)]
+struct Cached<K>(std::sync::Mutex<Option<(K, Bytes)>>);
+
+impl<K> Default for Cached<K> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+}
+
+impl<K: PartialEq + Copy> Cached<K> {
+    /// The body kept under `key`, or the one `make` makes (kept from now on). Two requests that miss at
+    /// once both make it; neither waits for the other.
+    fn get(&self, key: K, make: impl FnOnce() -> Bytes) -> Bytes {
+        {
+            let kept = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some((kept_key, body)) = kept.as_ref()
+                && *kept_key == key
+            {
+                return body.clone();
+            }
+        }
+        let body = make();
+        let mut kept = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *kept = Some((key, body.clone()));
+        body
+    }
+}
+
+/// `value` as JSON bytes (a `Value` always serializes).
+fn to_bytes(value: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
 fn accepts_gzip(accept: &str) -> bool {
     accept.split(',').any(|coding| {
         let mut parts = coding.split(';').map(str::trim);

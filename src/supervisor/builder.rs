@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -56,6 +57,7 @@ struct Shared {
     clock: Clock,
     registry: RegistryHandle,
     changes: Arc<watch::Sender<u64>>,
+    published: Arc<AtomicU64>,
     shutdown: CancellationToken,
     force: CancellationToken,
     boot: Instant,
@@ -128,6 +130,7 @@ impl SupervisorBuilder {
             clock: self.clock,
             registry: registry.clone(),
             changes: Arc::new(changes),
+            published: Arc::default(),
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             boot: Instant::now(),
@@ -160,6 +163,7 @@ impl SupervisorBuilder {
             services: Arc::new(handles),
             index: Arc::new(index),
             changes: changes_receiver,
+            published: shared.published.clone(),
             shutdown: shared.shutdown,
             force: shared.force,
             tasks,
@@ -248,6 +252,7 @@ impl SupervisorBuilder {
             commands: channels.commands,
             publish: channels.publish,
             changes: shared.changes.clone(),
+            published: shared.published.clone(),
             required: gates.required,
             optional: gates.optional,
             dependents: gates.dependents,

@@ -49,6 +49,8 @@ pub struct Supervisor {
     services: Arc<Vec<ServiceHandle>>,
     index: Arc<HashMap<String, usize>>,
     changes: watch::Receiver<u64>,
+    /// Bumped after every published snapshot change, of any service.
+    published: Arc<std::sync::atomic::AtomicU64>,
     shutdown: CancellationToken,
     force: CancellationToken,
     tasks: TaskTracker,
@@ -90,6 +92,12 @@ impl Supervisor {
     /// The service called `name`.
     pub fn service(&self, name: &str) -> Option<&ServiceHandle> {
         self.index.get(name).map(|&i| &self.services[i])
+    }
+
+    /// A number that changes after any service's snapshot does: read before the snapshots, it says
+    /// whether what was made of them is still current (the API's cached bodies).
+    pub fn generation(&self) -> u64 {
+        self.published.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The startup sequence has finished: every service became ready, failed its first attempt, or is

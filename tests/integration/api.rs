@@ -243,6 +243,42 @@ async fn start_and_stop_one_service() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn overview_bodies_are_kept_only_while_nothing_changed() {
+    let (_, _, api) = fog().await;
+    let before = get(&api, "/api/orchestration/services").await.json();
+    assert_eq!(before["services"]["bitchat"]["status"], "running");
+    let health = get(&api, "/api/orchestration/health").await.json();
+    assert_eq!(health["services"]["bitchat"]["state"], "running");
+
+    post(&api, "/api/orchestration/stop/bitchat", json!({})).await;
+    let after = get(&api, "/api/orchestration/services").await.json();
+    assert_eq!(
+        after["services"]["bitchat"]["status"], "stopped",
+        "a kept body outlived a change"
+    );
+    let health_after = get(&api, "/api/orchestration/health").await;
+    assert_eq!(health_after.json()["services"]["bitchat"]["state"], "stopped");
+    assert_eq!(
+        health_after
+            .json()
+            .as_object()
+            .unwrap()
+            .keys()
+            .last()
+            .map(String::as_str),
+        Some("timestamp"),
+        "the timestamp stays the last field: {}",
+        health_after.text
+    );
+
+    // The timestamp (whole seconds) is each request's own, even when nothing else changed.
+    let first = get(&api, "/api/orchestration/health").await.json();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let second = get(&api, "/api/orchestration/health").await.json();
+    assert_ne!(first["timestamp"], second["timestamp"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_service_is_refused_without_force() {
     let world = World::default();
     world.set("betanet", |b| b.fail_launch = true);

@@ -65,6 +65,8 @@ pub(super) struct ActorParts {
     pub commands: mpsc::Receiver<Command>,
     pub publish: watch::Sender<Snapshot>,
     pub changes: Arc<watch::Sender<u64>>,
+    /// Bumped after each snapshot change (see `Supervisor::generation`).
+    pub published: Arc<std::sync::atomic::AtomicU64>,
     pub required: Vec<Peer>,
     pub optional: Vec<Peer>,
     /// Every service that must stop before this one at shutdown.
@@ -483,7 +485,7 @@ impl Actor {
         let mut gating_changed = false;
         let mut state_changed = false;
         let snapshot = &self.snapshot;
-        self.parts.publish.send_if_modified(|current| {
+        let modified = self.parts.publish.send_if_modified(|current| {
             if current == snapshot {
                 return false;
             }
@@ -495,6 +497,12 @@ impl Actor {
             *current = snapshot.clone();
             true
         });
+        if modified {
+            // After the snapshot is out: a reader that sees the new number sees the new snapshot.
+            self.parts
+                .published
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
         let metrics = &self.parts.metrics;
         metrics.set_health(snapshot.health);
         metrics.set_up(snapshot.ready);

@@ -429,7 +429,10 @@ impl Metrics {
                 if let Err(error) = TextEncoder::new().encode(&families, &mut gathered) {
                     tracing::error!(%error, "cannot encode metrics");
                 }
-                text.push_str(&String::from_utf8_lossy(&gathered));
+                match std::str::from_utf8(&gathered) {
+                    Ok(gathered) => text.push_str(gathered),
+                    Err(_) => text.push_str(&String::from_utf8_lossy(&gathered)),
+                }
             }
             Format::OpenMetrics => {
                 for family in &families {

@@ -266,7 +266,9 @@ fn per_service(
     let (name, help, kind) = family;
     header(text, format, name, help, kind);
     for entry in services {
-        let _ = write!(text, "{NAMESPACE}_{name}{{service=\"{}\"}} ", entry.name);
+        // push_str, not write!: this runs for every series of every scrape.
+        series_start(text, name, &entry.name);
+        text.push_str("\"} ");
         number(text, value(&entry.metrics.0));
     }
 }
@@ -288,21 +290,35 @@ fn per_service_and(
     for entry in services {
         let exemplars = (format == Format::OpenMetrics).then(|| entry.metrics.exemplars());
         for (position, label_value) in values.iter().enumerate() {
-            let _ = write!(
-                text,
-                "{NAMESPACE}_{name}{{service=\"{}\",{label}=\"{label_value}\"}} ",
-                entry.name
-            );
+            series_start(text, name, &entry.name);
+            for part in ["\",", label, "=\"", label_value, "\"} "] {
+                text.push_str(part);
+            }
             let exemplar = exemplars.as_deref().and_then(|e| exemplar(e, position));
             sample(text, value(&entry.metrics.0, position), exemplar.as_ref());
         }
     }
 }
 
+/// The check histogram's `le` values, as `f64`'s `Display` writes them, formatted once.
+fn check_bucket_labels() -> &'static [String] {
+    static LABELS: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| CHECK_BUCKETS.iter().map(f64::to_string).collect());
+    &LABELS
+}
+
+/// `orchestrator_<name>{service="<service>` (the caller closes the label set).
+fn series_start(text: &mut String, name: &str, service: &str) {
+    for part in [NAMESPACE, "_", name, "{service=\"", service] {
+        text.push_str(part);
+    }
+}
+
 /// Writes a sample value: whole numbers as integers (most of them: counters, 0/1 gauges), others as floats.
 fn number(text: &mut String, value: f64) {
     if value.fract() == 0.0 && value.abs() < 1e15 {
-        let _ = writeln!(text, "{}", value as i64);
+        text.push_str(itoa::Buffer::new().format(value as i64));
+        text.push('\n');
     } else {
         let _ = writeln!(text, "{value}");
     }
@@ -423,30 +439,26 @@ pub(super) fn write_services(text: &mut String, format: Format, services: &[Serv
         let exemplars = (format == Format::OpenMetrics).then(|| entry.metrics.exemplars());
         let exemplar = |bucket: usize| exemplars.as_ref().and_then(|e| e.buckets[bucket].clone());
         let mut cumulative = 0;
-        for (position, (bound, bucket)) in CHECK_BUCKETS.iter().zip(&series.buckets).enumerate() {
+        let bounds = check_bucket_labels();
+        for (position, (bound, bucket)) in bounds.iter().zip(&series.buckets).enumerate() {
             cumulative += bucket.load(Ordering::Relaxed);
-            let _ = write!(
-                text,
-                "{NAMESPACE}_health_check_duration_seconds_bucket{{service=\"{name}\",le=\"{bound}\"}} "
-            );
+            series_start(text, "health_check_duration_seconds_bucket", name);
+            for part in ["\",le=\"", bound, "\"} "] {
+                text.push_str(part);
+            }
             sample(text, cumulative as f64, exemplar(position).as_ref());
         }
         let total = series.duration_count.load(Ordering::Relaxed);
-        let _ = write!(
-            text,
-            "{NAMESPACE}_health_check_duration_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} "
-        );
+        series_start(text, "health_check_duration_seconds_bucket", name);
+        text.push_str("\",le=\"+Inf\"} ");
         sample(text, total as f64, exemplar(CHECK_BUCKETS.len()).as_ref());
         drop(exemplars);
-        let _ = write!(
-            text,
-            "{NAMESPACE}_health_check_duration_seconds_sum{{service=\"{name}\"}} "
-        );
+        series_start(text, "health_check_duration_seconds_sum", name);
+        text.push_str("\"} ");
         number(text, series.duration_sum.get());
-        let _ = writeln!(
-            text,
-            "{NAMESPACE}_health_check_duration_seconds_count{{service=\"{name}\"}} {total}"
-        );
+        series_start(text, "health_check_duration_seconds_count", name);
+        text.push_str("\"} ");
+        number(text, total as f64);
     }
     per_service(
         text,
