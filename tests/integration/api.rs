@@ -264,7 +264,7 @@ async fn overview_bodies_are_kept_only_while_nothing_changed() {
             .as_object()
             .unwrap()
             .keys()
-            .last()
+            .next_back()
             .map(String::as_str),
         Some("timestamp"),
         "the timestamp stays the last field: {}",
