@@ -18,10 +18,12 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
+mod heartbeat;
+mod process;
 mod service;
 
 pub use self::service::ServiceMetrics;
@@ -107,7 +109,8 @@ pub struct Metrics {
     services: Mutex<Vec<ServiceEntry>>,
     heartbeats: RegistryMetrics,
     dependency_resolution: Gauge,
-    dependency_info: IntGaugeVec,
+    /// `dependency_info`, written once per graph (it changes only with the configuration).
+    dependency_info: Mutex<String>,
     ready: IntGauge,
     initialized: IntGauge,
     api_requests: IntCounterVec,
@@ -124,9 +127,7 @@ impl std::fmt::Debug for Metrics {
 /// The registry's metrics: one heartbeat series set per entry, configured or registered at run time.
 #[derive(Debug, Clone)]
 pub struct RegistryMetrics {
-    received: IntCounterVec,
-    last_received: GaugeVec,
-    timeouts: IntCounterVec,
+    heartbeats: Arc<heartbeat::Heartbeats>,
     timeout: Gauge,
     entries: IntGauge,
 }
@@ -134,22 +135,17 @@ pub struct RegistryMetrics {
 impl RegistryMetrics {
     /// Creates the heartbeat series of a registry entry.
     pub fn series(&self, name: &str) {
-        self.received.with_label_values(&[name]);
-        self.last_received.with_label_values(&[name]);
-        self.timeouts.with_label_values(&[name]);
+        self.heartbeats.series(name);
     }
 
     /// A heartbeat of `name` arrived at `at`.
     pub fn heartbeat(&self, name: &str, at: SystemTime) {
-        self.received.with_label_values(&[name]).inc();
-        self.last_received
-            .with_label_values(&[name])
-            .set(unix_seconds(at));
+        self.heartbeats.received(name, unix_seconds(at));
     }
 
     /// `name` went from alive to dead.
     pub fn timed_out(&self, name: &str) {
-        self.timeouts.with_label_values(&[name]).inc();
+        self.heartbeats.timed_out(name);
     }
 
     /// How many entries the registry holds (configured and registered at run time).
@@ -164,9 +160,7 @@ impl RegistryMetrics {
 
     /// Removes every series of a service that left the registry.
     pub fn remove(&self, name: &str) {
-        let _ = self.received.remove_label_values(&[name]);
-        let _ = self.last_received.remove_label_values(&[name]);
-        let _ = self.timeouts.remove_label_values(&[name]);
+        self.heartbeats.remove(name);
     }
 }
 
@@ -217,17 +211,10 @@ impl Metrics {
     /// A fresh registry with every metric, `build_info` and the standard `process_*` metrics.
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
-        let service = &["service"];
         let int_gauges = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &registry,
                 IntGaugeVec::new(opts(name, help), labels).expect("valid metric"),
-            )
-        };
-        let gauges = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &registry,
-                GaugeVec::new(opts(name, help), labels).expect("valid metric"),
             )
         };
         let counters = |name: &str, help: &str, labels: &[&str]| {
@@ -245,25 +232,9 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
             .set(1);
-        #[cfg(target_os = "linux")]
-        if let Err(error) = registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        )) {
-            tracing::error!(%error, "process metrics registration failed");
-        }
 
         let heartbeats = RegistryMetrics {
-            received: counters("heartbeats_received_total", "Heartbeats received.", service),
-            last_received: gauges(
-                "heartbeat_last_received_timestamp_seconds",
-                "When the last heartbeat arrived (Unix time), 0 before the first.",
-                service,
-            ),
-            timeouts: counters(
-                "heartbeat_timeouts_total",
-                "Alive to dead transitions: no heartbeat within the heartbeat timeout.",
-                service,
-            ),
+            heartbeats: Arc::default(),
             timeout: register(
                 &registry,
                 Gauge::with_opts(opts(
@@ -291,11 +262,7 @@ impl Metrics {
                 ))
                 .expect("valid metric"),
             ),
-            dependency_info: int_gauges(
-                "dependency_info",
-                "One series per dependency edge (always 1).",
-                &["service", "dependency", "kind"],
-            ),
+            dependency_info: Mutex::default(),
             ready: register(
                 &registry,
                 IntGauge::with_opts(opts("ready", "1 when every critical service runs (is_ready)."))
@@ -337,18 +304,38 @@ impl Metrics {
 
     /// The dependency edges of `graph` as `dependency_info` series.
     pub fn record_graph(&self, graph: &DependencyGraph) {
+        // In label order, as the prometheus crate writes series.
+        let mut edges = std::collections::BTreeSet::new();
         for name in graph.names() {
             for dependency in graph.dependencies(name) {
-                self.dependency_info
-                    .with_label_values(&[name, dependency, "required"])
-                    .set(1);
+                edges.insert((name, dependency, "required"));
             }
             for dependency in graph.optional_dependencies(name) {
-                self.dependency_info
-                    .with_label_values(&[name, dependency, "optional"])
-                    .set(1);
+                edges.insert((name, dependency, "optional"));
             }
         }
+        let mut text = String::new();
+        if !edges.is_empty() {
+            service::header(
+                &mut text,
+                Format::Text,
+                "dependency_info",
+                "One series per dependency edge (always 1).",
+                "gauge",
+            );
+            for (name, dependency, kind) in edges {
+                let _ = writeln!(
+                    text,
+                    "{NAMESPACE}_dependency_info{{dependency=\"{}\",kind=\"{kind}\",service=\"{}\"}} 1",
+                    escape(dependency),
+                    escape(name)
+                );
+            }
+        }
+        *self
+            .dependency_info
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = text;
     }
 
     /// Creates every series of a supervised service (reasons and states at 0) and returns its handles.
@@ -422,6 +409,13 @@ impl Metrics {
         let mut text = String::with_capacity(2048 + services.len() * 3000);
         write_services(&mut text, format, &services);
         drop(services);
+        self.heartbeats.heartbeats.write(&mut text, format);
+        text.push_str(
+            &self
+                .dependency_info
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
         let families = self.registry.gather();
         match format {
             Format::Text => {
@@ -433,11 +427,13 @@ impl Metrics {
                     Ok(gathered) => text.push_str(gathered),
                     Err(_) => text.push_str(&String::from_utf8_lossy(&gathered)),
                 }
+                process::write(&mut text, format);
             }
             Format::OpenMetrics => {
                 for family in &families {
                     openmetrics_family(&mut text, family);
                 }
+                process::write(&mut text, format);
                 text.push_str("# EOF\n");
             }
         }

@@ -244,7 +244,7 @@ pub(super) fn escape(value: &str) -> String {
 
 /// Writes a family's `# HELP` and `# TYPE` lines. In OpenMetrics a counter's family name has no `_total`
 /// (its samples keep it).
-fn header(text: &mut String, format: Format, name: &str, help: &str, kind: &str) {
+pub(super) fn header(text: &mut String, format: Format, name: &str, help: &str, kind: &str) {
     let family = match format {
         Format::OpenMetrics if kind == "counter" => name.strip_suffix("_total").unwrap_or(name),
         _ => name,
@@ -308,14 +308,14 @@ fn check_bucket_labels() -> &'static [String] {
 }
 
 /// `orchestrator_<name>{service="<service>` (the caller closes the label set).
-fn series_start(text: &mut String, name: &str, service: &str) {
+pub(super) fn series_start(text: &mut String, name: &str, service: &str) {
     for part in [NAMESPACE, "_", name, "{service=\"", service] {
         text.push_str(part);
     }
 }
 
 /// Writes a sample value: whole numbers as integers (most of them: counters, 0/1 gauges), others as floats.
-fn number(text: &mut String, value: f64) {
+pub(super) fn number(text: &mut String, value: f64) {
     if value.fract() == 0.0 && value.abs() < 1e15 {
         text.push_str(itoa::Buffer::new().format(value as i64));
         text.push('\n');
