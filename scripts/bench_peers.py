@@ -12,9 +12,13 @@ Workloads (issue 12), each measured on fog-orchestrator and, in the same run, on
   idle      the same 1,000 children: CPU per idle minute of the whole supervision tree (the orchestrator
             and its helpers; s6-svscan and every s6-supervise; runsvdir and every runsv).
   rest      REST GETs under wrk -t2 -c32 (10 s), 10 and 1,000 services, vs nginx serving the same bytes.
+  registry  fleet scale, no peer: 100,000 services registered at run time (registry.max_registered), then
+            heartbeats as fast as wrk sends them (each entry needs one a minute: 1,667/s) while GETs are
+            timed; resident memory, /metrics size and render time; one registration past the cap (507).
 
 Prints one table with the ratios. Usage: scripts/bench-peers.sh [workload ...] (default: all).
-Environment: BENCH_CHECK_SECONDS (60), BENCH_IDLE_SECONDS (60), BENCH_KILLS (30), BENCH_WRK_SECONDS (10).
+Environment: BENCH_CHECK_SECONDS (60), BENCH_IDLE_SECONDS (60), BENCH_KILLS (30), BENCH_WRK_SECONDS (10),
+BENCH_REGISTERED (100000).
 """
 
 import json
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -38,6 +43,7 @@ CHECK_SECONDS = int(os.environ.get("BENCH_CHECK_SECONDS", "60"))
 IDLE_SECONDS = int(os.environ.get("BENCH_IDLE_SECONDS", "60"))
 KILLS = int(os.environ.get("BENCH_KILLS", "30"))
 WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "10"))
+REGISTERED = int(os.environ.get("BENCH_REGISTERED", "100000"))
 ROWS = []
 
 
@@ -398,15 +404,131 @@ def rest(work):
     listener.close()
 
 
+# ---- registry ----------------------------------------------------------------------------------------------
+
+WRK_SCRIPT = """
+local counter = 0
+local prefix = os.getenv("FOG_PREFIX")
+local total = tonumber(os.getenv("FOG_TOTAL"))
+local path = os.getenv("FOG_PATH")
+request = function()
+  counter = counter + 1
+  local n = (counter - 1) %% total
+  if path == "register" then
+    return wrk.format("POST", "/api/orchestration/registry", {["Content-Type"] = "application/json"},
+      string.format('{"name":"%%s%%d","type":"worker","address":"10.0.%%d.%%d","port":8080,"tags":["fleet"]}',
+        prefix, n, math.floor(n / 256) %% 256, n %% 256))
+  end
+  return wrk.format("POST", string.format("/api/orchestration/registry/%%s%%d/heartbeat", prefix, n))
+end
+"""
+
+
+def wrk_script(work, url, env, seconds, threads=1, connections=16, requests=None):
+    """wrk with the registry script; returns (requests, requests/s, p50 ms, p99 ms, non-2xx)."""
+    script = os.path.join(work, "registry.lua")
+    with open(script, "w") as f:
+        f.write(WRK_SCRIPT % ())
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script,
+                          url], capture_output=True, text=True, check=True, env={**os.environ, **env}).stdout
+    done = int(re.search(r"(\d+) requests in", out).group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+
+    def percentile(name):
+        value, unit = re.search(rf"{name}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return done, rate, percentile("50"), percentile("99"), int(non2xx.group(1)) if non2xx else 0
+
+
+def timed_get(url, times=20):
+    """Median and worst milliseconds of `times` GETs of `url`, and the body's size."""
+    samples, size = [], 0
+    for _ in range(times):
+        started = time.perf_counter()
+        size = len(get(url))
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples), max(samples), size
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def registry(work):
+    print(f"registry: {REGISTERED:,} services registered at run time", flush=True)
+    process, api = fog(work, f"[registry]\nmax_registered = {REGISTERED}\n[services.anchor]\n", "registry")
+    rss_empty = rss_mib(process.pid)
+    env = {"FOG_PREFIX": "w", "FOG_TOTAL": str(REGISTERED), "FOG_PATH": "register"}
+    # Each registration is a new name until REGISTERED; later ones update (201 too); stop once all exist.
+    started = time.perf_counter()
+    while True:
+        count = json.loads(get(api + "/api/orchestration/registry?limit=1"))
+        if count.get("total_services", 0) >= REGISTERED + 1:
+            break
+        wrk_script(work, api, env, 5, connections=32)
+        if time.perf_counter() - started > 600:
+            raise SystemExit("registering took over 10 minutes")
+    registered_in = time.perf_counter() - started
+    rss_full = rss_mib(process.pid)
+    print(f"    {REGISTERED:,} registered in {registered_in:.1f} s; RSS {rss_empty:.1f} MiB empty, "
+          f"{rss_full:.1f} MiB full", flush=True)
+    refused = urllib.request.Request(api + "/api/orchestration/registry", method="POST",
+                                     data=b'{"name":"one-too-many"}', headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(refused, timeout=30)
+        status = 201
+    except urllib.error.HTTPError as error:
+        status = error.code
+    print(f"    one more registration: HTTP {status}", flush=True)
+    if status != 507:
+        raise SystemExit(f"past the cap a registration answered {status}, not 507")
+
+    # Heartbeats at full speed in the background while GETs are timed.
+    result = {}
+
+    def heartbeat_storm():
+        result["beats"] = wrk_script(work, api, {**env, "FOG_PATH": "heartbeat"}, 20, connections=16)
+    storm = threading.Thread(target=heartbeat_storm)
+    storm.start()
+    time.sleep(2)
+    gets = {path: timed_get(api + path, 10) for path in (
+        "/api/orchestration/registry?limit=100", "/api/orchestration/registry?limit=100&offset=99900",
+        "/api/orchestration/services", "/api/orchestration/health", "/healthz")}
+    storm.join()
+    done, rate, p50, p99, non2xx = result["beats"]
+    if non2xx:
+        raise SystemExit(f"{non2xx} heartbeats were refused")
+    metrics_started = time.perf_counter()
+    metrics = get(api + "/metrics")
+    metrics_ms = (time.perf_counter() - metrics_started) * 1000
+    gzip_started = time.perf_counter()
+    gzipped = get(api + "/metrics", {"Accept-Encoding": "gzip"})
+    gzip_ms = (time.perf_counter() - gzip_started) * 1000
+    rss_after = rss_mib(process.pid)
+    print(f"    heartbeats: {done:,} in 20 s = {rate:,.0f}/s (needed: {REGISTERED / 60:,.0f}/s), "
+          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, under load", flush=True)
+    for path, (median, worst, size) in gets.items():
+        print(f"    GET {path} during the heartbeats: median {median:.1f} ms, worst {worst:.1f} ms, "
+              f"{size:,} bytes", flush=True)
+    print(f"    /metrics: {len(metrics) / 1e6:.1f} MB in {metrics_ms:.0f} ms; gzip {len(gzipped) / 1e6:.1f} MB "
+          f"in {gzip_ms:.0f} ms; RSS after {rss_after:.1f} MiB", flush=True)
+    stop(process)
+    row(f"registry, {REGISTERED:,} entries: heartbeats/s sustained", rate, "needed", REGISTERED / 60, "/s",
+        ">= 1.0x needed", better="higher")
+    row(f"registry, {REGISTERED:,} entries: resident memory", rss_after, "empty", rss_empty, "MiB", "(bounded)")
+
+
 def main():
-    wanted = sys.argv[1:] or ["checks", "restart", "spawn", "rest"]
+    wanted = sys.argv[1:] or ["checks", "restart", "spawn", "rest", "registry"]
     work = tempfile.mkdtemp(prefix="fog-peers-")
     os.chmod(work, 0o755)  # nginx's workers run as nobody: they must read what they serve
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores", flush=True)
     try:
         for name in wanted:
-            {"checks": checks, "restart": restart, "spawn": spawn, "rest": rest}[name](work)
+            {"checks": checks, "restart": restart, "spawn": spawn, "rest": rest, "registry": registry}[name](work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()

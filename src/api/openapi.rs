@@ -174,7 +174,8 @@ fn paths() -> Value {
                         "201": ok("The entry.", json!({"type": "object", "properties": {"service": {"$ref": "#/components/schemas/RegistryEntry"}}})),
                         "400": error_response("Malformed body or name."),
                         "401": error_response("Missing or wrong bearer token."),
-                        "409": error_response("The name is a configured service, or the registry is full (registry.max_registered)."),
+                        "409": error_response("The name is a configured service."),
+                        "507": error_response("The registry is full (registry.max_registered services registered at run time); nothing changed. Deregister one, or raise the cap."),
                         "413": error_response("Body larger than 64 KiB."),
                         "415": error_response("Body is not JSON.")}}},
             "/api/orchestration/registry/{name}": {

@@ -98,7 +98,9 @@ impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         let status = match &error {
             RegistryError::UnknownService(_) => StatusCode::NOT_FOUND,
-            RegistryError::Configured(_) | RegistryError::Full(_) => StatusCode::CONFLICT,
+            RegistryError::Configured(_) => StatusCode::CONFLICT,
+            // Not a conflict with the entry asked for: no room for any new one (WebDAV's "cannot store").
+            RegistryError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
             RegistryError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -12,7 +12,7 @@ use super::reply::{ApiError, Reply, bytes_reply, json_reply};
 use super::routes::Endpoint;
 use crate::clock::rfc3339;
 use crate::health::{CheckResult, HealthStatus};
-use crate::registry::{Registration, RegistryEntry};
+use crate::registry::{EntryFilter, Registration, RegistryEntry};
 use crate::supervisor::containment::Containment;
 use crate::supervisor::{HealthReport, ServiceHandle, ServiceState, Snapshot};
 use crate::telemetry::metrics::Format;
@@ -322,16 +322,11 @@ impl Api {
 
     pub(super) async fn registry_list(&self, page: Page) -> Result<Reply, ApiError> {
         let registry = self.state.supervisor.registry();
-        let entries = registry.entries().await?;
+        let (total, entries) = registry
+            .page(page.filter.clone(), page.offset, page.limit)
+            .await?;
         let stats = registry.stats().await?;
-        let matching: Vec<RegistryEntry> = entries.into_iter().filter(|e| page.keeps(e)).collect();
-        let total = matching.len();
-        let services: Map<String, Value> = matching
-            .into_iter()
-            .skip(page.offset)
-            .take(page.limit)
-            .map(|e| (e.name.clone(), json!(e)))
-            .collect();
+        let services: Map<String, Value> = entries.into_iter().map(|e| (e.name.clone(), json!(e))).collect();
         let next_offset = (page.offset + services.len() < total).then_some(page.offset + services.len());
         Ok(json_reply(
             StatusCode::OK,
@@ -449,8 +444,7 @@ impl Api {
 /// [`Page::MAX_LIMIT`], the default).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Page {
-    service_type: Option<String>,
-    alive: Option<bool>,
+    filter: EntryFilter,
     offset: usize,
     limit: usize,
 }
@@ -461,16 +455,15 @@ impl Page {
 
     pub(super) fn from_query(query: &[(String, String)]) -> Result<Self, ApiError> {
         let mut page = Self {
-            service_type: None,
-            alive: None,
+            filter: EntryFilter::default(),
             offset: 0,
             limit: Self::MAX_LIMIT,
         };
         for (key, value) in query {
             match key.as_str() {
-                "type" if !value.is_empty() => page.service_type = Some(value.clone()),
+                "type" if !value.is_empty() => page.filter.service_type = Some(value.clone()),
                 "alive" => {
-                    page.alive = Some(value.parse().map_err(|_| {
+                    page.filter.alive = Some(value.parse().map_err(|_| {
                         ApiError::bad_request(format!("alive must be true or false, not {value:?}"))
                     })?);
                 }
@@ -495,13 +488,6 @@ impl Page {
             }
         }
         Ok(page)
-    }
-
-    fn keeps(&self, entry: &RegistryEntry) -> bool {
-        self.service_type
-            .as_ref()
-            .is_none_or(|t| *t == entry.service_type)
-            && self.alive.is_none_or(|alive| alive == entry.alive)
     }
 }
 

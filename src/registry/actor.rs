@@ -162,6 +162,20 @@ impl RegistryActor {
                         .collect(),
                 );
             }
+            Request::Page(filter, offset, limit, reply) => {
+                let now = Instant::now();
+                let (mut total, mut page) = (0, Vec::with_capacity(limit.min(1024)));
+                for (name, record) in &self.records {
+                    if !filter.keeps(&record.service_type, record.alive) {
+                        continue;
+                    }
+                    if total >= offset && page.len() < limit {
+                        page.push(self.entry(name, record, now));
+                    }
+                    total += 1;
+                }
+                let _ = reply.send((total, page));
+            }
             Request::Entry(name, reply) => {
                 let now = Instant::now();
                 let _ = reply.send(self.records.get(&name).map(|r| self.entry(&name, r, now)));

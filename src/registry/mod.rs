@@ -42,9 +42,32 @@ enum Request {
     ),
     Heartbeat(String, oneshot::Sender<Result<RegistryEntry, RegistryError>>),
     Entries(oneshot::Sender<Vec<RegistryEntry>>),
+    Page(
+        EntryFilter,
+        usize,
+        usize,
+        oneshot::Sender<(usize, Vec<RegistryEntry>)>,
+    ),
     Entry(String, oneshot::Sender<Option<RegistryEntry>>),
     LastHeartbeat(String, oneshot::Sender<Option<Instant>>),
     Stats(oneshot::Sender<RegistryStats>),
+}
+
+/// Which entries a listing keeps: all, or those of one type, and/or alive or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    /// Only entries of this type.
+    pub service_type: Option<String>,
+    /// Only entries that are (or are not) alive.
+    pub alive: Option<bool>,
+}
+
+impl EntryFilter {
+    /// Whether an entry of `service_type`, alive or not, is kept.
+    pub fn keeps(&self, service_type: &str, alive: bool) -> bool {
+        self.service_type.as_deref().is_none_or(|t| t == service_type)
+            && self.alive.is_none_or(|wanted| wanted == alive)
+    }
 }
 
 /// Something the engine saw: never waited on.
@@ -97,6 +120,18 @@ impl RegistryHandle {
     /// Every entry: configured services in declaration order, then registered ones in registration order.
     pub async fn entries(&self) -> Result<Vec<RegistryEntry>, RegistryError> {
         self.ask(Request::Entries).await
+    }
+
+    /// The entries `filter` keeps, from the `offset`-th on, at most `limit` of them, in the order of
+    /// [`RegistryHandle::entries`]; and how many it keeps in all. Only the page's entries are copied.
+    pub async fn page(
+        &self,
+        filter: EntryFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<RegistryEntry>), RegistryError> {
+        self.ask(|reply| Request::Page(filter, offset, limit, reply))
+            .await
     }
 
     /// One entry.

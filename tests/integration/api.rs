@@ -934,7 +934,7 @@ async fn the_registry_is_bounded_and_paged() {
         assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     }
     let full = register(json!({"name": "d"})).await;
-    assert_eq!(full.status, StatusCode::CONFLICT);
+    assert_eq!(full.status, StatusCode::INSUFFICIENT_STORAGE);
     assert!(full.text.contains("max_registered"), "{}", full.text);
     let update = register(json!({"name": "a", "type": "cache", "port": 1})).await;
     assert_eq!(

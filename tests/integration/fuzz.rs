@@ -125,7 +125,7 @@ fn the_api_answers_any_request_without_panicking() {
         );
         (api, world)
     });
-    let documented = [200, 201, 400, 403, 404, 405, 409, 413, 415, 500, 503];
+    let documented = [200, 201, 400, 403, 404, 405, 409, 413, 415, 500, 503, 507];
     proptest!(ProptestConfig { cases: 512, ..ProptestConfig::default() }, |(
         method in method(),
         path in path(),
