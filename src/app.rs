@@ -17,7 +17,8 @@ use crate::api::server::{self, Limits};
 use crate::api::{Api, BrowserPolicy};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::signal::ShutdownSignals;
+use crate::config::Source;
+use crate::signal::{Hangups, ShutdownSignals};
 use crate::supervisor::containment::Containment;
 use crate::supervisor::{ControlError, Supervisor};
 
@@ -43,8 +44,14 @@ pub enum AppError {
     Supervision(#[source] io::Error),
 }
 
-/// Runs every service of `config` and the API until the first signal, then shuts down in order.
-pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), AppError> {
+/// Runs every service of `config` and the API until the first shutdown signal, then shuts down in order.
+/// With the `source` `config` was read from, `POST /reload` and SIGHUP read it again and report the plan.
+pub async fn run(
+    config: Config,
+    source: Option<Source>,
+    mut signals: ShutdownSignals,
+    mut hangups: Hangups,
+) -> Result<(), AppError> {
     // Bind first: a taken port fails the start before any service is spawned.
     let address = config.api.listen;
     let listener = TcpListener::bind(address)
@@ -62,6 +69,7 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
         orchestrator.services = i64::try_from(services).unwrap_or(i64::MAX),
         orchestrator.config = %origin,
     );
+    let running = config.clone();
     let supervision = Supervision::start().map_err(AppError::Supervision)?;
     let supervisor = {
         // Everything the supervisor spawns, now and later from its own tasks, runs on that thread.
@@ -72,6 +80,10 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
             .start()?
     };
     let api = Api::new(supervisor.clone(), graph, token, browsers, clock);
+    if let Some(source) = source {
+        api.enable_reload(source, running);
+    }
+    let reloads = api.clone();
     let stop_api = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listener,
@@ -93,7 +105,12 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
     }
     tracing::info!(address = %bound, "API listening on http://{bound}");
 
-    let signal = signals.recv().await;
+    let signal = loop {
+        tokio::select! {
+            signal = signals.recv() => break signal,
+            () = hangups.recv() => report_reload_plan(&reloads).await,
+        }
+    };
     tracing::info!(%signal, "shutting down: API first, then services in reverse dependency order (signal again to kill them at once)");
     stop_api.cancel();
     let orderly = async {
@@ -112,6 +129,23 @@ pub async fn run(config: Config, mut signals: ShutdownSignals) -> Result<(), App
     supervision.stop().await;
     tracing::info!("orchestrator stopped");
     Ok(())
+}
+
+/// SIGHUP: the configuration file read again, and what a reload would change, in the log. Applying a
+/// reload is not built yet: nothing changes.
+async fn report_reload_plan(api: &Api) {
+    match api.reload_plan().await {
+        Some(Ok(plan)) => tracing::warn!(
+            plan = %serde_json::to_string(&plan).unwrap_or_default(),
+            changed = !plan.is_empty(),
+            "SIGHUP: configuration read again; applying a reload is not built yet, so nothing changed \
+             (the plan is what a reload would do; restart the orchestrator to apply it)"
+        ),
+        Some(Err(error)) => {
+            tracing::error!(error = %error, "SIGHUP: the configuration has problems; nothing changed")
+        }
+        None => tracing::warn!("SIGHUP: this orchestrator has no configuration to read again"),
+    }
 }
 
 /// The supervision thread: a single-threaded runtime, driven until [`Supervision::stop`].

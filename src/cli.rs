@@ -1,5 +1,6 @@
 //! The command line: `run` (supervise the services), `check` (validate a config), `graph` (print the
-//! dependency graph as text, Graphviz DOT or the `/dependencies` JSON).
+//! dependency graph as text, Graphviz DOT or the `/dependencies` JSON), `reload` (ask the running
+//! orchestrator for its reload plan).
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -38,6 +39,17 @@ pub enum Command {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
+    },
+    /// Ask the running orchestrator what its configuration file, read again, would change: services to
+    /// add, remove, restart and update, and the untouched ones. Applying a reload is not built yet, so
+    /// --dry-run is required; exits 78 when the file has problems (each is printed), 1 on other errors.
+    Reload {
+        /// Base URL of the running orchestrator (default: http:// and api.listen of the configuration).
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// Only print the plan; nothing changes.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// A tiny HTTP service with fault injection (GET /health, POST /fault), used by the FOG demo.
     DemoService(crate::demo::DemoArgs),
@@ -85,6 +97,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => check(Source::new(file)),
         Command::Graph { format } => graph(Source::new(file), format),
         Command::Run(args) => run(run_source(file, args)),
+        Command::Reload { api, dry_run } => reload(Source::new(file), api, dry_run),
         Command::DemoService(args) => {
             runtime()?.block_on(crate::demo::run(args))?;
             Ok(ExitCode::SUCCESS)
@@ -140,12 +153,168 @@ fn run(source: Source) -> anyhow::Result<ExitCode> {
     }
     let runtime = runtime()?;
     // Signal handlers go in before any service starts, so no signal is lost.
-    let signals = runtime.block_on(async { crate::signal::ShutdownSignals::install() })?;
-    let outcome = runtime.block_on(crate::app::run(config, signals));
+    let (signals, hangups) = runtime.block_on(async {
+        std::io::Result::Ok((
+            crate::signal::ShutdownSignals::install()?,
+            crate::signal::Hangups::install()?,
+        ))
+    })?;
+    let outcome = runtime.block_on(crate::app::run(config, Some(source), signals, hangups));
     // Flush spans from this thread, outside the runtime: the SDK's shutdown blocks.
     telemetry.shutdown();
     outcome?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn reload(source: Source, api: Option<String>, dry_run: bool) -> anyhow::Result<ExitCode> {
+    // The configuration says where the API listens and its token; with --api, a file with problems
+    // (which the orchestrator will list) does not stop the question from being asked.
+    let local = match (Config::load(&source), &api) {
+        (Ok(config), _) => Some(config),
+        (Err(_), Some(_)) => None,
+        (Err(error), None) => return Err(error.into()),
+    };
+    let base = match (api, &local) {
+        (Some(api), _) => api,
+        (None, Some(config)) => format!("http://{}", reachable(config.api.listen)),
+        (None, None) => unreachable!("an unreadable configuration without --api returned above"),
+    };
+    let token = local.as_ref().and_then(|config| config.api.token.clone());
+    let path = format!("/api/orchestration/reload?dry_run={dry_run}");
+    let (status, body) = post(&base, &path, token.as_deref())?;
+    let answer: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|error| anyhow::anyhow!("{base} answered {status} with a body that is not JSON: {error}"))?;
+    if (200..300).contains(&status) {
+        emit(&describe_plan(&answer))
+    } else {
+        let mut stderr = io::stderr().lock();
+        let error = answer["error"].as_str().unwrap_or("no error message");
+        let _ = writeln!(stderr, "error: {base} answered {status}: {error}");
+        for problem in answer["problems"].as_array().into_iter().flatten() {
+            let _ = writeln!(stderr, "  - {}", problem.as_str().unwrap_or_default());
+        }
+        let config_problems = status == 400 && answer.get("problems").is_some();
+        Ok(ExitCode::from(if config_problems { EXIT_CONFIG } else { 1 }))
+    }
+}
+
+/// One `POST` without a body to `base` (`http://host:port`) + `path`, over a plain connection the server
+/// closes after answering: the status code and the body. The API answers with a Content-Length body.
+fn post(base: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
+    use std::io::Read as _;
+    use std::net::ToSocketAddrs as _;
+    let authority = base
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("{base:?} is not an http:// URL"))?
+        .trim_end_matches('/');
+    let address = authority
+        .to_socket_addrs()
+        .map_err(|error| anyhow::anyhow!("cannot resolve {authority}: {error}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{authority} resolves to no address"))?;
+    let timeout = std::time::Duration::from_secs(60);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))
+        .map_err(|error| anyhow::anyhow!("cannot reach the orchestrator at {base}: {error}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut request =
+        format!("POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let head_end = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("{base} sent no complete HTTP response"))?;
+    let status = std::str::from_utf8(&response[..head_end])
+        .ok()
+        .and_then(|head| head.split(' ').nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| anyhow::anyhow!("{base} sent no HTTP status line"))?;
+    Ok((status, response[head_end + 4..].to_vec()))
+}
+
+/// Where a client reaches an API bound to `listen` (an unspecified address means this host).
+fn reachable(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    match listen.ip() {
+        ip if !ip.is_unspecified() => listen,
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::LOCALHOST, listen.port()).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, listen.port()).into(),
+    }
+}
+
+/// The plan of `POST /reload`, for people.
+fn describe_plan(answer: &serde_json::Value) -> String {
+    let plan = &answer["plan"];
+    let names = |key: &str| -> String {
+        let list: Vec<&str> = plan[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
+        if list.is_empty() {
+            "-".to_owned()
+        } else {
+            list.join(", ")
+        }
+    };
+    let changes = |key: &str| -> String {
+        let list: Vec<String> = plan[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|change| {
+                let keys: Vec<&str> = change["keys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| k.as_str())
+                    .collect();
+                format!(
+                    "{} ({})",
+                    change["service"].as_str().unwrap_or_default(),
+                    keys.join(", ")
+                )
+            })
+            .collect();
+        if list.is_empty() {
+            "-".to_owned()
+        } else {
+            list.join(", ")
+        }
+    };
+    let mut text = format!(
+        "reload plan for {} ({}):\n",
+        answer["config"].as_str().unwrap_or("the configuration"),
+        if answer["changed"].as_bool() == Some(false) {
+            "nothing would change"
+        } else {
+            "dry run: nothing changed"
+        }
+    );
+    for (label, value) in [
+        ("add", names("add")),
+        ("remove", names("remove")),
+        ("restart", changes("restart")),
+        ("update live", changes("update")),
+        ("untouched", names("untouched")),
+        ("settings", names("settings")),
+        (
+            "needs an orchestrator restart",
+            names("needs_orchestrator_restart"),
+        ),
+    ] {
+        text.push_str(&format!("  {label}: {value}\n"));
+    }
+    for warning in answer["warnings"].as_array().into_iter().flatten() {
+        text.push_str(&format!("  warning: {}\n", warning.as_str().unwrap_or_default()));
+    }
+    text
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -1,4 +1,5 @@
-//! Shutdown requests from the operating system: SIGTERM and SIGINT, each delivery one request.
+//! Requests from the operating system: SIGTERM and SIGINT ask for a shutdown, each delivery one request;
+//! SIGHUP asks for the configuration to be read again (and no longer ends the process).
 
 use std::io;
 
@@ -25,5 +26,20 @@ impl ShutdownSignals {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
         }
+    }
+}
+
+/// SIGHUP deliveries: each asks for the configuration file to be read again.
+pub struct Hangups(Signal);
+
+impl Hangups {
+    /// Installs the handler; from now on SIGHUP no longer ends the process.
+    pub fn install() -> io::Result<Self> {
+        Ok(Self(signal(SignalKind::hangup())?))
+    }
+
+    /// Waits for the next SIGHUP.
+    pub async fn recv(&mut self) {
+        self.0.recv().await;
     }
 }

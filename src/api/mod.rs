@@ -42,6 +42,8 @@ struct ApiState {
     browsers: BrowserPolicy,
     clock: Clock,
     bodies: views::Bodies,
+    /// Set by [`Api::enable_reload`]: the running configuration and where it was read from.
+    reload: std::sync::OnceLock<views::Reload>,
 }
 
 impl Api {
@@ -65,8 +67,23 @@ impl Api {
                 browsers,
                 clock,
                 bodies: views::Bodies::default(),
+                reload: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Lets `POST /api/orchestration/reload` read `source` again and compare it with `running` (the
+    /// configuration the orchestrator runs). Without it the endpoint answers 409. Set once; later calls
+    /// change nothing.
+    pub fn enable_reload(&self, source: crate::config::Source, running: crate::config::Config) {
+        let _ = self.state.reload.set(views::Reload::new(source, running));
+    }
+
+    /// The reload plan of the configuration file read again (what `POST /reload?dry_run=true` answers),
+    /// for SIGHUP: `None` when reload is not enabled.
+    pub async fn reload_plan(&self) -> Option<Result<crate::config::Plan, crate::config::ConfigError>> {
+        let reload = self.state.reload.get()?;
+        Some(reload.plan().await.map(|(plan, _)| plan))
     }
 
     /// Answers one request. Never panics on any input; every error is a JSON body with its status.
@@ -149,6 +166,7 @@ impl Api {
             Endpoint::Heartbeat => self.heartbeat(&name()).await,
             Endpoint::ServiceDiscovery => self.service_discovery().await,
             Endpoint::OpenApi => Ok(reply::json_reply(StatusCode::OK, &openapi::document())),
+            Endpoint::Reload => self.reload(query_value(&query, "dry_run")).await,
             Endpoint::Prometheus => Ok(self.prometheus(&parts.headers)),
             Endpoint::Liveness => Ok(self.liveness()),
             Endpoint::Readiness => Ok(self.readiness()),

@@ -88,7 +88,22 @@ fn paths() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Error": {"type": "object", "required": ["success", "error"], "properties": {
-                    "success": {"type": "boolean", "enum": [false]}, "error": {"type": "string"}}},
+                    "success": {"type": "boolean", "enum": [false]}, "error": {"type": "string"},
+                    "problems": {"type": "array", "items": {"type": "string"},
+                                 "description": "Every problem of a configuration that was refused."}}},
+                "Change": {"type": "object", "required": ["service", "keys"], "properties": {
+                    "service": {"type": "string"}, "keys": {"type": "array", "items": {"type": "string"}}}},
+                "ReloadPlan": {"type": "object", "required": ["success", "dry_run", "changed", "plan"], "properties": {
+                    "success": {"type": "boolean"}, "dry_run": {"type": "boolean"}, "changed": {"type": "boolean"},
+                    "config": {"type": "string"}, "warnings": {"type": "array", "items": {"type": "string"}},
+                    "plan": {"type": "object", "properties": {
+                        "add": {"type": "array", "items": {"type": "string"}},
+                        "remove": {"type": "array", "items": {"type": "string"}},
+                        "restart": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}},
+                        "update": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}},
+                        "untouched": {"type": "array", "items": {"type": "string"}},
+                        "settings": {"type": "array", "items": {"type": "string"}},
+                        "needs_orchestrator_restart": {"type": "array", "items": {"type": "string"}}}}}},
                 "Control": {"type": "object", "additionalProperties": false, "properties": {
                     "force": {"type": "boolean", "default": false,
                               "description": "Also for a failed service; resets its restart attempt counter."}}},
@@ -139,6 +154,17 @@ fn paths() -> Value {
                     "400": error_response("Malformed service name."),
                     "401": error_response("Missing or wrong bearer token."),
                     "404": error_response("Unknown service.")}}},
+            "/api/orchestration/reload": {"post": {
+                "summary": "The reload plan: what the configuration file, read again, would change",
+                "description": "Reads the configuration file the orchestrator was started with again, through the same layering and validation as at start, and answers with the plan: services to add, remove, restart (with the keys that need it) and update live, the untouched ones, and orchestrator-wide keys. Applying a plan is not built yet: dry_run=true is required, and nothing changes.",
+                "security": [{"bearer": []}, {}],
+                "parameters": [{"name": "dry_run", "in": "query", "required": true, "schema": {"type": "boolean", "enum": [true]},
+                    "description": "Only show the plan (required until applying is built)."}],
+                "responses": {
+                    "200": ok("The plan.", json!({"$ref": "#/components/schemas/ReloadPlan"})),
+                    "400": error_response("dry_run=true is missing, or the file has problems (every one listed in `problems`); nothing changed."),
+                    "401": error_response("Missing or wrong bearer token."),
+                    "409": error_response("Another reload is in progress, or this orchestrator has no configuration file to read again.")}}},
             "/api/orchestration/restart/{name}": {"post": control("Restart",
                 "Stops the service gracefully and starts it again; answers once it runs again. Concurrent restarts of one service are coalesced: one restart happens and every caller gets its result.")},
             "/api/orchestration/start/{name}": {"post": control("Start", "Starts a stopped (or, with force, failed) service; answers once it runs.")},

@@ -36,6 +36,8 @@ pub enum Endpoint {
     Heartbeat,
     /// `GET /api/orchestration/sd`
     ServiceDiscovery,
+    /// `POST /api/orchestration/reload`
+    Reload,
     /// `GET /api/orchestration/openapi.json`
     OpenApi,
     /// `GET /metrics`
@@ -80,6 +82,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::Restart,
     ),
     route(Method::POST, "/api/orchestration/start/{name}", Endpoint::Start),
+    route(Method::POST, "/api/orchestration/reload", Endpoint::Reload),
     route(Method::POST, "/api/orchestration/stop/{name}", Endpoint::Stop),
     route(
         Method::GET,

@@ -11,6 +11,7 @@ use super::Api;
 use super::reply::{ApiError, Reply, bytes_reply, json_reply};
 use super::routes::Endpoint;
 use crate::clock::rfc3339;
+use crate::config::Plan;
 use crate::health::{CheckResult, HealthStatus};
 use crate::registry::{EntryFilter, Registration, RegistryEntry};
 use crate::supervisor::containment::Containment;
@@ -81,6 +82,66 @@ impl Api {
     /// Every service's summary (no history), in declaration order, from the published snapshots.
     fn reports(&self) -> Vec<HealthReport> {
         self.handles().iter().map(ServiceHandle::summary).collect()
+    }
+
+    /// `POST /reload?dry_run=true`: the plan, or 400 with every problem of the file; nothing is applied
+    /// (applying is not built yet, so `dry_run=true` is required).
+    pub(super) async fn reload(&self, dry_run: Option<&str>) -> Result<Reply, ApiError> {
+        match dry_run {
+            Some("true") => {}
+            None | Some("false") => {
+                return Err(ApiError::bad_request(
+                    "dry_run=true is required: applying a reload is not built yet (nothing changed); \
+                     restart the orchestrator to apply a new configuration",
+                ));
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "dry_run must be true or false, not {other:?}"
+                )));
+            }
+        }
+        let Some(reload) = self.state.reload.get() else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "this orchestrator has no configuration file to read again",
+            ));
+        };
+        let Some(read) = reload.try_plan().await else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "another reload is in progress",
+            ));
+        };
+        match read {
+            Ok((plan, new)) => Ok(json_reply(
+                StatusCode::OK,
+                &json!({
+                    "success": true,
+                    "dry_run": true,
+                    "changed": !plan.is_empty(),
+                    "config": new.origin,
+                    "warnings": new.warnings,
+                    "plan": plan,
+                }),
+            )),
+            Err(error) => {
+                let problems: Vec<String> = match &error {
+                    crate::config::ConfigError::Invalid { problems, .. } => {
+                        problems.iter().map(ToString::to_string).collect()
+                    }
+                    other => vec![other.to_string()],
+                };
+                Ok(json_reply(
+                    StatusCode::BAD_REQUEST,
+                    &json!({
+                        "success": false,
+                        "error": error.to_string(),
+                        "problems": problems,
+                    }),
+                ))
+            }
+        }
     }
 
     /// `/services`: made again only after a snapshot changed.
@@ -516,6 +577,43 @@ fn target_group(entry: &RegistryEntry) -> Option<Value> {
 }
 
 /// Whether an `Accept-Encoding` header allows gzip (named, or `*`, with a non-zero quality).
+/// What `POST /reload` needs: where the configuration was read from, the configuration running now, and
+/// a lock held while one reload is in progress (a second one at the same time is refused with 409).
+#[derive(Debug)]
+pub(super) struct Reload {
+    source: crate::config::Source,
+    running: crate::config::Config,
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Reload {
+    pub(super) fn new(source: crate::config::Source, running: crate::config::Config) -> Self {
+        Self {
+            source,
+            running,
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The file read again (through the same layering and validation as at start) and compared with
+    /// the running configuration; `None` while another reload holds the lock.
+    async fn try_plan(&self) -> Option<Result<(Plan, crate::config::Config), crate::config::ConfigError>> {
+        let _turn = self.busy.try_lock().ok()?;
+        Some(self.read())
+    }
+
+    /// As `try_plan`, waiting for a reload in progress (SIGHUP has nobody to answer 409 to).
+    pub(super) async fn plan(&self) -> Result<(Plan, crate::config::Config), crate::config::ConfigError> {
+        let _turn = self.busy.lock().await;
+        self.read()
+    }
+
+    fn read(&self) -> Result<(Plan, crate::config::Config), crate::config::ConfigError> {
+        let new = crate::config::Config::load(&self.source)?;
+        Ok((Plan::between(&self.running, &new), new))
+    }
+}
+
 /// Bodies made from every service's snapshot, kept while their key holds.
 #[derive(Debug, Default)]
 pub(super) struct Bodies {

@@ -5,6 +5,7 @@
 //! each naming its key path and value, and builds the [`DependencyGraph`] (which adds cycle and unknown
 //! dependency problems to the same report).
 
+mod diff;
 mod fields;
 mod parse;
 mod schema;
@@ -14,6 +15,7 @@ mod source;
 
 use std::fmt;
 
+pub use self::diff::{Change, Plan};
 pub use crate::name::{MAX_SERVICE_NAME_LEN, ServiceName};
 pub use schema::{
     ApiSettings, HealthSettings, LogFormat, OtlpProtocol, OutputSettings, Probe, RegistrySettings,

@@ -83,6 +83,11 @@ impl Orchestrator {
         Self::start_with(config, &[])
     }
 
+    /// The configuration file it was started with (a test may rewrite it and ask for a reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("orchestrator.toml")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("still running")
     }

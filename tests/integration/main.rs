@@ -13,5 +13,6 @@ mod metrics;
 mod otlp;
 mod probes;
 mod processes;
+mod reload;
 mod server;
 mod supervision;
