@@ -18,7 +18,7 @@ use std::fmt;
 pub use self::diff::{Change, Plan};
 pub use crate::name::{MAX_SERVICE_NAME_LEN, ServiceName};
 pub use schema::{
-    ApiSettings, HealthSettings, LogFormat, OtlpProtocol, OutputSettings, Probe, RegistrySettings,
+    ApiSettings, HealthSettings, HttpProbe, LogFormat, OtlpProtocol, OutputSettings, Probe, RegistrySettings,
     RestartPolicy, ServiceSpec, ShutdownSettings, TelemetrySettings,
 };
 pub use source::{ConfigFile, DEFAULT_CONFIG_FILE, EMBEDDED_FOG, ENV_PREFIX, ENV_SEPARATOR, Source};
@@ -124,6 +124,17 @@ impl Config {
         let mut problems = Problems::default();
         let mut warnings = Vec::new();
         let (parsed, nodes) = parse::parse(tree, &mut problems, &mut warnings);
+        for spec in parsed.iter().flat_map(|parsed| &parsed.services) {
+            if let Some(Probe::Http(http)) = &spec.probe
+                && http.skip_verify
+            {
+                warnings.push(format!(
+                    "services.{}.health.tls_skip_verify: the server's certificate is not verified (the probe's \
+                     connection is encrypted, not authenticated)",
+                    spec.name
+                ));
+            }
+        }
         let graph = DependencyGraph::new(nodes).map_err(|errors| {
             for error in errors {
                 let path = graph_error_path(&error);

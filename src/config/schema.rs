@@ -129,8 +129,8 @@ pub struct RegistrySettings {
 /// How a service's health is checked: at most one probe per service.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Probe {
-    /// GET this `http://` URL; any 2xx status passes.
-    Http(String),
+    /// GET an `http://` or `https://` URL; statuses in its passing range pass.
+    Http(HttpProbe),
     /// Connect to this `host:port`.
     Tcp(String),
     /// Run this program with its arguments; exit status 0 passes.
@@ -139,7 +139,46 @@ pub enum Probe {
     Heartbeat,
 }
 
+/// An `http` probe: the URL, the statuses that pass, and for `https` how the server is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// The lowest and highest status that pass (`health.http_status`; default 200 to 299).
+    pub passing: (u16, u16),
+    /// PEM file of the CA certificates trusted instead of the system's (`health.ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// Accept any server certificate (`health.tls_skip_verify`; warned about at start).
+    pub skip_verify: bool,
+    /// PEM client certificate chain and private key for mutual TLS (`health.client_cert`,
+    /// `health.client_key`).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl HttpProbe {
+    /// A probe of `url` with the defaults: 2xx passes, the system's CAs, no client certificate.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            passing: (200, 299),
+            ca_file: None,
+            skip_verify: false,
+            client_identity: None,
+        }
+    }
+
+    /// Whether the URL is `https://`.
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+}
+
 impl Probe {
+    /// An `http` probe of `url` with the defaults (see [`HttpProbe::new`]).
+    pub fn http(url: impl Into<String>) -> Self {
+        Probe::Http(HttpProbe::new(url))
+    }
+
     /// The probe's kind as used in metrics and spans (`http`, `tcp`, `exec`, `heartbeat`).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -154,7 +193,7 @@ impl Probe {
 impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Probe::Http(url) => write!(f, "http {url}"),
+            Probe::Http(http) => write!(f, "http {}", http.url),
             Probe::Tcp(address) => write!(f, "tcp {address}"),
             Probe::Exec(command) => write!(f, "exec {}", command.join(" ")),
             Probe::Heartbeat => f.write_str("heartbeat"),

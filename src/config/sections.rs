@@ -16,6 +16,14 @@ pub(super) const HEALTH: &[&str] = &[
     "startup_timeout",
 ];
 pub(super) const PROBES: &[&str] = &["http", "tcp", "exec", "heartbeat"];
+/// Settings of an `http` probe, next to it in a service's `[health]` table.
+pub(super) const HTTP_OPTIONS: &[&str] = &[
+    "http_status",
+    "ca_file",
+    "tls_skip_verify",
+    "client_cert",
+    "client_key",
+];
 pub(super) const RESTART: &[&str] = &[
     "max_attempts",
     "initial_delay",

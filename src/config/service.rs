@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use super::fields::{Problems, Table, scalar_text, show};
-use super::schema::{Probe, ServiceSpec};
+use super::schema::{HttpProbe, Probe, ServiceSpec};
 use super::sections::{
-    HEALTH, Inherited, OUTPUT, PROBES, RESTART, SHUTDOWN, health, output, restart, shutdown,
+    HEALTH, HTTP_OPTIONS, Inherited, OUTPUT, PROBES, RESTART, SHUTDOWN, health, output, restart, shutdown,
 };
 use crate::graph::Node;
 use crate::name::ServiceName;
@@ -111,7 +111,7 @@ pub(super) fn service(
     let health_table = table.table("health", problems);
     let health_ok = !table.has("health") || health_table.is_some();
     if let Some(t) = &health_table {
-        let allowed: Vec<&str> = HEALTH.iter().chain(PROBES).copied().collect();
+        let allowed: Vec<&str> = HEALTH.iter().chain(PROBES).chain(HTTP_OPTIONS).copied().collect();
         t.deny_unknown(&allowed, problems);
     }
     let probe = probe(health_table.as_ref(), problems);
@@ -308,13 +308,29 @@ fn probe(table: Option<&Table<'_>>, problems: &mut Problems) -> Option<Option<Pr
         return None;
     }
     let Some(&kind) = set.first() else {
+        if let Some(key) = HTTP_OPTIONS.iter().find(|key| table.has(key)) {
+            problems.push(
+                table.key_path(key),
+                "applies to an http probe, and this service has none",
+            );
+            return None;
+        }
         return Some(None);
     };
+    if kind != "http"
+        && let Some(key) = HTTP_OPTIONS.iter().find(|key| table.has(key))
+    {
+        problems.push(
+            table.key_path(key),
+            format!("applies to an http probe, not to {kind}"),
+        );
+        return None;
+    }
     let path = table.key_path(kind);
     let probe = match kind {
         "http" => table
             .string("http", problems)
-            .and_then(|url| http_probe(&path, url, problems)),
+            .and_then(|url| http_probe(table, &path, url, problems)),
         "tcp" => table
             .string("tcp", problems)
             .and_then(|address| tcp_probe(&path, address, problems)),
@@ -334,14 +350,12 @@ fn probe(table: Option<&Table<'_>>, problems: &mut Problems) -> Option<Option<Pr
     probe.map(Some)
 }
 
-fn http_probe(path: &str, url: String, problems: &mut Problems) -> Option<Probe> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        let hint = if url.starts_with("https://") {
-            "https probes are not supported yet; probe a plain http:// health port"
-        } else {
-            "is not an http:// URL"
-        };
-        problems.bad_value(path, &Value::String(url), hint);
+fn http_probe(table: &Table<'_>, path: &str, url: String, problems: &mut Problems) -> Option<Probe> {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        problems.bad_value(path, &Value::String(url), "is not an http:// or https:// URL");
         return None;
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -349,7 +363,89 @@ fn http_probe(path: &str, url: String, problems: &mut Problems) -> Option<Probe>
         problems.bad_value(path, &Value::String(url), "has no valid host");
         return None;
     }
-    Some(Probe::Http(url))
+    let mut probe = HttpProbe::new(url);
+    let mut ok = true;
+    if table.has("http_status") {
+        match table
+            .string("http_status", problems)
+            .map(|text| status_range(&text))
+        {
+            Some(Some(range)) => probe.passing = range,
+            Some(None) => {
+                problems.push(
+                    table.key_path("http_status"),
+                    "is not a status or a range of statuses such as \"200-399\" (100 to 599)",
+                );
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    let tls_keys = ["ca_file", "tls_skip_verify", "client_cert", "client_key"];
+    if !probe.is_tls() {
+        if let Some(key) = tls_keys.iter().find(|key| table.has(key)) {
+            problems.push(table.key_path(key), "applies to an https:// probe only");
+            return None;
+        }
+        return ok.then_some(Probe::Http(probe));
+    }
+    let file = |key: &str, problems: &mut Problems| -> Option<Option<PathBuf>> {
+        if !table.has(key) {
+            return Some(None);
+        }
+        let path = table.string(key, problems)?;
+        if path.trim().is_empty() {
+            problems.push(table.key_path(key), "is empty");
+            return None;
+        }
+        Some(Some(PathBuf::from(path)))
+    };
+    let ca_file = file("ca_file", problems);
+    let client_cert = file("client_cert", problems);
+    let client_key = file("client_key", problems);
+    let skip_verify = if table.has("tls_skip_verify") {
+        table.boolean("tls_skip_verify", problems)
+    } else {
+        Some(false)
+    };
+    let (Some(ca_file), Some(client_cert), Some(client_key), Some(skip_verify)) =
+        (ca_file, client_cert, client_key, skip_verify)
+    else {
+        return None;
+    };
+    probe.client_identity = match (client_cert, client_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            problems.push(
+                table.path(),
+                "client_cert and client_key go together: set both, or neither",
+            );
+            return None;
+        }
+    };
+    if skip_verify && ca_file.is_some() {
+        problems.push(
+            table.key_path("tls_skip_verify"),
+            "with ca_file: a CA to trust and no verification contradict each other",
+        );
+        return None;
+    }
+    probe.ca_file = ca_file;
+    probe.skip_verify = skip_verify;
+    ok.then_some(Probe::Http(probe))
+}
+
+/// `"200"` or `"200-399"`: the lowest and highest status, 100 to 599.
+fn status_range(text: &str) -> Option<(u16, u16)> {
+    let (low, high) = match text.trim().split_once('-') {
+        Some((low, high)) => (low.trim().parse().ok()?, high.trim().parse().ok()?),
+        None => {
+            let code = text.trim().parse().ok()?;
+            (code, code)
+        }
+    };
+    ((100..=599).contains(&low) && (100..=599).contains(&high) && low <= high).then_some((low, high))
 }
 
 fn tcp_probe(path: &str, address: String, problems: &mut Problems) -> Option<Probe> {

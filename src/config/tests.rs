@@ -139,10 +139,7 @@ fn every_probe_kind_is_read() {
         "#,
     );
     let probe = |name: &str| config.service(name).unwrap().probe.clone();
-    assert_eq!(
-        probe("a"),
-        Some(Probe::Http("http://127.0.0.1:7100/health".into()))
-    );
+    assert_eq!(probe("a"), Some(Probe::http("http://127.0.0.1:7100/health")));
     assert_eq!(
         probe("b"),
         Some(Probe::Exec(vec!["/usr/bin/check".into(), "-q".into()]))
@@ -395,12 +392,37 @@ fn more_than_one_probe_is_rejected() {
 fn malformed_probes_are_rejected() {
     assert_single_problem(
         "[services.a.health]\nhttp = \"ftp://x/\"\n",
-        &["services.a.health.http", "not an http:// URL"],
+        &["services.a.health.http", "not an http:// or https:// URL"],
     );
-    assert_single_problem(
-        "[services.a.health]\nhttp = \"https://x/\"\n",
-        &["https probes are not supported"],
-    );
+    for (table, complaint) in [
+        (
+            "http = \"http://x/\"\nca_file = \"/ca.pem\"\n",
+            "applies to an https:// probe only",
+        ),
+        (
+            "http = \"http://x/\"\nhttp_status = \"600\"\n",
+            "range of statuses",
+        ),
+        (
+            "http = \"http://x/\"\nhttp_status = \"399-200\"\n",
+            "range of statuses",
+        ),
+        (
+            "tcp = \"x:1\"\nhttp_status = \"200\"\n",
+            "applies to an http probe, not to tcp",
+        ),
+        ("http_status = \"200\"\n", "this service has none"),
+        (
+            "http = \"https://x/\"\nclient_cert = \"/c.pem\"\n",
+            "client_cert and client_key go together",
+        ),
+        (
+            "http = \"https://x/\"\nca_file = \"/ca.pem\"\ntls_skip_verify = true\n",
+            "contradict",
+        ),
+    ] {
+        assert_single_problem(&format!("[services.a.health]\n{table}"), &[complaint]);
+    }
     assert_single_problem(
         "[services.a.health]\nhttp = \"http:///health\"\n",
         &["has no valid host"],
@@ -713,5 +735,40 @@ fn the_embedded_fog_topology_is_valid() {
             .services
             .iter()
             .all(|s| !s.is_external() && matches!(s.probe, Some(Probe::Http(_))))
+    );
+}
+
+#[test]
+fn https_probes_carry_their_trust_and_passing_statuses() {
+    let config = Config::from_toml(
+        "[services.a.health]\nhttp = \"https://a.internal:8443/ready\"\nhttp_status = \"200-399\"\n\
+         ca_file = \"/etc/fog/ca.pem\"\nclient_cert = \"/etc/fog/c.pem\"\nclient_key = \"/etc/fog/k.pem\"\n\
+         [services.b.health]\nhttp = \"https://b.internal/\"\ntls_skip_verify = true\n\
+         [services.c.health]\nhttp = \"http://c.internal/\"\nhttp_status = \"204\"\n",
+    )
+    .unwrap();
+    let http = |name: &str| match &config.service(name).unwrap().probe {
+        Some(Probe::Http(http)) => http.clone(),
+        other => panic!("{other:?}"),
+    };
+    let a = http("a");
+    assert!(a.is_tls());
+    assert_eq!(a.passing, (200, 399));
+    assert_eq!(
+        a.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/fog/ca.pem"))
+    );
+    assert!(a.client_identity.is_some() && !a.skip_verify);
+    assert!(http("b").skip_verify);
+    assert_eq!(http("c").passing, (204, 204));
+    assert_eq!(
+        config
+            .warnings
+            .iter()
+            .filter(|w| w.contains("tls_skip_verify"))
+            .count(),
+        1,
+        "{:?}",
+        config.warnings
     );
 }

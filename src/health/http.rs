@@ -1,5 +1,6 @@
-//! The HTTP probe's client: one `GET` over HTTP/1.1 on a plain TCP connection, kept for the same
-//! service's next check when the target keeps it alive, closed when the target closes it (most do).
+//! The HTTP probe's client: one `GET` over HTTP/1.1 on a TCP connection (TLS for `https://`: rustls with
+//! the system's CAs, or `health.ca_file`'s, an optional client certificate), kept for the same service's
+//! next check when the target keeps it alive, closed when the target closes it (most do).
 //!
 //! Written for the probe's one job rather than borrowed from a general client: a check is one request
 //! written in one `write`, a response head, and a body read only as far as its framing says (at most
@@ -9,12 +10,21 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::Uri;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::config::HttpProbe;
 
 /// Most bytes of a response body read by a probe (and of a response head).
 pub const READ_LIMIT: usize = 64 * 1024;
@@ -23,35 +33,61 @@ const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// Headers parsed per response head.
 const MAX_HEADERS: usize = 64;
 
+/// How an `https` target's certificate is trusted, and the client's own certificate, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Trust {
+    ca_file: Option<PathBuf>,
+    skip_verify: bool,
+    client_identity: Option<(PathBuf, PathBuf)>,
+}
+
 /// What a probe sends to and asks of: parsed once per check from the probe's URL.
 #[derive(Debug)]
 pub struct Target {
     /// The host named by the URL.
     pub host: String,
-    /// The port (80 when the URL names none).
+    /// The port (80, or 443 for `https`, when the URL names none).
     pub port: u16,
     /// `host:port` to connect to.
     address: String,
+    /// For `https`: the name the server's certificate must carry, and how it is trusted.
+    tls: Option<(ServerName<'static>, Trust)>,
     /// The request, whole, but for its `traceparent` line.
     head: String,
 }
 
 impl Target {
-    /// Parses an `http://` URL.
-    pub fn parse(url: &str) -> Result<Self, String> {
+    /// The target of `probe`'s `http://` or `https://` URL.
+    pub fn parse(probe: &HttpProbe) -> Result<Self, String> {
+        let url = probe.url.as_str();
         let uri: Uri = url.parse().map_err(|error| format!("bad URL {url}: {error}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!("bad URL {url}: not an http:// URL"));
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("bad URL {url}: not an http:// or https:// URL")),
+        };
         let authority = uri.authority().ok_or_else(|| format!("bad URL {url}: no host"))?;
         let host = authority.host();
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let address = if host.starts_with('[') {
             format!("{host}:{port}")
         } else if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
             format!("{host}:{port}")
+        };
+        let tls = if tls {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name =
+                ServerName::try_from(bare.to_owned()).map_err(|error| format!("bad URL {url}: {error}"))?;
+            let trust = Trust {
+                ca_file: probe.ca_file.clone(),
+                skip_verify: probe.skip_verify,
+                client_identity: probe.client_identity.clone(),
+            };
+            Some((name, trust))
+        } else {
+            None
         };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let host_header = match authority.as_str().rsplit_once('@') {
@@ -66,6 +102,7 @@ impl Target {
             host: host.to_owned(),
             port,
             address,
+            tls,
             head,
         })
     }
@@ -98,6 +135,9 @@ pub struct Response {
 pub enum Failure {
     /// No connection could be made.
     Connect(io::Error),
+    /// The TLS handshake failed (an untrusted or mismatched certificate, no common protocol), or the
+    /// trust settings could not be loaded.
+    Tls(String),
     /// The connection failed, or closed, before the response was whole.
     Io(io::Error),
     /// The bytes that came back are not an HTTP/1.x response.
@@ -108,8 +148,48 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Connect(error) => write!(f, "cannot connect: {error}"),
+            Failure::Tls(error) => write!(f, "TLS: {error}"),
             Failure::Io(error) => write!(f, "{error}"),
             Failure::Malformed(what) => write!(f, "bad response: {what}"),
+        }
+    }
+}
+
+/// A connection to a target: plain TCP, or TLS over it.
+#[derive(Debug)]
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -118,12 +198,14 @@ impl fmt::Display for Failure {
 #[derive(Debug, Default)]
 pub struct Client {
     idle: Mutex<HashMap<String, Option<Idle>>>,
+    /// TLS client settings, made once per way of trusting (they load files and the system's roots).
+    tls: Mutex<HashMap<Trust, Arc<rustls::ClientConfig>>>,
 }
 
 #[derive(Debug)]
 struct Idle {
     address: String,
-    stream: TcpStream,
+    stream: Connection,
     since: Instant,
 }
 
@@ -151,9 +233,7 @@ impl Client {
                 Err(Exchange::Failed(failure)) => return Err(failure),
             }
         }
-        let mut stream = TcpStream::connect(&target.address)
-            .await
-            .map_err(Failure::Connect)?;
+        let mut stream = self.connect(target).await?;
         match exchange(&mut stream, &request).await {
             Ok((response, reusable)) => {
                 if reusable {
@@ -166,13 +246,39 @@ impl Client {
         }
     }
 
-    fn take(&self, service: &str, address: &str) -> Option<TcpStream> {
+    async fn connect(&self, target: &Target) -> Result<Connection, Failure> {
+        let stream = TcpStream::connect(&target.address)
+            .await
+            .map_err(Failure::Connect)?;
+        let Some((name, trust)) = &target.tls else {
+            return Ok(Connection::Plain(stream));
+        };
+        let config = self.tls_config(trust)?;
+        let stream = TlsConnector::from(config)
+            .connect(name.clone(), stream)
+            .await
+            .map_err(|error| Failure::Tls(error.to_string()))?;
+        Ok(Connection::Tls(Box::new(stream)))
+    }
+
+    fn tls_config(&self, trust: &Trust) -> Result<Arc<rustls::ClientConfig>, Failure> {
+        let mut configs = self.tls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(config) = configs.get(trust) {
+            return Ok(config.clone());
+        }
+        // Files that cannot be read fail this check, and are read again at the next one.
+        let config = Arc::new(client_config(trust).map_err(Failure::Tls)?);
+        configs.insert(trust.clone(), config.clone());
+        Ok(config)
+    }
+
+    fn take(&self, service: &str, address: &str) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let kept = idle.get_mut(service)?.take()?;
         (kept.address == address && kept.since.elapsed() < IDLE_LIMIT).then_some(kept.stream)
     }
 
-    fn keep(&self, service: &str, address: &str, stream: TcpStream) {
+    fn keep(&self, service: &str, address: &str, stream: Connection) {
         let kept = Idle {
             address: address.to_owned(),
             stream,
@@ -194,6 +300,120 @@ impl Client {
     }
 }
 
+/// The crypto of every TLS connection: rustls with *ring*.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// The system's CA certificates, loaded once (a certificate the platform cannot parse is skipped).
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no system CA certificates found: https probes trust nothing without health.ca_file"
+                );
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// TLS client settings for `trust`.
+fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?;
+    let builder = if trust.skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+    } else {
+        let roots = match &trust.ca_file {
+            Some(file) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certificates = read_certificates(file)?;
+                for certificate in certificates {
+                    roots
+                        .add(certificate)
+                        .map_err(|error| format!("{}: {error}", file.display()))?;
+                }
+                Arc::new(roots)
+            }
+            None => system_roots(),
+        };
+        builder.with_root_certificates(roots)
+    };
+    match &trust.client_identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = read_certificates(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|error| format!("cannot read a private key from {}: {error}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|error| format!("client certificate {}: {error}", cert.display()))
+        }
+    }
+}
+
+fn read_certificates(file: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(file)
+        .and_then(|iterator| iterator.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| format!("cannot read certificates from {}: {error}", file.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("no certificate in {}", file.display()));
+    }
+    Ok(certificates)
+}
+
+/// `health.tls_skip_verify = true`: any certificate is accepted (the handshake's signatures are still
+/// checked, so the connection is encrypted, but not authenticated).
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// How one exchange on one connection went wrong.
 enum Exchange {
     /// Nothing came back: the connection failed or closed before the first byte of a response.
@@ -203,7 +423,7 @@ enum Exchange {
 }
 
 /// Writes `request` and reads one response; also says whether the connection may carry another.
-async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Result<(Response, bool), Exchange> {
+async fn exchange(stream: &mut Connection, request: &[u8]) -> Result<(Response, bool), Exchange> {
     stream.write_all(request).await.map_err(Exchange::Unanswered)?;
     let mut buffer = Vec::with_capacity(1024);
     if read_some(stream, &mut buffer)
@@ -233,7 +453,7 @@ enum Framing {
 }
 
 /// Reads the rest of a response whose first bytes are in `buffer`.
-async fn read_response(stream: &mut TcpStream, mut buffer: Vec<u8>) -> Result<(Response, bool), Failure> {
+async fn read_response(stream: &mut Connection, mut buffer: Vec<u8>) -> Result<(Response, bool), Failure> {
     let head = loop {
         match parse_head(&buffer)? {
             Some(head) if (100..200).contains(&head.status) => {
@@ -326,7 +546,7 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, Failure> {
 /// A body of `length` bytes, of which the first are in `buffer`; says whether it was read whole (a body
 /// longer than [`READ_LIMIT`] is read that far, and its connection not reused).
 async fn read_length(
-    stream: &mut TcpStream,
+    stream: &mut Connection,
     mut buffer: Vec<u8>,
     length: usize,
 ) -> Result<(Vec<u8>, bool), Failure> {
@@ -343,7 +563,7 @@ async fn read_length(
 
 /// A body that ends where the connection closes, of which the first bytes are in `buffer`; read up to
 /// [`READ_LIMIT`] bytes.
-async fn read_until_close(stream: &mut TcpStream, mut buffer: Vec<u8>) -> Result<Vec<u8>, Failure> {
+async fn read_until_close(stream: &mut Connection, mut buffer: Vec<u8>) -> Result<Vec<u8>, Failure> {
     while buffer.len() < READ_LIMIT {
         if read_some(stream, &mut buffer).await.map_err(Failure::Io)? == 0 {
             break;
@@ -354,7 +574,7 @@ async fn read_until_close(stream: &mut TcpStream, mut buffer: Vec<u8>) -> Result
 }
 
 /// A chunked body, of which the first bytes are in `buffer`; decoded up to [`READ_LIMIT`] bytes.
-async fn read_chunked(stream: &mut TcpStream, mut buffer: Vec<u8>) -> Result<(Vec<u8>, bool), Failure> {
+async fn read_chunked(stream: &mut Connection, mut buffer: Vec<u8>) -> Result<(Vec<u8>, bool), Failure> {
     let mut body = Vec::new();
     let mut at = 0;
     loop {
@@ -394,7 +614,7 @@ async fn read_chunked(stream: &mut TcpStream, mut buffer: Vec<u8>) -> Result<(Ve
 }
 
 /// The trailer section after the last chunk, up to its empty line.
-async fn read_trailers(stream: &mut TcpStream, mut buffer: Vec<u8>, mut at: usize) -> Result<(), Failure> {
+async fn read_trailers(stream: &mut Connection, mut buffer: Vec<u8>, mut at: usize) -> Result<(), Failure> {
     loop {
         match buffer[at..].windows(2).position(|pair| pair == b"\r\n") {
             Some(0) => return Ok(()),
@@ -408,7 +628,7 @@ async fn read_trailers(stream: &mut TcpStream, mut buffer: Vec<u8>, mut at: usiz
 }
 
 /// Reads more bytes; the connection closing here cuts a response short.
-async fn more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(), Failure> {
+async fn more(stream: &mut Connection, buffer: &mut Vec<u8>) -> Result<(), Failure> {
     match read_some(stream, buffer).await {
         Ok(0) => Err(Failure::Io(io::ErrorKind::UnexpectedEof.into())),
         Ok(_) => Ok(()),
@@ -417,7 +637,7 @@ async fn more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(), Failur
 }
 
 /// One read, appended to `buffer`.
-async fn read_some(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<usize> {
+async fn read_some(stream: &mut Connection, buffer: &mut Vec<u8>) -> io::Result<usize> {
     if buffer.capacity() - buffer.len() < 512 {
         buffer.reserve(buffer.capacity().max(1024));
     }

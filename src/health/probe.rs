@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::http::{Client, Failure, READ_LIMIT, Target};
 use super::{FailureReason, ProbeOutcome};
-use crate::config::Probe;
+use crate::config::{HttpProbe, Probe};
 
 /// Most characters of output quoted in a failure message.
 const QUOTE_LIMIT: usize = 200;
@@ -39,7 +39,7 @@ pub struct NetworkProber {
 impl Prober for NetworkProber {
     async fn probe(&self, service: &str, probe: &Probe) -> ProbeOutcome {
         match probe {
-            Probe::Http(url) => self.http(service, url).await,
+            Probe::Http(http) => self.http(service, http).await,
             Probe::Tcp(address) => tcp(address).await,
             Probe::Exec(command) => exec(command).await,
             Probe::Heartbeat => {
@@ -56,8 +56,9 @@ impl Prober for NetworkProber {
 impl NetworkProber {
     /// One HTTP probe, as a CLIENT span (OTel HTTP semantic conventions) inside the check's span, which is
     /// what its `traceparent` names: the probed service's server span joins the check's trace.
-    async fn http(&self, service: &str, url: &str) -> ProbeOutcome {
-        let target = match Target::parse(url) {
+    async fn http(&self, service: &str, probe: &HttpProbe) -> ProbeOutcome {
+        let url = probe.url.as_str();
+        let target = match Target::parse(probe) {
             Ok(target) => target,
             Err(error) => return ProbeOutcome::fail(FailureReason::Error, error),
         };
@@ -65,7 +66,7 @@ impl NetworkProber {
         if parent.is_disabled() || !crate::telemetry::trace::is_sampled(&parent) {
             // An untraced check (a startup probe) or one not sampled: no span of its own either (the
             // traceparent still says "not sampled" to the service).
-            return self.http_request(service, url, &target).await;
+            return self.http_request(service, probe, &target).await;
         }
         let span = tracing::info_span!(
             "GET",
@@ -79,7 +80,7 @@ impl NetworkProber {
             otel.status_code = tracing::field::Empty,
         );
         let outcome = self
-            .http_request(service, url, &target)
+            .http_request(service, probe, &target)
             .instrument(span.clone())
             .await;
         if let Some(status) = outcome
@@ -99,7 +100,8 @@ impl NetworkProber {
         outcome
     }
 
-    async fn http_request(&self, service: &str, url: &str, target: &Target) -> ProbeOutcome {
+    async fn http_request(&self, service: &str, probe: &HttpProbe, target: &Target) -> ProbeOutcome {
+        let url = probe.url.as_str();
         let traceparent = if crate::telemetry::trace::exporting() {
             crate::telemetry::trace::traceparent()
         } else {
@@ -107,12 +109,13 @@ impl NetworkProber {
         };
         let response = match self.client.get(service, target, traceparent.as_deref()).await {
             Ok(response) => response,
-            Err(failure @ Failure::Connect(_)) => {
+            Err(failure @ (Failure::Connect(_) | Failure::Tls(_))) => {
                 return ProbeOutcome::fail(FailureReason::Connect, format!("GET {url}: {failure}"));
             }
             Err(failure) => return ProbeOutcome::fail(FailureReason::Error, format!("GET {url}: {failure}")),
         };
-        let outcome = if (200..300).contains(&response.status) {
+        let (low, high) = probe.passing;
+        let outcome = if (low..=high).contains(&response.status) {
             ProbeOutcome::pass("Service health check passed")
         } else {
             ProbeOutcome::fail(

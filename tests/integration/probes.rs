@@ -48,7 +48,7 @@ async fn http_passes_on_2xx_and_reuses_its_connection() {
     let (url, connections) = http_server(200).await;
     let prober = NetworkProber::default();
     for _ in 0..5 {
-        let outcome = prober.probe("web", &Probe::Http(url.clone())).await;
+        let outcome = prober.probe("web", &Probe::http(url.clone())).await;
         assert!(outcome.passed, "{outcome:?}");
         assert_eq!(outcome.details["http_status"], 200);
     }
@@ -63,7 +63,7 @@ async fn http_passes_on_2xx_and_reuses_its_connection() {
 async fn http_fails_on_other_statuses_and_on_refused_connections() {
     let (url, _) = http_server(503).await;
     let prober = NetworkProber::default();
-    let outcome = prober.probe("web", &Probe::Http(url)).await;
+    let outcome = prober.probe("web", &Probe::http(url)).await;
     assert!(!outcome.passed);
     assert_eq!(outcome.reason, Some(FailureReason::HttpStatus));
     assert!(outcome.message.contains("503"), "{}", outcome.message);
@@ -74,7 +74,7 @@ async fn http_fails_on_other_statuses_and_on_refused_connections() {
         .local_addr()
         .unwrap();
     let outcome = prober
-        .probe("web", &Probe::Http(format!("http://{closed}/health")))
+        .probe("web", &Probe::http(format!("http://{closed}/health")))
         .await;
     assert_eq!(outcome.reason, Some(FailureReason::Connect));
 }
@@ -123,7 +123,7 @@ async fn scripted_server(
 async fn http_sends_one_plain_request_with_host_and_path() {
     let (url, seen) = scripted_server(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false).await;
     let prober = NetworkProber::default();
-    let outcome = prober.probe("web", &Probe::Http(url.clone())).await;
+    let outcome = prober.probe("web", &Probe::http(url.clone())).await;
     assert!(outcome.passed, "{outcome:?}");
     assert_eq!(outcome.details["http_status"], 204);
     let request = seen.borrow().1.clone();
@@ -142,14 +142,14 @@ async fn http_reads_chunked_bodies_and_keeps_their_connection() {
     let (url, seen) = scripted_server(response.to_vec(), false).await;
     let prober = NetworkProber::default();
     for _ in 0..3 {
-        let outcome = prober.probe("web", &Probe::Http(url.clone())).await;
+        let outcome = prober.probe("web", &Probe::http(url.clone())).await;
         assert!(outcome.passed, "{outcome:?}");
     }
     assert_eq!(seen.borrow().0, 1, "three checks over one connection");
 
     let failing = b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndb is dow\r\n1\r\nn\r\n0\r\n\r\n";
     let (url, _) = scripted_server(failing.to_vec(), false).await;
-    let outcome = prober.probe("web", &Probe::Http(url)).await;
+    let outcome = prober.probe("web", &Probe::http(url)).await;
     assert_eq!(outcome.reason, Some(FailureReason::HttpStatus));
     assert!(
         outcome
@@ -166,14 +166,14 @@ async fn http_opens_a_new_connection_when_the_target_closes_each() {
     let (url, seen) = scripted_server(response.to_vec(), true).await;
     let prober = NetworkProber::default();
     for _ in 0..3 {
-        assert!(prober.probe("web", &Probe::Http(url.clone())).await.passed);
+        assert!(prober.probe("web", &Probe::http(url.clone())).await.passed);
     }
     assert_eq!(seen.borrow().0, 3);
 
     // HTTP/1.0 without a length: the body ends where the connection does, and is quoted.
     let response = b"HTTP/1.0 500 Internal Server Error\r\n\r\nout of\n  memory";
     let (url, _) = scripted_server(response.to_vec(), true).await;
-    let outcome = prober.probe("web", &Probe::Http(url)).await;
+    let outcome = prober.probe("web", &Probe::http(url)).await;
     assert!(
         outcome.message.ends_with(": out of memory"),
         "{}",
@@ -189,7 +189,7 @@ async fn http_retries_once_when_a_kept_connection_was_closed_meanwhile() {
     let (url, seen) = scripted_server(response.to_vec(), true).await;
     let prober = NetworkProber::default();
     for _ in 0..3 {
-        let outcome = prober.probe("web", &Probe::Http(url.clone())).await;
+        let outcome = prober.probe("web", &Probe::http(url.clone())).await;
         assert!(outcome.passed, "{outcome:?}");
     }
     assert_eq!(seen.borrow().0, 3);
@@ -199,7 +199,7 @@ async fn http_retries_once_when_a_kept_connection_was_closed_meanwhile() {
 async fn http_skips_interim_responses() {
     let response = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
     let (url, _) = scripted_server(response.to_vec(), false).await;
-    let outcome = NetworkProber::default().probe("web", &Probe::Http(url)).await;
+    let outcome = NetworkProber::default().probe("web", &Probe::http(url)).await;
     assert!(outcome.passed, "{outcome:?}");
     assert_eq!(outcome.details["http_status"], 200);
 }
@@ -208,7 +208,7 @@ async fn http_skips_interim_responses() {
 async fn http_fails_clearly_on_what_is_not_http_and_quotes_long_bodies_in_part() {
     let (url, _) = scripted_server(b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(), true).await;
     let outcome = NetworkProber::default()
-        .probe("web", &Probe::Http(url.clone()))
+        .probe("web", &Probe::http(url.clone()))
         .await;
     assert_eq!(outcome.reason, Some(FailureReason::Error));
     assert!(
@@ -223,7 +223,7 @@ async fn http_fails_clearly_on_what_is_not_http_and_quotes_long_bodies_in_part()
         body.len()
     );
     let (url, _) = scripted_server(response.into_bytes(), false).await;
-    let outcome = NetworkProber::default().probe("web", &Probe::Http(url)).await;
+    let outcome = NetworkProber::default().probe("web", &Probe::http(url)).await;
     assert_eq!(outcome.reason, Some(FailureReason::HttpStatus));
     assert!(outcome.message.ends_with("…"), "a long body is quoted in part");
     assert!(outcome.message.len() < 400, "{}", outcome.message.len());
@@ -286,4 +286,170 @@ async fn an_exec_probe_is_killed_at_the_timeout() {
         .unwrap();
     let gone = tokio::time::timeout(Duration::from_secs(10), exited(pid)).await;
     assert!(gone.is_ok(), "the timed-out probe process {pid} is still alive");
+}
+
+/// A CA, and a certificate it signed for 127.0.0.1; PEM files in `dir`.
+struct Pki {
+    ca: std::path::PathBuf,
+    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server_key: rustls::pki_types::PrivateKeyDer<'static>,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+fn pki(dir: &std::path::Path) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["fog-orchestrator".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        server_chain: vec![server.der().clone()],
+        server_key: rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client.key", client_key.serialize_pem()),
+        ca_der: ca.der().clone(),
+    }
+}
+
+/// An HTTPS server on 127.0.0.1 answering every request with `response`; with `client_ca`, it requires a
+/// client certificate signed by it.
+async fn https_server(pki: &Pki, response: &'static [u8], client_ca: bool) -> String {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if client_ca {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder
+        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/health", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let _ = stream.write_all(response).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+
+fn https(url: &str, configure: impl FnOnce(&mut fog_orchestrator::config::HttpProbe)) -> Probe {
+    let mut probe = fog_orchestrator::config::HttpProbe::new(url);
+    configure(&mut probe);
+    Probe::Http(probe)
+}
+
+#[tokio::test]
+async fn https_trusts_the_configured_ca_and_refuses_an_unknown_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let url = https_server(&pki, OK, false).await;
+    let prober = NetworkProber::default();
+
+    let trusted = https(&url, |p| p.ca_file = Some(pki.ca.clone()));
+    let outcome = prober.probe("secure", &trusted).await;
+    assert!(outcome.passed, "{outcome:?}");
+
+    // The system's CAs do not know this test CA: the handshake fails, and says why.
+    let outcome = prober.probe("other", &Probe::http(url.clone())).await;
+    assert_eq!(outcome.reason, Some(FailureReason::Connect), "{outcome:?}");
+    assert!(
+        outcome.message.contains("TLS: invalid peer certificate"),
+        "{}",
+        outcome.message
+    );
+
+    let skipping = https(&url, |p| p.skip_verify = true);
+    assert!(prober.probe("lax", &skipping).await.passed);
+
+    let missing = https(&url, |p| p.ca_file = Some(dir.path().join("nope.pem")));
+    let outcome = prober.probe("broken", &missing).await;
+    assert!(
+        outcome.message.contains("cannot read certificates from"),
+        "{}",
+        outcome.message
+    );
+}
+
+#[tokio::test]
+async fn https_presents_a_client_certificate_when_the_server_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let url = https_server(&pki, OK, true).await;
+    let prober = NetworkProber::default();
+    let with_identity = https(&url, |p| {
+        p.ca_file = Some(pki.ca.clone());
+        p.client_identity = Some((pki.client_cert.clone(), pki.client_key.clone()));
+    });
+    let outcome = prober.probe("mtls", &with_identity).await;
+    assert!(outcome.passed, "{outcome:?}");
+
+    let without = https(&url, |p| p.ca_file = Some(pki.ca.clone()));
+    let outcome = prober.probe("anonymous", &without).await;
+    assert!(
+        !outcome.passed,
+        "a server requiring a client certificate let an anonymous probe pass"
+    );
+}
+
+#[tokio::test]
+async fn the_passing_status_range_is_the_probes() {
+    let (url, _) = scripted_server(
+        b"HTTP/1.1 302 Found\r\nlocation: /login\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        false,
+    )
+    .await;
+    let prober = NetworkProber::default();
+    let outcome = prober.probe("web", &Probe::http(url.clone())).await;
+    assert_eq!(outcome.reason, Some(FailureReason::HttpStatus), "2xx by default");
+    let lenient = https(&url, |p| p.passing = (200, 399));
+    let outcome = prober.probe("web", &lenient).await;
+    assert!(outcome.passed, "{outcome:?}");
+    assert_eq!(outcome.details["http_status"], 302);
 }
