@@ -18,8 +18,8 @@ use std::fmt;
 pub use self::diff::{Change, Plan};
 pub use crate::name::{MAX_SERVICE_NAME_LEN, ServiceName};
 pub use schema::{
-    ApiSettings, HealthSettings, HttpProbe, LogFormat, OtlpProtocol, OutputSettings, Probe, RegistrySettings,
-    RestartPolicy, ServiceSpec, ShutdownSettings, TelemetrySettings,
+    ApiSettings, GrpcProbe, HealthSettings, HttpProbe, LogFormat, OtlpProtocol, OutputSettings, Probe,
+    RegistrySettings, RestartPolicy, ServiceSpec, ShutdownSettings, TelemetrySettings,
 };
 pub use source::{ConfigFile, DEFAULT_CONFIG_FILE, EMBEDDED_FOG, ENV_PREFIX, ENV_SEPARATOR, Source};
 

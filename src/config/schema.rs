@@ -133,10 +133,21 @@ pub enum Probe {
     Http(HttpProbe),
     /// Connect to this `host:port`.
     Tcp(String),
+    /// Call `grpc.health.v1.Health/Check` at this `host:port`; `SERVING` passes.
+    Grpc(GrpcProbe),
     /// Run this program with its arguments; exit status 0 passes.
     Exec(Vec<String>),
     /// Passes while a heartbeat arrived within the registry's heartbeat timeout.
     Heartbeat,
+}
+
+/// A `grpc` probe: where, and which service to ask about (empty: the server as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcProbe {
+    /// `host:port` of the gRPC server (plaintext HTTP/2).
+    pub address: String,
+    /// The `service` field of the request (`health.grpc_service`; default empty: the whole server).
+    pub service: String,
 }
 
 /// An `http` probe: the URL, the statuses that pass, and for `https` how the server is trusted.
@@ -179,11 +190,12 @@ impl Probe {
         Probe::Http(HttpProbe::new(url))
     }
 
-    /// The probe's kind as used in metrics and spans (`http`, `tcp`, `exec`, `heartbeat`).
+    /// The probe's kind as used in metrics and spans (`http`, `tcp`, `grpc`, `exec`, `heartbeat`).
     pub fn kind(&self) -> &'static str {
         match self {
             Probe::Http(_) => "http",
             Probe::Tcp(_) => "tcp",
+            Probe::Grpc(_) => "grpc",
             Probe::Exec(_) => "exec",
             Probe::Heartbeat => "heartbeat",
         }
@@ -195,6 +207,8 @@ impl fmt::Display for Probe {
         match self {
             Probe::Http(http) => write!(f, "http {}", http.url),
             Probe::Tcp(address) => write!(f, "tcp {address}"),
+            Probe::Grpc(grpc) if grpc.service.is_empty() => write!(f, "grpc {}", grpc.address),
+            Probe::Grpc(grpc) => write!(f, "grpc {} {}", grpc.address, grpc.service),
             Probe::Exec(command) => write!(f, "exec {}", command.join(" ")),
             Probe::Heartbeat => f.write_str("heartbeat"),
         }

@@ -15,7 +15,9 @@ pub(super) const HEALTH: &[&str] = &[
     "startup_interval",
     "startup_timeout",
 ];
-pub(super) const PROBES: &[&str] = &["http", "tcp", "exec", "heartbeat"];
+pub(super) const PROBES: &[&str] = &["http", "tcp", "grpc", "exec", "heartbeat"];
+/// Settings of a `grpc` probe.
+pub(super) const GRPC_OPTIONS: &[&str] = &["grpc_service"];
 /// Settings of an `http` probe, next to it in a service's `[health]` table.
 pub(super) const HTTP_OPTIONS: &[&str] = &[
     "http_status",

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use super::fields::{Problems, Table, scalar_text, show};
-use super::schema::{HttpProbe, Probe, ServiceSpec};
+use super::schema::{GrpcProbe, HttpProbe, Probe, ServiceSpec};
 use super::sections::{
-    HEALTH, HTTP_OPTIONS, Inherited, OUTPUT, PROBES, RESTART, SHUTDOWN, health, output, restart, shutdown,
+    GRPC_OPTIONS, HEALTH, HTTP_OPTIONS, Inherited, OUTPUT, PROBES, RESTART, SHUTDOWN, health, output,
+    restart, shutdown,
 };
 use crate::graph::Node;
 use crate::name::ServiceName;
@@ -111,7 +112,13 @@ pub(super) fn service(
     let health_table = table.table("health", problems);
     let health_ok = !table.has("health") || health_table.is_some();
     if let Some(t) = &health_table {
-        let allowed: Vec<&str> = HEALTH.iter().chain(PROBES).chain(HTTP_OPTIONS).copied().collect();
+        let allowed: Vec<&str> = HEALTH
+            .iter()
+            .chain(PROBES)
+            .chain(HTTP_OPTIONS)
+            .chain(GRPC_OPTIONS)
+            .copied()
+            .collect();
         t.deny_unknown(&allowed, problems);
     }
     let probe = probe(health_table.as_ref(), problems);
@@ -308,23 +315,25 @@ fn probe(table: Option<&Table<'_>>, problems: &mut Problems) -> Option<Option<Pr
         return None;
     }
     let Some(&kind) = set.first() else {
-        if let Some(key) = HTTP_OPTIONS.iter().find(|key| table.has(key)) {
+        if let Some(key) = HTTP_OPTIONS.iter().chain(GRPC_OPTIONS).find(|key| table.has(key)) {
             problems.push(
                 table.key_path(key),
-                "applies to an http probe, and this service has none",
+                "applies to a probe, and this service has none",
             );
             return None;
         }
         return Some(None);
     };
-    if kind != "http"
-        && let Some(key) = HTTP_OPTIONS.iter().find(|key| table.has(key))
-    {
-        problems.push(
-            table.key_path(key),
-            format!("applies to an http probe, not to {kind}"),
-        );
-        return None;
+    for (options, owner) in [(HTTP_OPTIONS, "http"), (GRPC_OPTIONS, "grpc")] {
+        if kind != owner
+            && let Some(key) = options.iter().find(|key| table.has(key))
+        {
+            problems.push(
+                table.key_path(key),
+                format!("applies to {owner} probes, not to {kind}"),
+            );
+            return None;
+        }
     }
     let path = table.key_path(kind);
     let probe = match kind {
@@ -333,7 +342,22 @@ fn probe(table: Option<&Table<'_>>, problems: &mut Problems) -> Option<Option<Pr
             .and_then(|url| http_probe(table, &path, url, problems)),
         "tcp" => table
             .string("tcp", problems)
-            .and_then(|address| tcp_probe(&path, address, problems)),
+            .and_then(|address| host_port(&path, address, problems))
+            .map(Probe::Tcp),
+        "grpc" => {
+            let address = table
+                .string("grpc", problems)
+                .and_then(|address| host_port(&path, address, problems));
+            let service = if table.has("grpc_service") {
+                table.string("grpc_service", problems)
+            } else {
+                Some(String::new())
+            };
+            match (address, service) {
+                (Some(address), Some(service)) => Some(Probe::Grpc(GrpcProbe { address, service })),
+                _ => None,
+            }
+        }
         "exec" => table.string_list("exec", problems).and_then(|command| {
             if command.first().is_some_and(|program| !program.is_empty()) {
                 Some(Probe::Exec(command))
@@ -448,7 +472,8 @@ fn status_range(text: &str) -> Option<(u16, u16)> {
     ((100..=599).contains(&low) && (100..=599).contains(&high) && low <= high).then_some((low, high))
 }
 
-fn tcp_probe(path: &str, address: String, problems: &mut Problems) -> Option<Probe> {
+/// `address` when it is a `host:port` (a `tcp` or `grpc` probe's target).
+fn host_port(path: &str, address: String, problems: &mut Problems) -> Option<String> {
     let valid = address
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
@@ -459,5 +484,5 @@ fn tcp_probe(path: &str, address: String, problems: &mut Problems) -> Option<Pro
         );
         return None;
     }
-    Some(Probe::Tcp(address))
+    Some(address)
 }

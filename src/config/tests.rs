@@ -409,7 +409,7 @@ fn malformed_probes_are_rejected() {
         ),
         (
             "tcp = \"x:1\"\nhttp_status = \"200\"\n",
-            "applies to an http probe, not to tcp",
+            "applies to http probes, not to tcp",
         ),
         ("http_status = \"200\"\n", "this service has none"),
         (
@@ -770,5 +770,30 @@ fn https_probes_carry_their_trust_and_passing_statuses() {
         1,
         "{:?}",
         config.warnings
+    );
+}
+
+#[test]
+fn grpc_probes_name_an_address_and_optionally_a_service() {
+    let config = Config::from_toml(
+        "[services.a.health]\ngrpc = \"127.0.0.1:50051\"\ngrpc_service = \"fog.Ledger\"\n\
+         [services.b.health]\ngrpc = \"ledger.internal:443\"\n",
+    )
+    .unwrap();
+    let grpc = |name: &str| match &config.service(name).unwrap().probe {
+        Some(Probe::Grpc(grpc)) => grpc.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(grpc("a").service, "fog.Ledger");
+    assert_eq!(grpc("b").address, "ledger.internal:443");
+    assert_eq!(grpc("b").service, "");
+    assert_eq!(
+        config.service("a").unwrap().probe.as_ref().unwrap().kind(),
+        "grpc"
+    );
+    assert_single_problem("[services.a.health]\ngrpc = \"nowhere\"\n", &["host:port"]);
+    assert_single_problem(
+        "[services.a.health]\nhttp = \"http://x/\"\ngrpc_service = \"s\"\n",
+        &["applies to grpc probes, not to http"],
     );
 }

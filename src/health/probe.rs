@@ -13,7 +13,10 @@ use tracing::Instrument;
 
 use super::http::{Client, Failure, READ_LIMIT, Target};
 use super::{FailureReason, ProbeOutcome};
-use crate::config::{HttpProbe, Probe};
+use crate::config::{GrpcProbe, HttpProbe, Probe};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Most characters of output quoted in a failure message.
 const QUOTE_LIMIT: usize = 200;
@@ -29,10 +32,12 @@ pub trait Prober: Send + Sync + 'static {
 }
 
 /// The real probes: HTTP GET (on a connection kept per service while the target keeps it alive), TCP
-/// connect, and exec.
+/// connect, gRPC health, and exec.
 #[derive(Debug, Default)]
 pub struct NetworkProber {
     client: Client,
+    /// One HTTP/2 channel per gRPC address, made on first use and kept (it reconnects by itself).
+    grpc: std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
 }
 
 #[async_trait]
@@ -41,6 +46,7 @@ impl Prober for NetworkProber {
         match probe {
             Probe::Http(http) => self.http(service, http).await,
             Probe::Tcp(address) => tcp(address).await,
+            Probe::Grpc(grpc) => self.grpc(grpc).await,
             Probe::Exec(command) => exec(command).await,
             Probe::Heartbeat => {
                 ProbeOutcome::fail(FailureReason::Error, "heartbeat probes are answered by the actor")
@@ -128,6 +134,92 @@ impl NetworkProber {
             )
         };
         outcome.with_detail("http_status", response.status)
+    }
+}
+
+impl NetworkProber {
+    /// One `grpc.health.v1.Health/Check`, as a CLIENT span (OTel RPC semantic conventions): `SERVING`
+    /// passes; any other status, or a gRPC error, fails and says which.
+    async fn grpc(&self, probe: &GrpcProbe) -> ProbeOutcome {
+        let channel = match self.channel(&probe.address) {
+            Ok(channel) => channel,
+            Err(error) => return ProbeOutcome::fail(FailureReason::Error, error),
+        };
+        let parent = tracing::Span::current();
+        let span = if parent.is_disabled() || !crate::telemetry::trace::is_sampled(&parent) {
+            tracing::Span::none()
+        } else {
+            let (host, port) = probe.address.rsplit_once(':').unwrap_or((&probe.address, ""));
+            tracing::info_span!(
+                "grpc.health.v1.Health/Check",
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.service = "grpc.health.v1.Health",
+                rpc.method = "Check",
+                server.address = host,
+                server.port = port.parse::<i64>().unwrap_or_default(),
+                rpc.grpc.status_code = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        };
+        let request = HealthCheckRequest {
+            service: probe.service.clone(),
+        };
+        let answer = HealthClient::new(channel)
+            .check(request)
+            .instrument(span.clone())
+            .await;
+        let what = if probe.service.is_empty() {
+            format!("gRPC health of {}", probe.address)
+        } else {
+            format!("gRPC health of {} at {}", probe.service, probe.address)
+        };
+        match answer {
+            Ok(response) => {
+                span.record("rpc.grpc.status_code", 0_i64);
+                let status = response.into_inner().status();
+                if status == ServingStatus::Serving {
+                    ProbeOutcome::pass("Service health check passed").with_detail("grpc_status", "SERVING")
+                } else {
+                    span.record("error.type", status.as_str_name());
+                    span.record("otel.status_code", "ERROR");
+                    ProbeOutcome::fail(FailureReason::Error, format!("{what}: {}", status.as_str_name()))
+                        .with_detail("grpc_status", status.as_str_name())
+                }
+            }
+            Err(status) => {
+                span.record("rpc.grpc.status_code", status.code() as i64);
+                span.record("error.type", format!("{:?}", status.code()));
+                span.record("otel.status_code", "ERROR");
+                // No connection at all is a connect failure, as for the other probes.
+                let reason = if status.code() == tonic::Code::Unavailable {
+                    FailureReason::Connect
+                } else {
+                    FailureReason::Error
+                };
+                let message = if status.message().is_empty() {
+                    format!("{what}: {:?}", status.code())
+                } else {
+                    format!("{what}: {:?}: {}", status.code(), status.message())
+                };
+                ProbeOutcome::fail(reason, message)
+            }
+        }
+    }
+
+    fn channel(&self, address: &str) -> Result<tonic::transport::Channel, String> {
+        let mut channels = self.grpc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|error| format!("bad gRPC address {address}: {error}"))?
+            .tcp_nodelay(true);
+        // Connects on first use, and again after the server went away.
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
     }
 }
 

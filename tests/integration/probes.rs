@@ -453,3 +453,57 @@ async fn the_passing_status_range_is_the_probes() {
     assert!(outcome.passed, "{outcome:?}");
     assert_eq!(outcome.details["http_status"], 302);
 }
+
+#[tokio::test]
+async fn grpc_passes_while_serving_and_says_why_otherwise() {
+    use tonic_health::ServingStatus;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("fog.Ledger", ServingStatus::Serving)
+        .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            }),
+    );
+    let prober = NetworkProber::default();
+    let grpc = |service: &str| {
+        Probe::Grpc(fog_orchestrator::config::GrpcProbe {
+            address: address.clone(),
+            service: service.to_owned(),
+        })
+    };
+
+    let outcome = prober.probe("ledger", &grpc("fog.Ledger")).await;
+    assert!(outcome.passed, "{outcome:?}");
+    assert_eq!(outcome.details["grpc_status"], "SERVING");
+    assert!(
+        prober.probe("ledger", &grpc("")).await.passed,
+        "the server as a whole"
+    );
+
+    reporter
+        .set_service_status("fog.Ledger", ServingStatus::NotServing)
+        .await;
+    let outcome = prober.probe("ledger", &grpc("fog.Ledger")).await;
+    assert_eq!(outcome.reason, Some(FailureReason::Error));
+    assert_eq!(
+        outcome.message,
+        format!("gRPC health of fog.Ledger at {address}: NOT_SERVING")
+    );
+    assert_eq!(outcome.details["grpc_status"], "NOT_SERVING");
+
+    let outcome = prober.probe("ledger", &grpc("fog.Unknown")).await;
+    assert!(!outcome.passed);
+    assert!(outcome.message.contains("NotFound"), "{}", outcome.message);
+
+    let _ = stop.send(());
+    let _ = server.await;
+    let outcome = prober.probe("ledger", &grpc("fog.Ledger")).await;
+    assert_eq!(outcome.reason, Some(FailureReason::Connect), "{outcome:?}");
+}
