@@ -44,19 +44,80 @@ pub enum AppError {
     Supervision(#[source] io::Error),
 }
 
-/// Runs every service of `config` and the API until the first shutdown signal, then shuts down in order.
-/// With the `source` `config` was read from, `POST /reload` and SIGHUP read it again and report the plan.
-pub async fn run(
-    config: Config,
-    source: Option<Source>,
-    mut signals: ShutdownSignals,
-    mut hangups: Hangups,
-) -> Result<(), AppError> {
+/// What asks a running orchestrator to stop.
+pub enum Stop {
+    /// SIGTERM or SIGINT (a second one kills every service at once); SIGHUP reports the reload plan.
+    Signals(ShutdownSignals, Hangups),
+    /// The embedding program cancels this token.
+    Token(CancellationToken),
+}
+
+impl Stop {
+    /// The first request to stop, named; SIGHUPs before it are answered with the reload plan.
+    async fn first(&mut self, api: &Api) -> &'static str {
+        match self {
+            Stop::Signals(signals, hangups) => loop {
+                tokio::select! {
+                    signal = signals.recv() => break signal,
+                    () = hangups.recv() => report_reload_plan(api).await,
+                }
+            },
+            Stop::Token(token) => {
+                token.cancelled().await;
+                "stop requested"
+            }
+        }
+    }
+
+    /// A second request (signals only: a token is cancelled once).
+    async fn second(&mut self) -> &'static str {
+        match self {
+            Stop::Signals(signals, _) => signals.recv().await,
+            Stop::Token(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// How `run` starts, besides its configuration.
+pub struct Options {
+    /// Where the configuration was read from: `POST /reload` and SIGHUP read it again (none: 409).
+    pub source: Option<Source>,
+    /// In-process services, each declared in the configuration without a `command`.
+    pub in_process: Vec<(String, std::sync::Arc<dyn crate::supervisor::Service>)>,
+    /// A listener bound already, instead of binding `api.listen`.
+    pub listener: Option<TcpListener>,
+    /// What stops it.
+    pub stop: Stop,
+}
+
+impl Options {
+    /// Stopped by SIGTERM and SIGINT, with the reload plan on SIGHUP; nothing else.
+    pub fn signals(signals: ShutdownSignals, hangups: Hangups) -> Self {
+        Self {
+            source: None,
+            in_process: Vec::new(),
+            listener: None,
+            stop: Stop::Signals(signals, hangups),
+        }
+    }
+}
+
+/// Runs every service of `config` and the API until the first request to stop, then shuts down in order.
+pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
+    let Options {
+        source,
+        in_process,
+        listener,
+        mut stop,
+    } = options;
     // Bind first: a taken port fails the start before any service is spawned.
     let address = config.api.listen;
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| AppError::Listen { address, source })?;
+    let listener = match listener {
+        Some(listener) => listener,
+        None => TcpListener::bind(address)
+            .await
+            .map_err(|source| AppError::Listen { address, source })?,
+    };
     let bound = listener.local_addr().unwrap_or(address);
 
     let clock = Clock::system();
@@ -74,10 +135,13 @@ pub async fn run(
     let supervisor = {
         // Everything the supervisor spawns, now and later from its own tasks, runs on that thread.
         let _on_supervision = supervision.runtime.enter();
-        Supervisor::builder(config)
+        let mut builder = Supervisor::builder(config)
             .clock(clock)
-            .startup_span(startup_span)
-            .start()?
+            .startup_span(startup_span);
+        for (name, service) in in_process {
+            builder = builder.in_process(name, service);
+        }
+        builder.start()?
     };
     let api = Api::new(supervisor.clone(), graph, token, browsers, clock);
     if let Some(source) = source {
@@ -105,12 +169,7 @@ pub async fn run(
     }
     tracing::info!(address = %bound, "API listening on http://{bound}");
 
-    let signal = loop {
-        tokio::select! {
-            signal = signals.recv() => break signal,
-            () = hangups.recv() => report_reload_plan(&reloads).await,
-        }
-    };
+    let signal = stop.first(&reloads).await;
     tracing::info!(%signal, "shutting down: API first, then services in reverse dependency order (signal again to kill them at once)");
     stop_api.cancel();
     let orderly = async {
@@ -120,7 +179,7 @@ pub async fn run(
     tokio::pin!(orderly);
     tokio::select! {
         () = &mut orderly => {}
-        signal = signals.recv() => {
+        signal = stop.second() => {
             tracing::warn!(%signal, "second signal: killing every service now");
             supervisor.force_shutdown();
             supervisor.shutdown(SHUTDOWN_REPORT_EVERY).await;

@@ -159,7 +159,9 @@ fn run(source: Source) -> anyhow::Result<ExitCode> {
             crate::signal::Hangups::install()?,
         ))
     })?;
-    let outcome = runtime.block_on(crate::app::run(config, Some(source), signals, hangups));
+    let mut options = crate::app::Options::signals(signals, hangups);
+    options.source = Some(source);
+    let outcome = runtime.block_on(crate::app::run(config, options));
     // Flush spans from this thread, outside the runtime: the SDK's shutdown blocks.
     telemetry.shutdown();
     outcome?;

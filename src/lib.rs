@@ -27,7 +27,9 @@
 //! - [`app`] and [`signal`]: `run` wiring: signals, ordered shutdown, a second signal kills at once.
 //! - [`demo`]: `demo-service`, the tiny HTTP service the FOG demo runs, with fault injection.
 //! - [`clock`]: wall-clock timestamps derived from tokio time (deterministic under paused time).
-//! - [`cli`]: the command line: `run`, `check`, `graph`, `demo-service`.
+//! - [`cli`]: the command line: `run`, `check`, `graph`, `reload`, `demo-service`.
+//! - [`embed`]: [`Orchestrator::builder`], everything `run` is inside another program, with in-process
+//!   services.
 //!
 //! # Example
 //!
@@ -58,6 +60,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod embed;
 pub mod graph;
 pub mod health;
 pub mod name;
@@ -66,3 +69,5 @@ pub mod signal;
 pub mod status;
 pub mod supervisor;
 pub mod telemetry;
+
+pub use embed::Orchestrator;

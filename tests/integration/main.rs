@@ -5,6 +5,7 @@ mod binary;
 mod cli;
 mod containment;
 mod deploy;
+mod embed;
 mod fuzz;
 mod harness;
 mod incident;
