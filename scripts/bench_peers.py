@@ -413,13 +413,13 @@ local total = tonumber(os.getenv("FOG_TOTAL"))
 local path = os.getenv("FOG_PATH")
 request = function()
   counter = counter + 1
-  local n = (counter - 1) %% total
+  local n = (counter - 1) % total
   if path == "register" then
     return wrk.format("POST", "/api/orchestration/registry", {["Content-Type"] = "application/json"},
-      string.format('{"name":"%%s%%d","type":"worker","address":"10.0.%%d.%%d","port":8080,"tags":["fleet"]}',
-        prefix, n, math.floor(n / 256) %% 256, n %% 256))
+      string.format('{"name":"%s%d","type":"worker","address":"10.0.%d.%d","port":8080,"tags":["fleet"]}',
+        prefix, n, math.floor(n / 256) % 256, n % 256))
   end
-  return wrk.format("POST", string.format("/api/orchestration/registry/%%s%%d/heartbeat", prefix, n))
+  return wrk.format("POST", string.format("/api/orchestration/registry/%s%d/heartbeat", prefix, n))
 end
 """
 
@@ -428,7 +428,7 @@ def wrk_script(work, url, env, seconds, threads=1, connections=16, requests=None
     """wrk with the registry script; returns (requests, requests/s, p50 ms, p99 ms, non-2xx)."""
     script = os.path.join(work, "registry.lua")
     with open(script, "w") as f:
-        f.write(WRK_SCRIPT % ())
+        f.write(WRK_SCRIPT)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script,
                           url], capture_output=True, text=True, check=True, env={**os.environ, **env}).stdout
     done = int(re.search(r"(\d+) requests in", out).group(1))
@@ -494,7 +494,7 @@ def registry(work):
     storm.start()
     time.sleep(2)
     gets = {path: timed_get(api + path, 10) for path in (
-        "/api/orchestration/registry?limit=100", "/api/orchestration/registry?limit=100&offset=99900",
+        "/api/orchestration/registry?limit=100", f"/api/orchestration/registry?limit=100&offset={REGISTERED - 100}",
         "/api/orchestration/services", "/api/orchestration/health", "/healthz")}
     storm.join()
     done, rate, p50, p99, non2xx = result["beats"]

@@ -209,6 +209,12 @@ struct Idle {
     since: Instant,
 }
 
+impl Connection {
+    fn is_tls(&self) -> bool {
+        matches!(self, Connection::Tls(_))
+    }
+}
+
 impl Client {
     /// `GET` of `target` for `service`: on the service's kept connection if it has one (once more on a
     /// new connection if the kept one turns out closed), else on a new connection.
@@ -219,7 +225,7 @@ impl Client {
         traceparent: Option<&str>,
     ) -> Result<Response, Failure> {
         let request = target.request(traceparent);
-        if let Some(mut stream) = self.take(service, &target.address) {
+        if let Some(mut stream) = self.take(service, target) {
             match exchange(&mut stream, &request).await {
                 Ok((response, reusable)) => {
                     if reusable {
@@ -272,10 +278,12 @@ impl Client {
         Ok(config)
     }
 
-    fn take(&self, service: &str, address: &str) -> Option<Connection> {
+    /// The service's kept connection, if it still goes where `target` does, the same way (plain or TLS).
+    fn take(&self, service: &str, target: &Target) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let kept = idle.get_mut(service)?.take()?;
-        (kept.address == address && kept.since.elapsed() < IDLE_LIMIT).then_some(kept.stream)
+        let same = kept.address == target.address && kept.stream.is_tls() == target.tls.is_some();
+        (same && kept.since.elapsed() < IDLE_LIMIT).then_some(kept.stream)
     }
 
     fn keep(&self, service: &str, address: &str, stream: Connection) {

@@ -68,8 +68,7 @@ impl NetworkProber {
             Ok(target) => target,
             Err(error) => return ProbeOutcome::fail(FailureReason::Error, error),
         };
-        let parent = tracing::Span::current();
-        if parent.is_disabled() || !crate::telemetry::trace::is_sampled(&parent) {
+        if !traced() {
             // An untraced check (a startup probe) or one not sampled: no span of its own either (the
             // traceparent still says "not sampled" to the service).
             return self.http_request(service, probe, &target).await;
@@ -145,8 +144,7 @@ impl NetworkProber {
             Ok(channel) => channel,
             Err(error) => return ProbeOutcome::fail(FailureReason::Error, error),
         };
-        let parent = tracing::Span::current();
-        let span = if parent.is_disabled() || !crate::telemetry::trace::is_sampled(&parent) {
+        let span = if !traced() {
             tracing::Span::none()
         } else {
             let (host, port) = probe.address.rsplit_once(':').unwrap_or((&probe.address, ""));
@@ -221,6 +219,13 @@ impl NetworkProber {
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
+}
+
+/// Whether the check this probe runs in is traced (a startup probe is not, nor a check not sampled): a probe
+/// makes no CLIENT span of its own otherwise.
+fn traced() -> bool {
+    let parent = tracing::Span::current();
+    !parent.is_disabled() && crate::telemetry::trace::is_sampled(&parent)
 }
 
 /// `503 Service Unavailable`, as hyper's `StatusCode` shows it.
