@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 use tokio::net::TcpListener;
@@ -379,6 +380,65 @@ async fn a_collector_that_is_down_never_blocks_the_orchestrator() {
             started.elapsed() < Duration::from_secs(20),
             "{protocol}: took {:?}",
             started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_probe_is_a_client_span_inside_its_check() {
+    let (endpoint, received) = grpc_receiver().await;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("fog.Ledger", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let config = format!(
+        "[services.ledger.health]\ngrpc = \"{address}\"\ngrpc_service = \"fog.Ledger\"\n\
+         check_interval = \"200ms\"\ntimeout = \"150ms\"\n"
+    );
+    let mut orchestrator = Orchestrator::start_with(
+        &config,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let api = orchestrator.api().await;
+    orchestrator.wait_ready().await;
+    let path = format!("{api}/api/orchestration/health/check-now");
+    assert_eq!(http("POST", &path, "").await.0, 200);
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+
+    let spans = received.spans();
+    let calls = find(&spans, "grpc.health.v1.Health/Check");
+    assert!(!calls.is_empty(), "no gRPC client span");
+    let checks = find(&spans, "check health");
+    for call in calls {
+        assert_eq!(call.kind, SpanKind::Client as i32);
+        assert_eq!(text(&call.attributes, "rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(
+            text(&call.attributes, "rpc.service").as_deref(),
+            Some("grpc.health.v1.Health")
+        );
+        assert_eq!(text(&call.attributes, "rpc.method").as_deref(), Some("Check"));
+        assert_eq!(
+            text(&call.attributes, "server.address").as_deref(),
+            Some("127.0.0.1")
+        );
+        let parent = checks
+            .iter()
+            .find(|check| check.span_id == call.parent_span_id)
+            .expect("the gRPC call inside a check health span");
+        assert_eq!(parent.trace_id, call.trace_id);
+        assert_eq!(
+            text(&parent.attributes, "orchestrator.check.type").as_deref(),
+            Some("grpc")
         );
     }
 }
