@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::server::{self, Limits};
 use crate::api::{Api, BrowserPolicy};
 use crate::clock::Clock;
-use crate::config::Config;
-use crate::config::Source;
+use crate::config::{Config, Source};
 use crate::signal::{Hangups, ShutdownSignals};
 use crate::supervisor::containment::Containment;
 use crate::supervisor::{ControlError, Supervisor};
@@ -130,7 +129,8 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
         orchestrator.services = i64::try_from(services).unwrap_or(i64::MAX),
         orchestrator.config = %origin,
     );
-    let running = config.clone();
+    // The running configuration, kept only where a reload can compare a new one with it.
+    let running = source.as_ref().map(|_| config.clone());
     let supervision = Supervision::start().map_err(AppError::Supervision)?;
     let supervisor = {
         // Everything the supervisor spawns, now and later from its own tasks, runs on that thread.
@@ -144,7 +144,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
         builder.start()?
     };
     let api = Api::new(supervisor.clone(), graph, token, browsers, clock);
-    if let Some(source) = source {
+    if let (Some(source), Some(running)) = (source, running) {
         api.enable_reload(source, running);
     }
     let reloads = api.clone();
