@@ -107,7 +107,7 @@ impl Api {
                 "this orchestrator has no configuration file to read again",
             ));
         };
-        let Some(read) = reload.try_plan().await else {
+        let Some(read) = reload.try_plan() else {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "another reload is in progress",
@@ -597,7 +597,7 @@ impl Reload {
 
     /// The file read again (through the same layering and validation as at start) and compared with
     /// the running configuration; `None` while another reload holds the lock.
-    async fn try_plan(&self) -> Option<Result<(Plan, crate::config::Config), crate::config::ConfigError>> {
+    fn try_plan(&self) -> Option<Result<(Plan, crate::config::Config), crate::config::ConfigError>> {
         let _turn = self.busy.try_lock().ok()?;
         Some(self.read())
     }

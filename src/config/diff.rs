@@ -49,7 +49,7 @@ impl Plan {
             match running.services.iter().find(|s| s.name == spec.name) {
                 None => plan.add.push(name.to_owned()),
                 Some(old) => {
-                    let (restart, live) = changed_keys(old, spec);
+                    let Changed { restart, live } = changed_keys(old, spec);
                     let service = name.to_owned();
                     if !restart.is_empty() {
                         let mut keys = restart;
@@ -68,9 +68,9 @@ impl Plan {
                 plan.remove.push(name.to_owned());
             }
         }
-        let (settings, needs_restart) = changed_settings(running, new);
-        plan.settings = settings;
-        plan.needs_orchestrator_restart = needs_restart;
+        let settings = changed_settings(running, new);
+        plan.settings = settings.live;
+        plan.needs_orchestrator_restart = settings.restart;
         plan
     }
 
@@ -85,18 +85,32 @@ impl Plan {
     }
 }
 
-/// The keys of one service that changed: those that need a restart, and those that apply live.
-fn changed_keys(old: &ServiceSpec, new: &ServiceSpec) -> (Vec<String>, Vec<String>) {
-    let (mut restart, mut live) = (Vec::new(), Vec::new());
-    let mut differs = |changed: bool, key: &str, needs_restart: bool| {
-        if changed {
-            if needs_restart {
-                restart.push(key.to_owned());
+/// Changed keys, sorted by what applying them takes.
+#[derive(Debug, Default)]
+struct Changed {
+    /// Applied by a restart (of the service, or of the orchestrator for orchestrator-wide keys).
+    restart: Vec<String>,
+    /// Applied without one.
+    live: Vec<String>,
+}
+
+impl Changed {
+    fn note(&mut self, differs: bool, key: &str, needs_restart: bool) {
+        if differs {
+            let list = if needs_restart {
+                &mut self.restart
             } else {
-                live.push(key.to_owned());
-            }
+                &mut self.live
+            };
+            list.push(key.to_owned());
         }
-    };
+    }
+}
+
+/// The keys of one service that changed: those that need a restart, and those that apply live.
+fn changed_keys(old: &ServiceSpec, new: &ServiceSpec) -> Changed {
+    let mut changed = Changed::default();
+    let mut differs = |differ: bool, key: &str, needs_restart: bool| changed.note(differ, key, needs_restart);
     // What the process was started with, and the edges its start was gated on.
     differs(old.command != new.command, "command", true);
     differs(old.env != new.env, "env", true);
@@ -158,22 +172,14 @@ fn changed_keys(old: &ServiceSpec, new: &ServiceSpec) -> (Vec<String>, Vec<Strin
     differs(o.rate_limit != p.rate_limit, "output.rate_limit", false);
     differs(o.max_size != p.max_size, "output.max_size", false);
     differs(o.backups != p.backups, "output.backups", false);
-    (restart, live)
+    changed
 }
 
 /// Orchestrator-wide keys that changed: those that apply live, and those that need the orchestrator
 /// restarted.
-fn changed_settings(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
-    let (mut live, mut restart) = (Vec::new(), Vec::new());
-    let mut differs = |changed: bool, key: &str, needs_restart: bool| {
-        if changed {
-            if needs_restart {
-                restart.push(key.to_owned());
-            } else {
-                live.push(key.to_owned());
-            }
-        }
-    };
+fn changed_settings(old: &Config, new: &Config) -> Changed {
+    let mut changed = Changed::default();
+    let mut differs = |differ: bool, key: &str, needs_restart: bool| changed.note(differ, key, needs_restart);
     let (a, b) = (&old.api, &new.api);
     differs(a.listen != b.listen, "api.listen", true);
     differs(a.token != b.token, "api.token", false);
@@ -221,7 +227,7 @@ fn changed_settings(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         "registry.max_registered",
         false,
     );
-    (live, restart)
+    changed
 }
 
 #[cfg(test)]
