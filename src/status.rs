@@ -70,15 +70,18 @@ pub enum RestartReason {
     HeartbeatTimeout,
     /// Someone asked for it.
     Manual,
+    /// A configuration reload changed a setting its process was started with.
+    Reload,
 }
 
 impl RestartReason {
     /// Every reason, in the order metrics export them.
-    pub const ALL: [RestartReason; 4] = [
+    pub const ALL: [RestartReason; 5] = [
         RestartReason::Crashed,
         RestartReason::Unhealthy,
         RestartReason::HeartbeatTimeout,
         RestartReason::Manual,
+        RestartReason::Reload,
     ];
 
     /// The snake_case name used in the API, logs and metrics.
@@ -88,6 +91,7 @@ impl RestartReason {
             RestartReason::Unhealthy => "unhealthy",
             RestartReason::HeartbeatTimeout => "heartbeat_timeout",
             RestartReason::Manual => "manual",
+            RestartReason::Reload => "reload",
         }
     }
 }

@@ -25,6 +25,12 @@ pub enum Request {
     Start,
     /// Stop and stay stopped.
     Stop,
+    /// A configuration reload changed what the process is started with: replace a running (or starting)
+    /// instance, start a failed or backing-off service at once with its attempts reset, and count the next
+    /// launch of a pending service that ran before as a restart; a stopped service stays stopped. Never
+    /// refused except during shutdown (the reload is not the service's to refuse), and answered once the
+    /// old instance is gone.
+    Reload,
 }
 
 /// What the actor observed, or was asked.
@@ -86,8 +92,8 @@ pub enum Action {
     AnswerWhenRunning,
     /// Answer every request waiting for the service to run with this error.
     FailWaiters(ControlError),
-    /// A manual restart begins (its trace opens here).
-    BeginManualRestart,
+    /// A requested restart (manual, or by a reload) begins with this reason: its trace opens here.
+    BeginRestart(RestartReason),
     /// Launch a new instance; counted as a restart with this reason, if any.
     Launch(Option<RestartReason>),
     /// Wait until these dependents are down, then report [`Event::DependentsStopped`].
@@ -156,6 +162,8 @@ pub struct Lifecycle {
     stop_requested: bool,
     /// The first start attempt has concluded: optional dependents may go ahead.
     settled: bool,
+    /// An instance has been launched at least once.
+    launched: bool,
     shutting_down: bool,
     gate: Gate,
     held_by: Option<String>,
@@ -176,10 +184,16 @@ impl Lifecycle {
             stop_step: StopStep::Instance,
             stop_requested: false,
             settled: false,
+            launched: false,
             shutting_down: false,
             gate: Gate::Open,
             held_by: None,
         }
+    }
+
+    /// Replaces the policy (a configuration reload): it applies to the next decision.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
     }
 
     /// The lifecycle state.
@@ -310,6 +324,7 @@ impl Lifecycle {
             Request::Restart => self.restart_requested(),
             Request::Start => self.start_requested(),
             Request::Stop => self.stop_requested_now(),
+            Request::Reload => self.reload_requested(),
         }
     }
 
@@ -317,6 +332,10 @@ impl Lifecycle {
     fn admit(&self, request: Request, force: bool) -> Result<(), ControlError> {
         if self.shutting_down {
             return Err(ControlError::ShuttingDown);
+        }
+        if request == Request::Reload {
+            // Not the service's to refuse: whatever its state, it takes the new settings.
+            return Ok(());
         }
         if !self.policy.managed {
             return Err(ControlError::NotManaged(self.name.clone()));
@@ -357,7 +376,10 @@ impl Lifecycle {
         }
         self.restarting = true;
         self.restart = Some(RestartReason::Manual);
-        let mut actions = vec![Action::AnswerWhenRunning, Action::BeginManualRestart];
+        let mut actions = vec![
+            Action::AnswerWhenRunning,
+            Action::BeginRestart(RestartReason::Manual),
+        ];
         match self.state {
             ServiceState::Starting | ServiceState::Running => {
                 self.state = ServiceState::Stopping;
@@ -371,6 +393,47 @@ impl Lifecycle {
             }
         }
         actions
+    }
+
+    fn reload_requested(&mut self) -> Vec<Action> {
+        use ServiceState as S;
+        if !self.policy.managed {
+            // Nothing runs to be replaced: the new probe settings apply from the next check.
+            return vec![Action::Answer];
+        }
+        match self.state {
+            S::Starting | S::Running => {
+                self.restarting = true;
+                self.attempts = 0;
+                self.restart = Some(RestartReason::Reload);
+                self.state = S::Stopping;
+                self.after_stop = AfterStop::Pending;
+                self.stop_step = StopStep::Instance;
+                vec![
+                    Action::BeginRestart(RestartReason::Reload),
+                    Action::StopInstance,
+                    Action::Answer,
+                ]
+            }
+            S::Backoff | S::Failed => {
+                // The new settings deserve a fresh start, now.
+                self.attempts = 0;
+                self.stop_requested = false;
+                self.restart = Some(RestartReason::Reload);
+                let mut actions = vec![Action::BeginRestart(RestartReason::Reload)];
+                actions.extend(self.pend());
+                actions.push(Action::Answer);
+                actions
+            }
+            S::Pending => {
+                if self.launched {
+                    self.restart = Some(RestartReason::Reload);
+                }
+                vec![Action::Answer]
+            }
+            // A stop under way: what follows it launches with the new settings. A stopped service stays so.
+            S::Stopping | S::Stopped => vec![Action::Answer],
+        }
     }
 
     fn start_requested(&mut self) -> Vec<Action> {
@@ -439,6 +502,7 @@ impl Lifecycle {
         match &self.gate {
             Gate::Open if self.held_by.is_none() => {
                 self.state = ServiceState::Starting;
+                self.launched = true;
                 let restart = self.restart.take();
                 if restart.is_some() {
                     self.restart_count += 1;

@@ -241,7 +241,7 @@ impl Actor {
             }
             Action::AnswerWhenRunning => self.start_waiters.extend(reply.take()),
             Action::FailWaiters(error) => self.fail_start_waiters(error),
-            Action::BeginManualRestart => self.open_attempt(RestartReason::Manual),
+            Action::BeginRestart(reason) => self.open_attempt(reason),
             Action::Launch(restart) => return self.launch(restart).await,
             Action::AwaitDependents(scope) => {
                 self.await_dependents(scope).await;

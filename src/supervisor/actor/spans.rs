@@ -107,7 +107,8 @@ impl Actor {
         if self.traces.attempt_fresh {
             return;
         }
-        let manual = reason == RestartReason::Manual;
+        // Asked for (by the API, or by a reload): it continues the asker's trace instead of an incident's.
+        let requested = matches!(reason, RestartReason::Manual | RestartReason::Reload);
         if let Some(previous) = self.traces.attempt.take() {
             // Its instance never became ready: it exited (process_down), or its start timed out.
             match self.traces.exit.take() {
@@ -123,7 +124,11 @@ impl Actor {
             }
             self.traces.previous_attempt = exported(&previous);
         }
-        let parent = if manual { self.traces.request.clone() } else { None };
+        let parent = if requested {
+            self.traces.request.clone()
+        } else {
+            None
+        };
         let span = tracing::info_span!(
             parent: parent.as_ref().and_then(Span::id),
             "restart service",
@@ -136,7 +141,7 @@ impl Actor {
             otel.status_code = Empty,
             otel.status_description = Empty,
         );
-        if !manual {
+        if !requested {
             if self.traces.incident.is_none() {
                 self.traces.incident = exported(&span);
             } else {

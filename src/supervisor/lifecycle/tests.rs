@@ -83,6 +83,7 @@ fn every_event() -> Vec<(&'static str, Event)> {
         ("start force", request(Request::Start, true)),
         ("stop", request(Request::Stop, false)),
         ("stop force", request(Request::Stop, true)),
+        ("reload", request(Request::Reload, false)),
         ("open", open()),
         ("waiting", waiting()),
         ("blocked", blocked()),
@@ -125,6 +126,9 @@ fn expected(state: ServiceState, event: &str) -> Option<ServiceState> {
         (Pending | Starting | Running | Backoff, "stop" | "stop force") => Stopping,
         (Stopped, "stop" | "stop force") => Stopped,
         (Failed, "stop force") => Stopping,
+        (Running | Starting, "reload") => Stopping,
+        (Backoff | Failed, "reload") => Starting,
+        (Pending | Stopping | Stopped, "reload") => state,
         // Dependencies.
         (Pending, "open") => Starting,
         (Starting | Running, "held") => Stopping,
@@ -345,11 +349,87 @@ fn an_external_service_is_never_restarted_and_settles_on_a_startup_timeout() {
     ));
 }
 
+#[test]
+fn a_reload_replaces_a_running_instance_and_counts_a_restart_with_reason_reload() {
+    let mut service = in_state(ServiceState::Running);
+    assert_eq!(
+        service.on(request(Request::Reload, false)),
+        [
+            Action::BeginRestart(RestartReason::Reload),
+            Action::StopInstance,
+            Action::Answer
+        ]
+    );
+    assert_eq!(
+        service.on(Event::InstanceStopped),
+        [Action::Launch(Some(RestartReason::Reload))]
+    );
+    assert_eq!(service.restart_count(), 1);
+}
+
+#[test]
+fn a_reload_gives_a_failed_service_a_fresh_start_and_leaves_a_stopped_one_stopped() {
+    let mut failed = in_state(ServiceState::Failed);
+    let actions = failed.on(request(Request::Reload, false));
+    assert!(
+        actions.contains(&Action::Launch(Some(RestartReason::Reload))),
+        "{actions:?}"
+    );
+    assert_eq!(failed.attempts(), 0);
+
+    let mut stopped = in_state(ServiceState::Stopped);
+    assert_eq!(stopped.on(request(Request::Reload, false)), [Action::Answer]);
+    assert_eq!(stopped.state(), ServiceState::Stopped);
+    assert!(stopped.stop_requested(), "still kept down on request");
+}
+
+#[test]
+fn a_reload_of_a_held_dependent_counts_its_next_launch_but_not_a_first_one() {
+    let mut held_service = in_state(ServiceState::Running);
+    held_service.on(held());
+    held_service.on(Event::DependentsStopped);
+    held_service.on(Event::InstanceStopped);
+    assert_eq!(held_service.on(request(Request::Reload, false)), [Action::Answer]);
+    assert_eq!(
+        held_service.on(open()),
+        [Action::Launch(Some(RestartReason::Reload))]
+    );
+
+    let mut never_ran = in_state(ServiceState::Pending);
+    never_ran.on(request(Request::Reload, false));
+    assert_eq!(never_ran.on(open()), [Action::Launch(None)]);
+    assert_eq!(never_ran.restart_count(), 0);
+}
+
+#[test]
+fn a_reload_answers_an_external_service_without_acting_and_is_refused_at_shutdown() {
+    let mut external = Lifecycle::new(
+        "db",
+        Policy {
+            managed: false,
+            ..POLICY
+        },
+    );
+    external.on(open());
+    assert_eq!(external.on(request(Request::Reload, false)), [Action::Answer]);
+    let mut service = in_state(ServiceState::Running);
+    service.on(Event::Shutdown);
+    assert_eq!(
+        service.on(request(Request::Reload, false)),
+        [Action::Refuse(ControlError::ShuttingDown)]
+    );
+}
+
 // ---- properties over random event sequences ----------------------------------------------------------------
 
 fn any_event() -> impl Strategy<Value = Event> {
     let requests = (
-        prop_oneof![Just(Request::Restart), Just(Request::Start), Just(Request::Stop)],
+        prop_oneof![
+            Just(Request::Restart),
+            Just(Request::Start),
+            Just(Request::Stop),
+            Just(Request::Reload)
+        ],
         any::<bool>(),
     )
         .prop_map(|(request, force)| Event::Request { request, force });

@@ -53,7 +53,7 @@ struct Series {
     duration_count: AtomicU64,
     duration_sum: AtomicF64,
     consecutive_failures: AtomicU64,
-    restarts: [AtomicU64; 4],
+    restarts: [AtomicU64; RestartReason::ALL.len()],
     last_restart: AtomicF64,
     backoff: AtomicF64,
     startup_duration: AtomicF64,
@@ -79,7 +79,7 @@ struct Exemplar {
 /// The latest exemplar of each restart reason and of each check-duration bucket (`+Inf` last).
 #[derive(Debug, Default)]
 struct Exemplars {
-    restarts: [Option<Exemplar>; 4],
+    restarts: [Option<Exemplar>; RestartReason::ALL.len()],
     buckets: [Option<Exemplar>; CHECK_BUCKETS.len() + 1],
 }
 
