@@ -115,7 +115,7 @@ async fn startup() {
         );
         // Never before its dependencies allowed: each started after its dependencies were ready, so it
         // became ready at least 200 ms after each of them.
-        for service in supervisor.services() {
+        for service in supervisor.services().iter() {
             let ready = service.snapshot().ready_since.unwrap();
             for dependency in graph
                 .dependencies(service.name())
@@ -210,7 +210,7 @@ async fn checks(telemetry: &str) {
     let cpu = cpu_after - cpu_before;
     let failures: usize = {
         let mut failed = 0;
-        for service in supervisor.services() {
+        for service in supervisor.services().iter() {
             failed += service
                 .report()
                 .await
@@ -273,7 +273,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_for
 /// Checks recorded so far (history is capped at 100 per service, so read it within 100 checks).
 async fn checks_recorded(supervisor: &Supervisor) -> usize {
     let mut total = 0;
-    for service in supervisor.services() {
+    for service in supervisor.services().iter() {
         total += service.report().await.unwrap().history.len();
     }
     total
@@ -319,7 +319,7 @@ async fn metrics() {
     }
     let supervisor = Supervisor::builder(config(&text)).start().unwrap();
     supervisor.initialized().await;
-    for service in supervisor.services() {
+    for service in supervisor.services().iter() {
         service.check_now().await.unwrap();
     }
     let metrics = supervisor.metrics().clone();

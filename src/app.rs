@@ -17,6 +17,7 @@ use crate::api::server::{self, Limits};
 use crate::api::{Api, BrowserPolicy};
 use crate::clock::Clock;
 use crate::config::{Config, Source};
+use crate::reload::{Reloaded, Trigger};
 use crate::signal::{Hangups, ShutdownSignals};
 use crate::supervisor::containment::Containment;
 use crate::supervisor::{ControlError, Supervisor};
@@ -45,20 +46,20 @@ pub enum AppError {
 
 /// What asks a running orchestrator to stop.
 pub enum Stop {
-    /// SIGTERM or SIGINT (a second one kills every service at once); SIGHUP reports the reload plan.
+    /// SIGTERM or SIGINT (a second one kills every service at once); SIGHUP reloads the configuration.
     Signals(ShutdownSignals, Hangups),
     /// The embedding program cancels this token.
     Token(CancellationToken),
 }
 
 impl Stop {
-    /// The first request to stop, named; SIGHUPs before it are answered with the reload plan.
+    /// The first request to stop, named; SIGHUPs before it reload the configuration.
     async fn first(&mut self, api: &Api) -> &'static str {
         match self {
             Stop::Signals(signals, hangups) => loop {
                 tokio::select! {
                     signal = signals.recv() => break signal,
-                    () = hangups.recv() => report_reload_plan(api).await,
+                    () = hangups.recv() => reload_on_hangup(api).await,
                 }
             },
             Stop::Token(token) => {
@@ -90,7 +91,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// Stopped by SIGTERM and SIGINT, with the reload plan on SIGHUP; nothing else.
+    /// Stopped by SIGTERM and SIGINT, reloaded by SIGHUP (once a source is set); nothing else.
     pub fn signals(signals: ShutdownSignals, hangups: Hangups) -> Self {
         Self {
             source: None,
@@ -120,7 +121,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
     let bound = listener.local_addr().unwrap_or(address);
 
     let clock = Clock::system();
-    let (graph, token) = (config.graph.clone(), config.api.token.clone());
+    let token = config.api.token.clone();
     let browsers = BrowserPolicy::new(bound, &config.api.allowed_hosts, &config.api.allowed_origins);
     let services = config.services.len();
     let origin = config.origin.clone();
@@ -129,8 +130,8 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
         orchestrator.services = i64::try_from(services).unwrap_or(i64::MAX),
         orchestrator.config = %origin,
     );
-    // The running configuration, kept only where a reload can compare a new one with it.
-    let running = source.as_ref().map(|_| config.clone());
+    // The running configuration, which a reload compares a new one with.
+    let running = config.clone();
     let supervision = Supervision::start().map_err(AppError::Supervision)?;
     let supervisor = {
         // Everything the supervisor spawns, now and later from its own tasks, runs on that thread.
@@ -143,10 +144,8 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
         }
         builder.start()?
     };
-    let api = Api::new(supervisor.clone(), graph, token, browsers, clock);
-    if let (Some(source), Some(running)) = (source, running) {
-        api.enable_reload(source, running);
-    }
+    let api = Api::new(supervisor.clone(), token, browsers, clock);
+    api.enable_reload(source, running);
     let reloads = api.clone();
     let stop_api = CancellationToken::new();
     let server = tokio::spawn(server::serve(
@@ -190,21 +189,18 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
     Ok(())
 }
 
-/// SIGHUP: the configuration file read again, and what a reload would change, in the log. Applying a
-/// reload is not built yet: nothing changes.
-async fn report_reload_plan(api: &Api) {
-    match api.reload_plan().await {
-        Some(Ok(plan)) => tracing::warn!(
-            plan = %serde_json::to_string(&plan).unwrap_or_default(),
-            changed = !plan.is_empty(),
-            "SIGHUP: configuration read again; applying a reload is not built yet, so nothing changed \
-             (the plan is what a reload would do; restart the orchestrator to apply it)"
-        ),
-        Some(Err(error)) => {
-            tracing::error!(error = %error, "SIGHUP: the configuration has problems; nothing changed")
+/// SIGHUP: the configuration read again and what changed applied, as `POST /reload` does. A SIGHUP is
+/// never waited for: the signal loop goes on (a SIGTERM during a long reload still stops the orchestrator),
+/// and a SIGHUP while a reload runs is refused like a second API call (logged).
+async fn reload_on_hangup(api: &Api) {
+    let api = api.clone();
+    tokio::spawn(async move {
+        match api.reload(Trigger::Signal, false).await {
+            // The reloader logs what it did, and every problem of a bad file.
+            Ok(Reloaded::Applied { .. } | Reloaded::Invalid(_) | Reloaded::Planned { .. }) => {}
+            Err(refusal) => tracing::warn!(%refusal, "SIGHUP: configuration not reloaded"),
         }
-        None => tracing::warn!("SIGHUP: this orchestrator has no configuration to read again"),
-    }
+    });
 }
 
 /// The supervision thread: a single-threaded runtime, driven until [`Supervision::stop`].

@@ -40,9 +40,10 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
     },
-    /// Ask the running orchestrator what its configuration file, read again, would change: services to
-    /// add, remove, restart and update, and the untouched ones. Applying a reload is not built yet, so
-    /// --dry-run is required; exits 78 when the file has problems (each is printed), 1 on other errors.
+    /// Ask the running orchestrator to read its configuration again and apply only what changed: services
+    /// added, removed, restarted (reason reload) and updated live; every other one keeps running untouched.
+    /// Prints the plan and what happened to each service. Exits 78 when the file has problems (each is
+    /// printed; nothing changed), 1 when a service did not come up or on other errors.
     Reload {
         /// Base URL of the running orchestrator (default: http:// and api.listen of the configuration).
         #[arg(long, value_name = "URL")]
@@ -187,7 +188,13 @@ fn reload(source: Source, api: Option<String>, dry_run: bool) -> anyhow::Result<
     let answer: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| anyhow::anyhow!("{base} answered {status} with a body that is not JSON: {error}"))?;
     if (200..300).contains(&status) {
-        emit(&describe_plan(&answer))
+        emit(&describe_plan(&answer))?;
+        let success = answer["success"].as_bool() == Some(true);
+        Ok(if success {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     } else {
         let mut stderr = io::stderr().lock();
         let error = answer["error"].as_str().unwrap_or("no error message");
@@ -214,7 +221,9 @@ fn post(base: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Vec
         .map_err(|error| anyhow::anyhow!("cannot resolve {authority}: {error}"))?
         .next()
         .ok_or_else(|| anyhow::anyhow!("{authority} resolves to no address"))?;
-    let timeout = std::time::Duration::from_secs(60);
+    // A reload answers once what it started has settled: at most the longest stop and start its services
+    // are configured to take.
+    let timeout = std::time::Duration::from_secs(30 * 60);
     let mut stream = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))
         .map_err(|error| anyhow::anyhow!("cannot reach the orchestrator at {base}: {error}"))?;
     stream.set_read_timeout(Some(timeout))?;
@@ -290,13 +299,15 @@ fn describe_plan(answer: &serde_json::Value) -> String {
             list.join(", ")
         }
     };
+    let dry_run = answer["dry_run"].as_bool() != Some(false);
     let mut text = format!(
         "reload plan for {} ({}):\n",
         answer["config"].as_str().unwrap_or("the configuration"),
-        if answer["changed"].as_bool() == Some(false) {
-            "nothing would change"
-        } else {
-            "dry run: nothing changed"
+        match (answer["changed"].as_bool() == Some(false), dry_run) {
+            (true, true) => "nothing would change",
+            (true, false) => "nothing changed",
+            (false, true) => "dry run: nothing changed",
+            (false, false) => "applied",
         }
     );
     for (label, value) in [
@@ -315,6 +326,29 @@ fn describe_plan(answer: &serde_json::Value) -> String {
     }
     for warning in answer["warnings"].as_array().into_iter().flatten() {
         text.push_str(&format!("  warning: {}\n", warning.as_str().unwrap_or_default()));
+    }
+    let applied = answer["applied"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+    if !applied.is_empty() {
+        text.push_str("result:\n");
+    }
+    for service in applied {
+        let pid = service["pid"]
+            .as_u64()
+            .map_or_else(String::new, |pid| format!(", pid {pid}"));
+        let outcome = match service["error"].as_str() {
+            Some(error) if service["ok"].as_bool() != Some(true) => format!("FAILED: {error}"),
+            _ => "ok".to_owned(),
+        };
+        text.push_str(&format!(
+            "  {} {}: {}{pid}: {outcome}\n",
+            service["action"].as_str().unwrap_or_default(),
+            service["service"].as_str().unwrap_or_default(),
+            service["state"].as_str().unwrap_or_default(),
+        ));
     }
     text
 }

@@ -25,6 +25,7 @@
 //! - [`api`]: the REST API on a minimal hyper server: routing testable without sockets, JSON views, errors.
 //! - [`telemetry`]: metrics (per-service atomics and a prometheus registry), OTLP tracing, log output.
 //! - [`app`] and [`signal`]: `run` wiring: signals, ordered shutdown, a second signal kills at once.
+//! - [`reload`]: configuration reload (SIGHUP, `POST /reload`): validate in full, apply only the difference.
 //! - [`demo`]: `demo-service`, the tiny HTTP service the FOG demo runs, with fault injection.
 //! - [`clock`]: wall-clock timestamps derived from tokio time (deterministic under paused time).
 //! - [`cli`]: the command line: `run`, `check`, `graph`, `reload`, `demo-service`.
@@ -65,6 +66,7 @@ pub mod graph;
 pub mod health;
 pub mod name;
 pub mod registry;
+pub mod reload;
 pub mod signal;
 pub mod status;
 pub mod supervisor;

@@ -41,6 +41,14 @@ impl BrowserPolicy {
         }
     }
 
+    /// The same listener with new lists of allowed hosts and origins (a configuration reload).
+    pub fn with_lists(&self, allowed_hosts: &[String], allowed_origins: &[String]) -> Self {
+        match self.listen {
+            Some(listen) => Self::new(listen, allowed_hosts, allowed_origins),
+            None => self.clone(),
+        }
+    }
+
     /// Refuses a request a browser page of another origin, or a rebinding attack, could have sent.
     pub fn check(&self, method: &Method, version: Version, headers: &HeaderMap) -> Result<(), ApiError> {
         let host = match header_text(headers, header::HOST) {

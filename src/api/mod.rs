@@ -24,8 +24,8 @@ pub use self::guard::BrowserPolicy;
 pub use self::reply::{ApiError, BODY_LIMIT, Reply};
 use self::routes::{Endpoint, Matched};
 use crate::clock::Clock;
-use crate::graph::DependencyGraph;
 use crate::name::ServiceName;
+use crate::reload::{Refusal, Reloaded, Reloader, Trigger};
 use crate::supervisor::Supervisor;
 
 /// Everything the handlers read. Cheap to clone.
@@ -36,54 +36,68 @@ pub struct Api {
 
 struct ApiState {
     supervisor: Supervisor,
-    graph: DependencyGraph,
-    dependencies_json: Bytes,
-    token: Option<String>,
-    browsers: BrowserPolicy,
+    /// Who may do what: a reload changes it.
+    access: std::sync::RwLock<Access>,
     clock: Clock,
     bodies: views::Bodies,
-    /// Set by [`Api::enable_reload`]: the running configuration and where it was read from.
-    reload: std::sync::OnceLock<views::Reload>,
+    /// Set by [`Api::enable_reload`].
+    reloader: std::sync::OnceLock<Reloader>,
+}
+
+/// The bearer token POST and DELETE need, and the hosts and origins browsers may use.
+struct Access {
+    token: Option<String>,
+    browsers: BrowserPolicy,
 }
 
 impl Api {
-    /// An API over `supervisor`, with `graph` for the dependency endpoints, an optional bearer `token`
-    /// required on every POST and DELETE, and the hosts and origins browsers may use.
-    pub fn new(
-        supervisor: Supervisor,
-        graph: DependencyGraph,
-        token: Option<String>,
-        browsers: BrowserPolicy,
-        clock: Clock,
-    ) -> Self {
-        // The graph never changes: render its JSON once.
-        let dependencies_json = Bytes::from(graph.to_json().to_string());
+    /// An API over `supervisor`, with an optional bearer `token` required on every POST and DELETE, and
+    /// the hosts and origins browsers may use.
+    pub fn new(supervisor: Supervisor, token: Option<String>, browsers: BrowserPolicy, clock: Clock) -> Self {
         Self {
             state: Arc::new(ApiState {
                 supervisor,
-                graph,
-                dependencies_json,
-                token,
-                browsers,
+                access: std::sync::RwLock::new(Access { token, browsers }),
                 clock,
                 bodies: views::Bodies::default(),
-                reload: std::sync::OnceLock::new(),
+                reloader: std::sync::OnceLock::new(),
             }),
         }
     }
 
-    /// Lets `POST /api/orchestration/reload` read `source` again and compare it with `running` (the
-    /// configuration the orchestrator runs). Without it the endpoint answers 409. Set once; later calls
-    /// change nothing.
-    pub fn enable_reload(&self, source: crate::config::Source, running: crate::config::Config) {
-        let _ = self.state.reload.set(views::Reload::new(source, running));
+    /// Lets `POST /api/orchestration/reload` (and [`Api::reload`]) read `source` again and apply what
+    /// changed against `running`, the configuration the orchestrator runs; without a source they answer
+    /// 409. Set once; later calls change nothing.
+    pub fn enable_reload(&self, source: Option<crate::config::Source>, running: crate::config::Config) {
+        let reloader = Reloader::new(self.state.supervisor.clone(), source, running);
+        let _ = self.state.reloader.set(reloader);
     }
 
-    /// The reload plan of the configuration file read again (what `POST /reload?dry_run=true` answers),
-    /// for SIGHUP: `None` when reload is not enabled.
-    pub async fn reload_plan(&self) -> Option<Result<crate::config::Plan, crate::config::ConfigError>> {
-        let reload = self.state.reload.get()?;
-        Some(reload.plan().await.map(|(plan, _)| plan))
+    /// Reads the configuration again and, unless `dry_run`, applies the difference (what SIGHUP and `POST
+    /// /reload` do); the API's own access rules (token, allowed hosts and origins) follow.
+    pub async fn reload(&self, trigger: Trigger, dry_run: bool) -> Result<Reloaded, Refusal> {
+        let reloader = self.state.reloader.get().ok_or(Refusal::NoSource)?;
+        let reloaded = reloader.reload(trigger, dry_run).await?;
+        if let Reloaded::Applied { plan, new, .. } = &reloaded
+            && plan
+                .needs_orchestrator_restart
+                .iter()
+                .all(|key| key != "api.listen")
+        {
+            let mut access = self
+                .state
+                .access
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let browsers = access
+                .browsers
+                .with_lists(&new.api.allowed_hosts, &new.api.allowed_origins);
+            *access = Access {
+                token: new.api.token.clone(),
+                browsers,
+            };
+        }
+        Ok(reloaded)
     }
 
     /// Answers one request. Never panics on any input; every error is a JSON body with its status.
@@ -122,7 +136,7 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Before anything else: a request a foreign web page could have sent is refused unseen.
-        self.state
+        self.access()
             .browsers
             .check(request.method(), request.version(), request.headers())?;
         let (endpoint, name) = match routes::find(request.method(), request.uri().path()) {
@@ -166,16 +180,24 @@ impl Api {
             Endpoint::Heartbeat => self.heartbeat(&name()).await,
             Endpoint::ServiceDiscovery => self.service_discovery().await,
             Endpoint::OpenApi => Ok(reply::json_reply(StatusCode::OK, &openapi::document())),
-            Endpoint::Reload => self.reload(query_value(&query, "dry_run")).await,
+            Endpoint::Reload => self.reload_view(query_value(&query, "dry_run")).await,
             Endpoint::Prometheus => Ok(self.prometheus(&parts.headers)),
             Endpoint::Liveness => Ok(self.liveness()),
             Endpoint::Readiness => Ok(self.readiness()),
         }
     }
 
+    fn access(&self) -> std::sync::RwLockReadGuard<'_, Access> {
+        self.state
+            .access
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// With a token configured, POST and DELETE need `Authorization: Bearer <token>`.
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(token) = &self.state.token else {
+        let access = self.access();
+        let Some(token) = &access.token else {
             return Ok(());
         };
         let presented = headers

@@ -86,7 +86,8 @@ impl From<ControlError> for ApiError {
             | ControlError::NotManaged(_)
             | ControlError::Blocked { .. }
             | ControlError::Busy(_)
-            | ControlError::Stopped(_) => StatusCode::CONFLICT,
+            | ControlError::Stopped(_)
+            | ControlError::ReloadInProgress => StatusCode::CONFLICT,
             ControlError::StartFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -1,6 +1,7 @@
 //! The endpoints' bodies, in the seed's JSON shapes (fields are only ever added).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -11,11 +12,11 @@ use super::Api;
 use super::reply::{ApiError, Reply, bytes_reply, json_reply};
 use super::routes::Endpoint;
 use crate::clock::rfc3339;
-use crate::config::Plan;
 use crate::health::{CheckResult, HealthStatus};
 use crate::registry::{EntryFilter, Registration, RegistryEntry};
+use crate::reload::{Reloaded, Trigger};
 use crate::supervisor::containment::Containment;
-use crate::supervisor::{HealthReport, ServiceHandle, ServiceState, Snapshot};
+use crate::supervisor::{HealthReport, Roster, ServiceHandle, ServiceState, Snapshot};
 use crate::telemetry::metrics::Format;
 
 /// The body of start, stop and restart.
@@ -68,11 +69,12 @@ fn uptimes(report: &HealthReport) -> (f64, f64, f64) {
 }
 
 impl Api {
-    fn handles(&self) -> &[ServiceHandle] {
+    /// The services running now: one version for the whole request, even while a reload applies.
+    fn handles(&self) -> Arc<Roster> {
         self.state.supervisor.services()
     }
 
-    fn handle_of(&self, name: &str) -> Result<&ServiceHandle, ApiError> {
+    fn handle_of(&self, name: &str) -> Result<ServiceHandle, ApiError> {
         self.state
             .supervisor
             .service(name)
@@ -80,68 +82,60 @@ impl Api {
     }
 
     /// Every service's summary (no history), in declaration order, from the published snapshots.
-    fn reports(&self) -> Vec<HealthReport> {
-        self.handles().iter().map(ServiceHandle::summary).collect()
+    fn reports(handles: &[ServiceHandle]) -> Vec<HealthReport> {
+        handles.iter().map(ServiceHandle::summary).collect()
     }
 
-    /// `POST /reload?dry_run=true`: the plan, or 400 with every problem of the file; nothing is applied
-    /// (applying is not built yet, so `dry_run=true` is required).
-    pub(super) async fn reload(&self, dry_run: Option<&str>) -> Result<Reply, ApiError> {
-        match dry_run {
-            Some("true") => {}
-            None | Some("false") => {
-                return Err(ApiError::bad_request(
-                    "dry_run=true is required: applying a reload is not built yet (nothing changed); \
-                     restart the orchestrator to apply a new configuration",
-                ));
-            }
+    /// `POST /reload[?dry_run=true]`: the configuration read again and what changed applied (or, in a
+    /// dry run, only planned); 400 with every problem of a bad file (nothing changed); 409 while another
+    /// reload runs, during shutdown, or without a file to read.
+    pub(super) async fn reload_view(&self, dry_run: Option<&str>) -> Result<Reply, ApiError> {
+        let dry_run = match dry_run {
+            None | Some("false") => false,
+            Some("true") => true,
             Some(other) => {
                 return Err(ApiError::bad_request(format!(
                     "dry_run must be true or false, not {other:?}"
                 )));
             }
-        }
-        let Some(reload) = self.state.reload.get() else {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "this orchestrator has no configuration file to read again",
-            ));
         };
-        let Some(read) = reload.try_plan() else {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "another reload is in progress",
-            ));
-        };
-        match read {
-            Ok((plan, new)) => Ok(json_reply(
-                StatusCode::OK,
-                &json!({
-                    "success": true,
-                    "dry_run": true,
-                    "changed": !plan.is_empty(),
-                    "config": new.origin,
-                    "warnings": new.warnings,
-                    "plan": plan,
-                }),
-            )),
-            Err(error) => {
+        let reloaded = self
+            .reload(Trigger::Api, dry_run)
+            .await
+            .map_err(|refusal| ApiError::new(StatusCode::CONFLICT, refusal.to_string()))?;
+        let (plan, new, applied) = match reloaded {
+            Reloaded::Invalid(error) => {
                 let problems: Vec<String> = match &error {
                     crate::config::ConfigError::Invalid { problems, .. } => {
                         problems.iter().map(ToString::to_string).collect()
                     }
                     other => vec![other.to_string()],
                 };
-                Ok(json_reply(
+                return Ok(json_reply(
                     StatusCode::BAD_REQUEST,
                     &json!({
                         "success": false,
                         "error": error.to_string(),
                         "problems": problems,
                     }),
-                ))
+                ));
             }
+            Reloaded::Planned { plan, new } => (plan, new, None),
+            Reloaded::Applied { plan, new, applied } => (plan, new, Some(applied)),
+        };
+        let mut body = json!({
+            "success": applied.as_ref().is_none_or(|applied| applied.iter().all(|a| a.ok)),
+            "dry_run": dry_run,
+            "changed": !plan.is_empty(),
+            "config": new.origin,
+            "config_hash": new.fingerprint(),
+            "warnings": new.warnings,
+            "plan": plan,
+        });
+        if let Some(applied) = applied {
+            body["applied"] = json!(applied);
         }
+        Ok(json_reply(StatusCode::OK, &body))
     }
 
     /// `/services`: made again only after a snapshot changed.
@@ -182,10 +176,11 @@ impl Api {
 
     /// `/health`'s body but its timestamp (the last field).
     fn health_body(&self) -> Value {
-        let reports = self.reports();
+        let handles = self.handles();
+        let reports = Self::reports(&handles);
         let mut services = Map::new();
         let (mut unhealthy, mut degraded) = (Vec::new(), Vec::new());
-        for (handle, report) in self.handles().iter().zip(&reports) {
+        for (handle, report) in handles.iter().zip(&reports) {
             let snapshot = &report.snapshot;
             match snapshot.health {
                 HealthStatus::Unhealthy => unhealthy.push(handle.name()),
@@ -270,16 +265,19 @@ impl Api {
     }
 
     pub(super) fn dependencies(&self, format: Option<&str>) -> Result<Reply, ApiError> {
+        let roster = self.handles();
         match format {
-            None | Some("json") => Ok(bytes_reply(
-                StatusCode::OK,
-                "application/json",
-                self.state.dependencies_json.clone(),
-            )),
+            None | Some("json") => {
+                // The graph changes only with a reload: its JSON is made once per version.
+                let body = self.state.bodies.dependencies.get(roster.version(), || {
+                    Bytes::from(roster.graph().to_json().to_string())
+                });
+                Ok(bytes_reply(StatusCode::OK, "application/json", body))
+            }
             Some("dot") => Ok(bytes_reply(
                 StatusCode::OK,
                 "text/vnd.graphviz",
-                Bytes::from(self.state.graph.to_dot()),
+                Bytes::from(roster.graph().to_dot()),
             )),
             Some(other) => Err(ApiError::bad_request(format!(
                 "unknown format {other:?}: use json or dot"
@@ -289,7 +287,8 @@ impl Api {
 
     pub(super) async fn metrics(&self) -> Result<Reply, ApiError> {
         let supervisor = &self.state.supervisor;
-        let reports = self.reports();
+        let handles = self.handles();
+        let reports = Self::reports(&handles);
         let registry_stats = supervisor.registry().stats().await?;
         let count_state = |state: ServiceState| reports.iter().filter(|r| r.snapshot.state == state).count();
         let count_health =
@@ -298,8 +297,7 @@ impl Api {
         for report in &reports {
             *by_state.entry(report.snapshot.state.as_str()).or_insert(0) += 1;
         }
-        let details: Map<String, Value> = self
-            .handles()
+        let details: Map<String, Value> = handles
             .iter()
             .zip(&reports)
             .map(|(handle, report)| {
@@ -342,10 +340,13 @@ impl Api {
     }
 
     pub(super) async fn service_detail(&self, name: &str) -> Result<Reply, ApiError> {
-        let handle = self.handle_of(name)?;
+        let roster = self.handles();
+        let handle = roster
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("unknown service {name:?}")))?;
         let report = handle.report().await?;
         let entry = self.state.supervisor.registry().entry(name).await?;
-        let graph = &self.state.graph;
+        let graph = roster.graph();
         let snapshot = &report.snapshot;
         let mut body = json!({
             "success": true,
@@ -577,47 +578,12 @@ fn target_group(entry: &RegistryEntry) -> Option<Value> {
 }
 
 /// Whether an `Accept-Encoding` header allows gzip (named, or `*`, with a non-zero quality).
-/// What `POST /reload` needs: where the configuration was read from, the configuration running now, and
-/// a lock held while one reload is in progress (a second one at the same time is refused with 409).
-#[derive(Debug)]
-pub(super) struct Reload {
-    source: crate::config::Source,
-    running: crate::config::Config,
-    busy: tokio::sync::Mutex<()>,
-}
-
-impl Reload {
-    pub(super) fn new(source: crate::config::Source, running: crate::config::Config) -> Self {
-        Self {
-            source,
-            running,
-            busy: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// The file read again (through the same layering and validation as at start) and compared with
-    /// the running configuration; `None` while another reload holds the lock.
-    fn try_plan(&self) -> Option<Result<(Plan, crate::config::Config), crate::config::ConfigError>> {
-        let _turn = self.busy.try_lock().ok()?;
-        Some(self.read())
-    }
-
-    /// As `try_plan`, waiting for a reload in progress (SIGHUP has nobody to answer 409 to).
-    pub(super) async fn plan(&self) -> Result<(Plan, crate::config::Config), crate::config::ConfigError> {
-        let _turn = self.busy.lock().await;
-        self.read()
-    }
-
-    fn read(&self) -> Result<(Plan, crate::config::Config), crate::config::ConfigError> {
-        let new = crate::config::Config::load(&self.source)?;
-        Ok((Plan::between(&self.running, &new), new))
-    }
-}
-
 /// Bodies made from every service's snapshot, kept while their key holds.
 #[derive(Debug, Default)]
 pub(super) struct Bodies {
     services: Cached<u64>,
+    /// Keyed by the roster's version.
+    dependencies: Cached<u64>,
     health: Cached<(u64, u64)>,
 }
 

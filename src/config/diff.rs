@@ -181,18 +181,21 @@ fn changed_settings(old: &Config, new: &Config) -> Changed {
     let mut changed = Changed::default();
     let mut differs = |differ: bool, key: &str, needs_restart: bool| changed.note(differ, key, needs_restart);
     let (a, b) = (&old.api, &new.api);
-    differs(a.listen != b.listen, "api.listen", true);
-    differs(a.token != b.token, "api.token", false);
+    // The API's access rules apply live, but were validated against the new address: while the old one
+    // is still served, they wait for the restart that moves it (a token must not go from a public listener).
+    let moved = a.listen != b.listen;
+    differs(moved, "api.listen", true);
+    differs(a.token != b.token, "api.token", moved);
     differs(
         a.allow_unauthenticated != b.allow_unauthenticated,
         "api.allow_unauthenticated",
-        false,
+        moved,
     );
-    differs(a.allowed_hosts != b.allowed_hosts, "api.allowed_hosts", false);
+    differs(a.allowed_hosts != b.allowed_hosts, "api.allowed_hosts", moved);
     differs(
         a.allowed_origins != b.allowed_origins,
         "api.allowed_origins",
-        false,
+        moved,
     );
     let (t, u) = (&old.telemetry, &new.telemetry);
     differs(t.log_format != u.log_format, "telemetry.log_format", true);

@@ -106,6 +106,28 @@ impl Config {
         Self::from_tree(&tree, source.file().describe())
     }
 
+    /// A short fingerprint of the effective configuration (settings and services, after layering and
+    /// defaults; not the API token, not where it was read from): the same exactly when a reload would
+    /// find nothing to change. `config_info{hash}` exports it.
+    pub fn fingerprint(&self) -> String {
+        let api = &self.api;
+        let effective = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            api.listen,
+            api.allowed_hosts,
+            api.allowed_origins,
+            api.allow_unauthenticated,
+            self.telemetry,
+            self.registry,
+            self.services
+        );
+        let digest = ring::digest::digest(&ring::digest::SHA256, effective.as_bytes());
+        digest.as_ref()[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
     /// `text` over the embedded defaults, ignoring the environment: for embedding programs and tests.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let file = ConfigFile::Text {

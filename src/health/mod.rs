@@ -211,6 +211,13 @@ impl HealthTracker {
         }
     }
 
+    /// Takes new thresholds (a configuration reload); the counts, status and history stay, and the next
+    /// check is judged by the new thresholds.
+    pub fn set_thresholds(&mut self, settings: &HealthSettings) {
+        self.failure_threshold = settings.failure_threshold;
+        self.recovery_threshold = settings.recovery_threshold;
+    }
+
     /// The current status.
     pub fn status(&self) -> HealthStatus {
         self.status

@@ -38,12 +38,36 @@ struct Record {
     process_alive: bool,
 }
 
+impl Record {
+    /// The entry of a configured service, before its first heartbeat.
+    fn configured(spec: &crate::config::ServiceSpec, now: SystemTime) -> Self {
+        Self {
+            service_type: spec.service_type.clone(),
+            address: None,
+            port: None,
+            tags: Vec::new(),
+            metadata: spec.metadata.clone(),
+            managed: true,
+            status: EntryStatus::Service(ServiceState::Pending),
+            registered_at: now,
+            last_heartbeat: None,
+            alive: false,
+            heartbeats: 0,
+            timeouts: 0,
+            deadline: None,
+            process_alive: false,
+        }
+    }
+}
+
 pub(super) struct RegistryActor {
     records: IndexMap<String, Record>,
     deadlines: DelayQueue<String>,
     clock: Clock,
     metrics: RegistryMetrics,
     heartbeat_interval: Duration,
+    /// One timer for every running process's heartbeat, instead of one per service.
+    sweep: tokio::time::Interval,
     heartbeat_timeout: Duration,
     max_registered: u32,
     /// Entries registered at run time (not configured), kept with the map so the cap costs no scan.
@@ -65,25 +89,7 @@ impl RegistryActor {
         let records: IndexMap<String, Record> = config
             .services
             .iter()
-            .map(|spec| {
-                let record = Record {
-                    service_type: spec.service_type.clone(),
-                    address: None,
-                    port: None,
-                    tags: Vec::new(),
-                    metadata: spec.metadata.clone(),
-                    managed: true,
-                    status: EntryStatus::Service(ServiceState::Pending),
-                    registered_at: now,
-                    last_heartbeat: None,
-                    alive: false,
-                    heartbeats: 0,
-                    timeouts: 0,
-                    deadline: None,
-                    process_alive: false,
-                };
-                (spec.name.to_string(), record)
-            })
+            .map(|spec| (spec.name.to_string(), Record::configured(spec, now)))
             .collect();
         metrics.set_timeout(config.registry.heartbeat_timeout);
         metrics.set_entries(records.len());
@@ -93,6 +99,7 @@ impl RegistryActor {
             clock,
             metrics,
             heartbeat_interval: config.registry.heartbeat_interval,
+            sweep: sweep_every(config.registry.heartbeat_interval),
             heartbeat_timeout: config.registry.heartbeat_timeout,
             max_registered: config.registry.max_registered,
             registered: 0,
@@ -103,14 +110,10 @@ impl RegistryActor {
     }
 
     pub(super) async fn run(mut self) {
-        // One timer for every running process's heartbeat, instead of one per service.
-        let mut sweep =
-            tokio::time::interval_at(Instant::now() + self.heartbeat_interval, self.heartbeat_interval);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                _ = sweep.tick() => self.heartbeat_running_processes(),
+                _ = self.sweep.tick() => self.heartbeat_running_processes(),
                 Some(notice) = self.notices.recv() => self.on_notice(notice),
                 request = self.requests.recv() => match request {
                     Some(request) => self.on_request(request),
@@ -186,6 +189,56 @@ impl RegistryActor {
             Request::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Request::Reconfigure(config, reply) => {
+                self.reconfigure(&config);
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Takes a reload's configuration.
+    fn reconfigure(&mut self, config: &Config) {
+        let now = self.clock.now();
+        let removed: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(name, record)| record.managed && config.service(name).is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in removed {
+            if let Some(record) = self.records.shift_remove(&name)
+                && let Some(key) = &record.deadline
+            {
+                self.deadlines.remove(key);
+            }
+            self.metrics.remove(&name);
+        }
+        for spec in &config.services {
+            match self.records.get_mut(spec.name.as_str()) {
+                Some(record) => {
+                    if !record.managed {
+                        // Registered at run time until now: the configuration owns it from here on.
+                        record.managed = true;
+                        self.registered -= 1;
+                    }
+                    record.service_type.clone_from(&spec.service_type);
+                    record.metadata.clone_from(&spec.metadata);
+                }
+                None => {
+                    self.records
+                        .insert(spec.name.to_string(), Record::configured(spec, now));
+                    self.metrics.series(&spec.name);
+                }
+            }
+        }
+        let settings = &config.registry;
+        self.heartbeat_timeout = settings.heartbeat_timeout;
+        self.max_registered = settings.max_registered;
+        self.metrics.set_timeout(settings.heartbeat_timeout);
+        self.metrics.set_entries(self.records.len());
+        if self.heartbeat_interval != settings.heartbeat_interval {
+            self.heartbeat_interval = settings.heartbeat_interval;
+            self.sweep = sweep_every(settings.heartbeat_interval);
         }
     }
 
@@ -444,4 +497,11 @@ fn check_bounds(registration: &Registration) -> Result<(), RegistryError> {
         return invalid(format!("metadata is larger than {MAX_METADATA} bytes of JSON"));
     }
     Ok(())
+}
+
+/// The sweep that heartbeats every running process, one timer for all of them.
+fn sweep_every(interval: Duration) -> tokio::time::Interval {
+    let mut sweep = tokio::time::interval_at(Instant::now() + interval, interval);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep
 }

@@ -51,6 +51,7 @@ enum Request {
     Entry(String, oneshot::Sender<Option<RegistryEntry>>),
     LastHeartbeat(String, oneshot::Sender<Option<Instant>>),
     Stats(oneshot::Sender<RegistryStats>),
+    Reconfigure(std::sync::Arc<Config>, oneshot::Sender<()>),
 }
 
 /// Which entries a listing keeps: all, or those of one type, and/or alive or not.
@@ -148,6 +149,13 @@ impl RegistryHandle {
     /// Totals.
     pub async fn stats(&self) -> Result<RegistryStats, RegistryError> {
         self.ask(Request::Stats).await
+    }
+
+    /// A reload's configuration: entries for added services, none for removed ones (their heartbeat
+    /// series go with them), new type and metadata for the others (their heartbeats and counts stay), and
+    /// the new heartbeat interval, timeout and cap.
+    pub async fn reconfigure(&self, config: std::sync::Arc<Config>) -> Result<(), RegistryError> {
+        self.ask(|reply| Request::Reconfigure(config, reply)).await
     }
 
     /// The engine observed `name` alive (never waits).

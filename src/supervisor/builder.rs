@@ -11,12 +11,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::actor::{Actor, ActorParts, Peer};
+use super::actor::{Actor, ActorParts, Gates, Peer};
 use super::{
-    Command, ControlError, InProcessLauncher, Launcher, Service, ServiceHandle, Snapshot, Supervisor,
+    Command, ControlError, InProcessLauncher, Launcher, Roster, Service, ServiceHandle, Snapshot, Supervisor,
 };
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ServiceSpec};
 use crate::graph::DependencyGraph;
 use crate::health::probe::Prober;
 use crate::registry::RegistryHandle;
@@ -37,32 +37,37 @@ pub struct SupervisorBuilder {
     pub(super) startup_span: Option<tracing::Span>,
 }
 
-/// Whom one actor watches.
-struct Gates {
-    required: Vec<Peer>,
-    optional: Vec<Peer>,
-    dependents: Vec<Peer>,
-    required_dependents: Vec<Peer>,
-}
-
 /// The receiving ends of one service's channels, for its actor.
-struct Channels {
+pub(super) struct Channels {
     publish: watch::Sender<Snapshot>,
     commands: mpsc::Receiver<Command>,
 }
 
-/// What every actor shares.
-struct Shared {
-    prober: Arc<dyn Prober>,
-    clock: Clock,
-    registry: RegistryHandle,
-    changes: Arc<watch::Sender<u64>>,
-    published: Arc<AtomicU64>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-    boot: Instant,
-    startup_span: tracing::Span,
-    shutdown_span: Arc<std::sync::Mutex<Option<tracing::Span>>>,
+/// What every actor shares, and what a reload needs to spawn more of them.
+pub(super) struct Engine {
+    pub launcher: Arc<dyn Launcher>,
+    pub prober: Arc<dyn Prober>,
+    pub in_process: HashMap<String, Arc<dyn Service>>,
+    pub clock: Clock,
+    pub registry: RegistryHandle,
+    pub metrics: Arc<Metrics>,
+    pub changes: Arc<watch::Sender<u64>>,
+    pub published: Arc<AtomicU64>,
+    pub shutdown: CancellationToken,
+    pub force: CancellationToken,
+    pub tasks: TaskTracker,
+    pub boot: Instant,
+    /// The runtime the actors run on (a reload may be asked from another one).
+    pub runtime: tokio::runtime::Handle,
+    pub shutdown_span: Arc<std::sync::Mutex<Option<tracing::Span>>>,
+    /// Held while a reload is applied: one at a time.
+    pub reloading: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
 }
 
 impl SupervisorBuilder {
@@ -125,19 +130,29 @@ impl SupervisorBuilder {
             .unwrap_or_else(|| RegistryHandle::start(&self.config, self.clock, metrics.for_registry()));
         metrics.record_graph(&self.config.graph);
         let (changes, changes_receiver) = watch::channel(0u64);
-        let shared = Shared {
+        let engine = Arc::new(Engine {
+            launcher: self.launcher.clone(),
             prober: self.prober.clone(),
+            in_process: std::mem::take(&mut self.in_process),
             clock: self.clock,
             registry: registry.clone(),
+            metrics: metrics.clone(),
             changes: Arc::new(changes),
             published: Arc::default(),
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             boot: Instant::now(),
-            startup_span: startup_span.clone(),
+            runtime: tokio::runtime::Handle::current(),
             shutdown_span: Arc::default(),
-        };
-        let (handles, channels) = self.handles(&registry, &metrics);
+            reloading: tokio::sync::Mutex::new(()),
+        });
+        let (handles, channels): (Vec<_>, Vec<_>) = self
+            .config
+            .services
+            .iter()
+            .map(|spec| new_handle(spec, &self.config.graph, &registry, &metrics))
+            .unzip();
 
         let resolving = tracing::info_span!(parent: &startup_span, "resolve dependencies", orchestrator.services = i64::try_from(handles.len()).unwrap_or(i64::MAX));
         let started_resolving = std::time::Instant::now();
@@ -145,30 +160,21 @@ impl SupervisorBuilder {
         metrics.set_dependency_resolution(started_resolving.elapsed());
         drop(resolving);
 
-        let tasks = TaskTracker::new();
         for ((handle, channels), gates) in handles.iter().zip(channels).zip(gates) {
-            let parts = self.actor_parts(handle, channels, gates, &shared);
-            tasks.spawn(Actor::new(parts).run());
+            let parts = actor_parts(&engine, &self.config, handle, channels, gates, &startup_span);
+            engine.tasks.spawn(Actor::new(parts).run());
         }
-        tasks.close();
+        engine.tasks.close();
 
-        let index = handles
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.name().to_owned(), i))
-            .collect();
         let supervisor = Supervisor {
-            registry,
-            metrics,
-            services: Arc::new(handles),
-            index: Arc::new(index),
+            roster: Arc::new(std::sync::RwLock::new(Arc::new(Roster::new(
+                handles,
+                self.config.graph.clone(),
+                0,
+            )))),
             changes: changes_receiver,
-            published: shared.published.clone(),
-            shutdown: shared.shutdown,
-            force: shared.force,
-            tasks,
-            boot: shared.boot,
-            shutdown_span: shared.shutdown_span.clone(),
+            initialized: Arc::default(),
+            engine,
         };
         tokio::spawn(tracing::Instrument::instrument(
             supervisor.clone().log_startup_summary(),
@@ -192,82 +198,87 @@ impl SupervisorBuilder {
             None => Ok(()),
         }
     }
+}
 
-    /// Every service's handle, and the other ends of its channels.
-    fn handles(&self, registry: &RegistryHandle, metrics: &Metrics) -> (Vec<ServiceHandle>, Vec<Channels>) {
-        let graph = &self.config.graph;
-        self.config
-            .services
-            .iter()
-            .map(|spec| {
-                let (publish, snapshot) = watch::channel(Snapshot::initial());
-                let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
-                let layer = graph.layer(&spec.name).unwrap_or(0);
-                let handle = ServiceHandle {
-                    spec: Arc::new(spec.clone()),
-                    registry: registry.clone(),
-                    metrics: metrics.service(
-                        &spec.name,
-                        &spec.service_type,
-                        spec.critical,
-                        spec.is_external(),
-                        layer,
-                    ),
-                    layer,
-                    commands,
-                    snapshot,
-                };
-                let channels = Channels {
-                    publish,
-                    commands: receiver,
-                };
-                (handle, channels)
-            })
-            .unzip()
+/// A new service's handle, and the other ends of its channels.
+pub(super) fn new_handle(
+    spec: &ServiceSpec,
+    graph: &DependencyGraph,
+    registry: &RegistryHandle,
+    metrics: &Metrics,
+) -> (ServiceHandle, Channels) {
+    let (publish, snapshot) = watch::channel(Snapshot::initial());
+    let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+    let layer = graph.layer(&spec.name).unwrap_or(0);
+    let handle = ServiceHandle {
+        spec: Arc::new(spec.clone()),
+        registry: registry.clone(),
+        metrics: metrics.service(
+            &spec.name,
+            &spec.service_type,
+            spec.critical,
+            spec.is_external(),
+            layer,
+        ),
+        layer,
+        commands,
+        snapshot,
+    };
+    let channels = Channels {
+        publish,
+        commands: receiver,
+    };
+    (handle, channels)
+}
+
+/// What runs `spec`: its in-process service, the process launcher when it has a command, or nothing (an
+/// external service, only probed).
+pub(super) fn launcher_for(engine: &Engine, spec: &ServiceSpec) -> Option<Arc<dyn Launcher>> {
+    match engine.in_process.get(spec.name.as_str()) {
+        Some(service) if spec.command.is_none() => Some(Arc::new(InProcessLauncher::new(service.clone()))),
+        _ if spec.command.is_some() => Some(engine.launcher.clone()),
+        _ => None,
     }
+}
 
-    fn actor_parts(
-        &mut self,
-        handle: &ServiceHandle,
-        channels: Channels,
-        gates: Gates,
-        shared: &Shared,
-    ) -> ActorParts {
-        let launcher: Option<Arc<dyn Launcher>> = match self.in_process.remove(handle.name()) {
-            Some(service) => Some(Arc::new(InProcessLauncher::new(service))),
-            None if handle.spec.command.is_some() => Some(self.launcher.clone()),
-            None => None,
-        };
-        ActorParts {
-            spec: handle.spec.clone(),
-            layer: handle.layer,
-            launcher,
-            prober: shared.prober.clone(),
-            clock: shared.clock,
-            heartbeat_timeout: self.config.registry.heartbeat_timeout,
-            heartbeat_interval: self.config.registry.heartbeat_interval,
-            check_sample_ratio: self.config.telemetry.check_sample_ratio,
-            registry: shared.registry.clone(),
-            metrics: handle.metrics.clone(),
-            commands: channels.commands,
-            publish: channels.publish,
-            changes: shared.changes.clone(),
-            published: shared.published.clone(),
-            required: gates.required,
-            optional: gates.optional,
-            dependents: gates.dependents,
-            required_dependents: gates.required_dependents,
-            shutdown: shared.shutdown.clone(),
-            force: shared.force.clone(),
-            boot: shared.boot,
-            startup_span: shared.startup_span.clone(),
-            shutdown_span: shared.shutdown_span.clone(),
-        }
+/// Everything a new actor is given; `first_start` is the parent of its first `start service`.
+pub(super) fn actor_parts(
+    engine: &Engine,
+    config: &Config,
+    handle: &ServiceHandle,
+    channels: Channels,
+    gates: Gates,
+    first_start: &tracing::Span,
+) -> ActorParts {
+    ActorParts {
+        spec: handle.spec.clone(),
+        layer: handle.layer,
+        launcher: launcher_for(engine, &handle.spec),
+        prober: engine.prober.clone(),
+        clock: engine.clock,
+        heartbeat_timeout: config.registry.heartbeat_timeout,
+        heartbeat_interval: config.registry.heartbeat_interval,
+        check_sample_ratio: config.telemetry.check_sample_ratio,
+        registry: engine.registry.clone(),
+        metrics: handle.metrics.clone(),
+        commands: channels.commands,
+        publish: channels.publish,
+        changes: engine.changes.clone(),
+        published: engine.published.clone(),
+        required: gates.required,
+        optional: gates.optional,
+        dependents: gates.dependents,
+        required_dependents: gates.required_dependents,
+        shutdown: engine.shutdown.clone(),
+        force: engine.force.clone(),
+        boot: engine.boot,
+        startup_span: first_start.clone(),
+        shutdown_span: engine.shutdown_span.clone(),
     }
 }
 
 /// Resolves the graph into each actor's gates: whom it waits for, and who must stop before it.
-fn resolve_gates(graph: &DependencyGraph, handles: &[ServiceHandle]) -> Vec<Gates> {
+pub(super) fn resolve_gates(graph: &DependencyGraph, handles: &[ServiceHandle]) -> Vec<Gates> {
     let index: HashMap<&str, usize> = handles.iter().enumerate().map(|(i, h)| (h.name(), i)).collect();
     let peer = |name: &str| Peer {
         name: name.to_owned(),

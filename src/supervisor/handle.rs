@@ -46,6 +46,13 @@ pub enum Command {
     },
     /// Run a health check now.
     CheckNow(oneshot::Sender<CheckResult>),
+    /// A configuration reload's new settings and place in the graph (sent by [`Supervisor::reload`](
+    /// super::Supervisor::reload) only); answered once they apply, and, when the process must be replaced,
+    /// once the old instance is gone.
+    Reconfigure(Box<super::actor::Reconfiguration>),
+    /// A reload removed the service, which is stopped already: its actor ends (sent by
+    /// [`Supervisor::reload`](super::Supervisor::reload) only).
+    Retire,
     /// Uptime, and the history when asked for (copying it is the expensive part).
     Report {
         /// Include the last 100 results.
@@ -97,6 +104,9 @@ pub enum ControlError {
     /// The orchestrator is shutting down.
     #[error("the orchestrator is shutting down")]
     ShuttingDown,
+    /// Another configuration reload is being applied.
+    #[error("another configuration reload is in progress")]
+    ReloadInProgress,
 }
 
 /// One service's health in full: snapshot, history and uptime.
@@ -219,6 +229,27 @@ impl ServiceHandle {
     /// Records a heartbeat sent by the service itself (what `POST .../registry/{name}/heartbeat` does).
     pub async fn heartbeat(&self) -> Result<RegistryEntry, RegistryError> {
         self.registry.heartbeat(self.name()).await
+    }
+
+    /// Hands a reload's new settings to the actor; answers once they apply (and, when the process must be
+    /// replaced, once the old instance is gone).
+    pub(super) async fn reconfigure(
+        &self,
+        change: impl FnOnce(Reply) -> super::actor::Reconfiguration,
+    ) -> Result<Snapshot, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Reconfigure(Box::new(change(reply)))).await?;
+        answer.await.map_err(|_| ControlError::ShuttingDown)?
+    }
+
+    /// Ends the actor of a service a reload removed (stopped already); returns once the actor is gone.
+    pub(super) async fn retire(&self) {
+        let mut published = self.snapshot.clone();
+        if self.send(Command::Retire).await.is_err() {
+            return;
+        }
+        // The actor drops its end of the snapshot channel as it ends.
+        while published.changed().await.is_ok() {}
     }
 
     /// Sends a control request with the caller's span (what it sets in motion joins the caller's trace)

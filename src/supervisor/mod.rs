@@ -19,23 +19,25 @@ mod handle;
 pub mod launcher;
 pub mod lifecycle;
 pub mod output;
+mod reload;
 pub mod state;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use self::builder::SupervisorBuilder;
 pub use self::handle::{Command, ControlError, HealthReport, Reply, ServiceHandle};
 pub use self::launcher::{InProcessLauncher, Instance, LaunchError, Launcher, ProcessLauncher, Service};
+pub use self::reload::Applied;
 pub use self::state::{Exit, PublishedUptime, RestartReason, ServiceState, Snapshot};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::graph::DependencyGraph;
 use crate::health::probe::NetworkProber;
 use crate::health::{CheckResult, HealthStatus, composite};
 use crate::registry::RegistryHandle;
@@ -44,19 +46,61 @@ use crate::telemetry::metrics::Metrics;
 /// The running engine: every service's actor, and the way to stop them all. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
-    registry: RegistryHandle,
-    metrics: Arc<Metrics>,
-    services: Arc<Vec<ServiceHandle>>,
-    index: Arc<HashMap<String, usize>>,
+    /// The services and their graph: replaced whole by a reload.
+    roster: Arc<RwLock<Arc<Roster>>>,
     changes: watch::Receiver<u64>,
-    /// Bumped after every published snapshot change, of any service.
-    published: Arc<std::sync::atomic::AtomicU64>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-    tasks: TaskTracker,
-    boot: Instant,
-    /// `stop orchestrator`, from the beginning of the shutdown to its end; each service's stop is a child.
-    shutdown_span: Arc<std::sync::Mutex<Option<tracing::Span>>>,
+    /// The startup sequence has finished (once true, services a reload adds do not make it false).
+    initialized: Arc<AtomicBool>,
+    engine: Arc<builder::Engine>,
+}
+
+/// The services the supervisor runs, in declaration order, and the graph they form. A reload replaces
+/// it whole; a reader holds one consistent version.
+#[derive(Debug)]
+pub struct Roster {
+    handles: Vec<ServiceHandle>,
+    index: HashMap<String, usize>,
+    graph: DependencyGraph,
+    version: u64,
+}
+
+impl Roster {
+    fn new(handles: Vec<ServiceHandle>, graph: DependencyGraph, version: u64) -> Self {
+        let index = handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.name().to_owned(), i))
+            .collect();
+        Self {
+            handles,
+            index,
+            graph,
+            version,
+        }
+    }
+
+    /// The service called `name`.
+    pub fn get(&self, name: &str) -> Option<&ServiceHandle> {
+        self.index.get(name).map(|&i| &self.handles[i])
+    }
+
+    /// The dependency graph of these services.
+    pub fn graph(&self) -> &DependencyGraph {
+        &self.graph
+    }
+
+    /// 0 at start, one more after each applied reload.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl std::ops::Deref for Roster {
+    type Target = [ServiceHandle];
+
+    fn deref(&self) -> &[ServiceHandle] {
+        &self.handles
+    }
 }
 
 impl Supervisor {
@@ -76,41 +120,52 @@ impl Supervisor {
 
     /// The metrics every service records into.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        &self.engine.metrics
     }
 
     /// The registry the services' heartbeats go to.
     pub fn registry(&self) -> &RegistryHandle {
-        &self.registry
+        &self.engine.registry
     }
 
-    /// Every service, in declaration order.
-    pub fn services(&self) -> &[ServiceHandle] {
-        &self.services
+    /// Every service, in declaration order, and their graph: the version running now.
+    pub fn services(&self) -> Arc<Roster> {
+        self.roster
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The service called `name`.
-    pub fn service(&self, name: &str) -> Option<&ServiceHandle> {
-        self.index.get(name).map(|&i| &self.services[i])
+    pub fn service(&self, name: &str) -> Option<ServiceHandle> {
+        self.services().get(name).cloned()
     }
 
-    /// A number that changes after any service's snapshot does: read before the snapshots, it says
-    /// whether what was made of them is still current (the API's cached bodies).
+    /// A number that changes after any service's snapshot does, and after a reload: read before the
+    /// snapshots, it says whether what was made of them is still current (the API's cached bodies).
     pub fn generation(&self) -> u64 {
-        self.published.load(std::sync::atomic::Ordering::Acquire)
+        self.engine.published.load(Ordering::Acquire)
     }
 
     /// The startup sequence has finished: every service became ready, failed its first attempt, or is
-    /// blocked by a required dependency that did.
+    /// blocked by a required dependency that did. Once true it stays true: a service a reload adds has
+    /// its own start, not a new startup sequence.
     pub fn is_initialized(&self) -> bool {
-        self.services.iter().all(|s| s.snapshot.borrow().settled)
+        if self.initialized.load(Ordering::Acquire) {
+            return true;
+        }
+        let settled = self.services().iter().all(|s| s.snapshot.borrow().settled);
+        if settled {
+            self.initialized.store(true, Ordering::Release);
+        }
+        settled
     }
 
     /// Initialized, and every critical service running and not unhealthy.
     pub fn is_ready(&self) -> bool {
         self.is_initialized()
             && self
-                .services
+                .services()
                 .iter()
                 .filter(|s| s.spec.critical)
                 .all(|s| s.snapshot.borrow().ready)
@@ -118,7 +173,7 @@ impl Supervisor {
 
     /// The composite health of every service.
     pub fn composite_health(&self) -> HealthStatus {
-        composite(self.services.iter().map(|s| s.snapshot.borrow().health))
+        composite(self.services().iter().map(|s| s.snapshot.borrow().health))
     }
 
     /// Waits until the startup sequence has finished.
@@ -133,11 +188,12 @@ impl Supervisor {
 
     /// Runs every service's health check now, concurrently, in declaration order.
     pub async fn check_now(&self) -> Vec<CheckResult> {
-        let checks = self.services.iter().map(|service| {
+        let services = self.services();
+        let checks = services.iter().map(|service| {
             let service = service.clone();
             tokio::spawn(async move { service.check_now().await })
         });
-        let mut results = Vec::with_capacity(self.services.len());
+        let mut results = Vec::with_capacity(services.len());
         for check in checks.collect::<Vec<_>>() {
             if let Ok(Ok(result)) = check.await {
                 results.push(result);
@@ -148,22 +204,22 @@ impl Supervisor {
 
     /// Starts the graceful shutdown: health checks stop, services stop in reverse dependency order.
     pub fn begin_shutdown(&self) {
-        if let Ok(mut span) = self.shutdown_span.lock()
+        if let Ok(mut span) = self.engine.shutdown_span.lock()
             && span.is_none()
         {
             *span = Some(tracing::info_span!(
                 parent: None,
                 "stop orchestrator",
-                orchestrator.services = i64::try_from(self.services.len()).unwrap_or(i64::MAX),
+                orchestrator.services = i64::try_from(self.services().len()).unwrap_or(i64::MAX),
             ));
         }
-        self.shutdown.cancel();
+        self.engine.shutdown.cancel();
     }
 
     /// Kills every remaining service at once (a second signal, or a deadline).
     pub fn force_shutdown(&self) {
-        self.shutdown.cancel();
-        self.force.cancel();
+        self.engine.shutdown.cancel();
+        self.engine.force.cancel();
     }
 
     /// Shuts down gracefully and waits until every actor has stopped its service, logging every
@@ -173,18 +229,23 @@ impl Supervisor {
         let mut ticker = tokio::time::interval_at(Instant::now() + report_every, report_every);
         loop {
             tokio::select! {
-                () = self.tasks.wait() => break,
+                () = self.engine.tasks.wait() => break,
                 _ = ticker.tick() => self.log_holdouts(),
             }
         }
         // Every stop is done: `stop orchestrator` ends here.
-        let span = self.shutdown_span.lock().ok().and_then(|mut span| span.take());
+        let span = self
+            .engine
+            .shutdown_span
+            .lock()
+            .ok()
+            .and_then(|mut span| span.take());
         tracing::info!(parent: span.as_ref().and_then(tracing::Span::id), "all services stopped");
     }
 
     fn log_holdouts(&self) {
         let holding: Vec<String> = self
-            .services
+            .services()
             .iter()
             .filter_map(|s| {
                 let snapshot = s.snapshot.borrow();
@@ -203,7 +264,8 @@ impl Supervisor {
     async fn track_readiness(self) {
         let mut changes = self.changes.clone();
         loop {
-            self.metrics.set_readiness(self.is_ready(), self.is_initialized());
+            self.metrics()
+                .set_readiness(self.is_ready(), self.is_initialized());
             if changes.changed().await.is_err() {
                 return;
             }
@@ -215,12 +277,12 @@ impl Supervisor {
     async fn log_startup_summary(self) {
         tokio::select! {
             () = self.initialized() => {}
-            () = self.shutdown.cancelled() => return,
+            () = self.engine.shutdown.cancelled() => return,
         }
-        let elapsed = self.boot.elapsed();
-        let total = self.services.len();
-        let not_ready: Vec<String> = self
-            .services
+        let elapsed = self.engine.boot.elapsed();
+        let services = self.services();
+        let total = services.len();
+        let not_ready: Vec<String> = services
             .iter()
             .filter_map(|s| {
                 let snapshot = s.snapshot.borrow();

@@ -83,6 +83,9 @@ pub struct Snapshot {
     pub stop_requested: bool,
     /// The required dependency this service waits on, if any.
     pub waiting_on: Option<String>,
+    /// It will not start by itself until a required dependency recovers: one settled without being
+    /// ready, or is being stopped on request.
+    pub blocked: bool,
     /// Process id of the running instance.
     pub pid: Option<u32>,
     /// Consecutive failed checks.
@@ -115,6 +118,7 @@ impl Snapshot {
             last_error_at: None,
             stop_requested: false,
             waiting_on: None,
+            blocked: false,
             pid: None,
             consecutive_failures: 0,
             consecutive_successes: 0,

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::harness::{FOG, World, config, reach, service, supervise, within};
+use crate::harness::{FOG, World, reach, service, supervise, within};
 
 struct Response {
     status: StatusCode,
@@ -30,7 +30,6 @@ impl Response {
 fn api_for(supervisor: &Supervisor, token: Option<&str>) -> Api {
     Api::new(
         supervisor.clone(),
-        config(FOG).graph,
         token.map(str::to_owned),
         BrowserPolicy::default(),
         Clock::system(),
@@ -105,7 +104,6 @@ async fn started(toml: &str) -> (World, Supervisor, Api) {
     within(Duration::from_secs(10), supervisor.initialized()).await;
     let api = Api::new(
         supervisor.clone(),
-        config(toml).graph,
         None,
         BrowserPolicy::default(),
         Clock::system(),
@@ -673,7 +671,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(wrong_method.headers[header::ALLOW], "POST");
 
     // Nothing changed: no restart happened, nothing was registered.
-    for handle in supervisor.services() {
+    for handle in supervisor.services().iter() {
         assert_eq!(handle.snapshot().restart_count, 0, "{}", handle.name());
     }
     assert_eq!(world.launches("dao").len(), 1);

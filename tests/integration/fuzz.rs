@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::{Method, Request};
 use proptest::prelude::*;
 
-use crate::harness::{FOG, World, config, supervise, within};
+use crate::harness::{FOG, World, supervise, within};
 
 const FOG_TOML: &str = include_str!("../../examples/fog.toml");
 
@@ -116,13 +116,7 @@ fn the_api_answers_any_request_without_panicking() {
         let world = World::default();
         let supervisor = supervise(&world, FOG);
         within(Duration::from_secs(10), supervisor.initialized()).await;
-        let api = Api::new(
-            supervisor,
-            config(FOG).graph,
-            None,
-            BrowserPolicy::default(),
-            Clock::system(),
-        );
+        let api = Api::new(supervisor, None, BrowserPolicy::default(), Clock::system());
         (api, world)
     });
     let documented = [200, 201, 400, 403, 404, 405, 409, 413, 415, 500, 503, 507];

@@ -264,7 +264,7 @@ pub fn supervise(world: &World, toml: &str) -> Supervisor {
 }
 
 /// The handle of `name`.
-pub fn service<'a>(supervisor: &'a Supervisor, name: &str) -> &'a ServiceHandle {
+pub fn service(supervisor: &Supervisor, name: &str) -> ServiceHandle {
     supervisor
         .service(name)
         .unwrap_or_else(|| panic!("no service {name}"))

@@ -188,18 +188,18 @@ async fn a_flapping_service_stays_degraded_until_recovery_threshold_passes() {
     // Fail, pass, fail, pass, ... for a minute: degraded all along, never restarted.
     for round in 0..=30 {
         world.set("api", |b| b.healthy = round % 2 == 1);
-        let after = next_check(api).await;
+        let after = next_check(&api).await;
         assert_eq!(after.health, HealthStatus::Degraded, "check {round}");
     }
     assert_eq!(world.launches("api").len(), 1);
     // Two passes in a row: healthy again.
     world.set("api", |b| b.healthy = true);
     assert_eq!(
-        next_check(api).await.health,
+        next_check(&api).await.health,
         HealthStatus::Degraded,
         "one pass is not enough"
     );
-    assert_eq!(next_check(api).await.health, HealthStatus::Healthy);
+    assert_eq!(next_check(&api).await.health, HealthStatus::Healthy);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,14 +1,19 @@
-//! Reload (issue 13, first part): the configuration file read again through SIGHUP, `POST /reload` and
-//! `fog-orchestrator reload`, answered with the plan. Applying a plan is not built yet: nothing changes,
-//! and the tests say so.
+//! Configuration reload (DESIGN.md section 8) against the built binary and real processes: SIGHUP,
+//! `POST /api/orchestration/reload` and `fog-orchestrator reload` read the file again and apply only the
+//! difference; a bad file changes nothing; a second reload meanwhile is refused.
 
 use serde_json::Value;
 
-use crate::binary::{Orchestrator, http, http_text, signal};
+use crate::binary::{Orchestrator, http, http_text, message, signal};
 
+/// `keep` is untouched by AFTER, `change` gets a new command, `gone` is removed, `tuned` changes a setting
+/// that applies live, and `new` is added (depending on `keep`).
 const BEFORE: &str = r#"
 [services.keep]
 command = ["sleep", "3600"]
+health.exec = ["true"]
+health.check_interval = "1s"
+health.timeout = "500ms"
 [services.change]
 command = ["sleep", "3601"]
 [services.gone]
@@ -20,6 +25,9 @@ command = ["sleep", "3603"]
 const AFTER: &str = r#"
 [services.keep]
 command = ["sleep", "3600"]
+health.exec = ["true"]
+health.check_interval = "1s"
+health.timeout = "500ms"
 [services.change]
 command = ["sleep", "3700"]
 [services.tuned]
@@ -50,13 +58,31 @@ fn names(plan: &Value, key: &str) -> Vec<String> {
         .collect()
 }
 
-async fn pid_of(api: &str, name: &str) -> u64 {
+async fn detail(api: &str, name: &str) -> Value {
     let (status, detail) = http("GET", &format!("{api}/api/orchestration/service/{name}"), "").await;
     assert_eq!(status, 200, "{detail}");
+    detail
+}
+
+async fn pid_of(api: &str, name: &str) -> u64 {
+    let detail = detail(api, name).await;
     detail["pid"]
         .as_u64()
-        .or_else(|| detail["service"]["pid"].as_u64())
         .unwrap_or_else(|| panic!("no pid in {detail}"))
+}
+
+async fn metrics(api: &str) -> String {
+    let (status, text) = http_text("GET", &format!("{api}/metrics"), "").await;
+    assert_eq!(status, 200);
+    text
+}
+
+/// The value of the series `series` (name and labels exactly as exported), if exported.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
 }
 
 /// The CLI against the live orchestrator: exit code, stdout, stderr.
@@ -75,19 +101,143 @@ async fn cli_reload(api: &str, extra: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// What the services looked like before a reload, for the comparison after it.
+struct Before {
+    keep: Value,
+    change_pid: u64,
+    tuned_pid: u64,
+    keep_series: Vec<String>,
+    hash: String,
+}
+
+async fn before(api: &str) -> Before {
+    // One check now, to have a history to see survive.
+    let url = format!("{api}/api/orchestration/health/check-now?service=keep");
+    let (status, checked) = http("POST", &url, "").await;
+    assert_eq!(status, 200, "{checked}");
+    let keep = detail(api, "keep").await;
+    // At least one steady-state check in the history, to see it survive.
+    assert!(!keep["health_history"].as_array().unwrap().is_empty(), "{keep}");
+    let text = metrics(api).await;
+    let keep_series = text
+        .lines()
+        .filter(|line| line.contains("service=\"keep\"") && line.contains("_total{"))
+        .map(str::to_owned)
+        .collect();
+    Before {
+        keep,
+        change_pid: pid_of(api, "change").await,
+        tuned_pid: pid_of(api, "tuned").await,
+        keep_series,
+        hash: config_hash(&text),
+    }
+}
+
+fn config_hash(metrics: &str) -> String {
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with("orchestrator_config_info{"))
+        .unwrap_or_else(|| panic!("no config_info in:\n{metrics}"));
+    line.split('"').nth(1).unwrap().to_owned()
+}
+
+/// Everything a reload from BEFORE to AFTER must have done, and left alone.
+async fn assert_applied(api: &str, before: &Before) {
+    // Untouched: same process, counters, history (it only grew) and uptime.
+    let keep = detail(api, "keep").await;
+    assert_eq!(keep["pid"], before.keep["pid"], "keep was restarted");
+    assert_eq!(keep["restart_count"], 0);
+    assert_eq!(keep["ready_since"], before.keep["ready_since"]);
+    let history = |d: &Value| d["health_history"].as_array().unwrap().clone();
+    let (old, new) = (history(&before.keep), history(&keep));
+    assert!(new.len() >= old.len(), "history lost");
+    assert_eq!(new[..old.len()], old[..], "history rewritten");
+    assert_eq!(
+        keep["registry_metadata"]["registered_at"], before.keep["registry_metadata"]["registered_at"],
+        "registry entry replaced"
+    );
+
+    // Changed: a new process, one restart with reason reload.
+    let change = detail(api, "change").await;
+    assert_eq!(change["status"], "running", "{change}");
+    assert_ne!(change["pid"].as_u64(), Some(before.change_pid));
+    assert_eq!(change["restart_count"], 1);
+    assert_eq!(change["last_restart_reason"], "reload");
+
+    // Updated live: same process.
+    assert_eq!(pid_of(api, "tuned").await, before.tuned_pid);
+
+    // Removed and added.
+    let (_, services) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
+    assert!(services["services"]["gone"].is_null(), "{services}");
+    assert_eq!(services["services"]["new"]["status"], "running", "{services}");
+    assert_eq!(services["total_services"], 4);
+    let (status, _) = http("GET", &format!("{api}/api/orchestration/service/gone"), "").await;
+    assert_eq!(status, 404);
+    let (_, registry) = http("GET", &format!("{api}/api/orchestration/registry"), "").await;
+    assert!(registry["services"]["gone"].is_null(), "{registry}");
+    assert_eq!(registry["services"]["new"]["managed"], true, "{registry}");
+
+    // The graph endpoints answer the new graph.
+    let (_, graph) = http("GET", &format!("{api}/api/orchestration/dependencies"), "").await;
+    assert_eq!(
+        graph["dependencies"]["new"]["dependencies"],
+        serde_json::json!(["keep"])
+    );
+    assert!(graph["dependencies"]["gone"].is_null(), "{graph}");
+    assert_eq!(
+        graph["dependencies"]["keep"]["dependents"],
+        serde_json::json!(["new"])
+    );
+
+    // Series: the untouched one's counters are the same series (a counter can only have grown), the
+    // removed one's are gone, the added one's are there; the reload is counted and fingerprinted.
+    let text = metrics(api).await;
+    for series in &before.keep_series {
+        let (name, value) = series.rsplit_once(' ').unwrap();
+        let now = sample(&text, name).unwrap_or_else(|| panic!("{name} disappeared"));
+        assert!(now >= value.parse::<f64>().unwrap(), "{name} went back");
+    }
+    assert!(
+        !text.contains("service=\"gone\""),
+        "series of a removed service remain"
+    );
+    assert!(text.contains("orchestrator_service_up{service=\"new\"} 1"));
+    assert_eq!(
+        sample(
+            &text,
+            "orchestrator_service_restarts_total{service=\"change\",reason=\"reload\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "orchestrator_config_reloads_total{result=\"success\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "orchestrator_config_last_reload_successful"),
+        Some(1.0)
+    );
+    assert_ne!(config_hash(&text), before.hash, "the fingerprint did not move");
+}
+
 #[tokio::test]
-async fn sighup_the_api_and_the_cli_report_the_same_plan_and_change_nothing() {
+async fn the_cli_applies_only_the_difference_and_the_untouched_service_keeps_running() {
     let mut orchestrator = Orchestrator::start(BEFORE);
     let api = orchestrator.api().await;
     orchestrator.wait_ready().await;
-    let kept_pid = pid_of(&api, "keep").await;
+    let before = before(&api).await;
     std::fs::write(orchestrator.config_path(), AFTER).unwrap();
 
+    // The dry run first: the plan, and nothing changes.
     let url = format!("{api}/api/orchestration/reload?dry_run=true");
     let (status, answer) = http("POST", &url, "").await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["dry_run"], true);
-    assert_eq!(answer["changed"], true);
+    assert_eq!(
+        (&answer["dry_run"], &answer["changed"]),
+        (&Value::Bool(true), &Value::Bool(true))
+    );
+    assert!(answer["applied"].is_null());
     let plan = &answer["plan"];
     assert_eq!(names(plan, "add"), ["new"]);
     assert_eq!(names(plan, "remove"), ["gone"]);
@@ -100,45 +250,61 @@ async fn sighup_the_api_and_the_cli_report_the_same_plan_and_change_nothing() {
         plan["update"],
         serde_json::json!([{"service": "tuned", "keys": ["shutdown.timeout"]}])
     );
-
     let (code, stdout, stderr) = cli_reload(&api, &["--dry-run"]).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("dry run: nothing changed"), "{stdout}");
+    assert_eq!(pid_of(&api, "change").await, before.change_pid);
+
+    // Applied by the CLI: the plan and what happened to each service.
+    let (code, stdout, stderr) = cli_reload(&api, &[]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
     for line in [
+        "(applied):\n",
         "  add: new\n",
         "  remove: gone\n",
         "  restart: change (command)\n",
         "  update live: tuned (shutdown.timeout)\n",
         "  untouched: keep\n",
+        "  removed gone: stopped: ok\n",
+        "  updated tuned: running, pid ",
+        "  added new: running, pid ",
+        "  restarted change: running, pid ",
     ] {
         assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
     }
+    assert_applied(&api, &before).await;
 
-    // SIGHUP used to end the process (its default action); now it reports the same plan.
+    // The same file again: nothing to do.
+    let (status, answer) = http("POST", &format!("{api}/api/orchestration/reload"), "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"], false, "{answer}");
+    assert_eq!(answer["applied"], serde_json::json!([]));
+    assert!(orchestrator.stop().await.success());
+}
+
+#[tokio::test]
+async fn sighup_applies_the_same_difference_as_the_api() {
+    let mut orchestrator = Orchestrator::start(BEFORE);
+    let api = orchestrator.api().await;
+    orchestrator.wait_ready().await;
+    let before = before(&api).await;
+    std::fs::write(orchestrator.config_path(), AFTER).unwrap();
+
     signal(orchestrator.pid(), libc::SIGHUP);
-    let reported = orchestrator
-        .wait_for("the SIGHUP plan", |f| {
-            f["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("SIGHUP: configuration read again"))
-        })
+    let done = orchestrator
+        .wait_for("the reload", |f| message(f) == "configuration reloaded")
         .await;
-    let logged: Value = serde_json::from_str(reported["plan"].as_str().unwrap()).unwrap();
-    assert_eq!(&logged, plan, "SIGHUP and the API disagree");
-
-    // Nothing was applied: the same processes run, the removed service is still there.
-    assert_eq!(pid_of(&api, "keep").await, kept_pid);
-    let (_, services) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
-    assert!(services["services"]["gone"].is_object(), "{services}");
-    assert!(services["services"]["new"].is_null(), "{services}");
-
-    // Without dry_run: refused, and said why.
-    let (status, text) = http_text("POST", &format!("{api}/api/orchestration/reload"), "").await;
-    assert_eq!(status, 400);
-    assert!(text.contains("dry_run=true is required"), "{text}");
-    let (code, _, stderr) = cli_reload(&api, &[]).await;
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("dry_run=true is required"), "{stderr}");
-
+    assert_eq!(done["trigger"], "signal");
+    assert_eq!(
+        (
+            &done["added"],
+            &done["removed"],
+            &done["restarted"],
+            &done["updated"]
+        ),
+        (&Value::from(1), &Value::from(1), &Value::from(1), &Value::from(1))
+    );
+    assert_applied(&api, &before).await;
     assert!(orchestrator.stop().await.success());
 }
 
@@ -147,33 +313,141 @@ async fn a_broken_file_reports_every_problem_and_changes_nothing() {
     let mut orchestrator = Orchestrator::start(BEFORE);
     let api = orchestrator.api().await;
     orchestrator.wait_ready().await;
+    let pids = [pid_of(&api, "keep").await, pid_of(&api, "gone").await];
     std::fs::write(orchestrator.config_path(), BROKEN).unwrap();
 
-    let url = format!("{api}/api/orchestration/reload?dry_run=true");
-    let (status, answer) = http("POST", &url, "").await;
-    assert_eq!(status, 400, "{answer}");
-    let problems: Vec<&str> = answer["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
-    assert!(problems.iter().any(|p| p.contains("colour")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("cycle")), "{problems:?}");
-
-    let (code, _, stderr) = cli_reload(&api, &["--dry-run"]).await;
+    for url in ["reload?dry_run=true", "reload"] {
+        let (status, answer) = http("POST", &format!("{api}/api/orchestration/{url}"), "").await;
+        assert_eq!(status, 400, "{answer}");
+        let problems: Vec<&str> = answer["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert!(problems.iter().any(|p| p.contains("colour")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("cycle")), "{problems:?}");
+    }
+    let (code, _, stderr) = cli_reload(&api, &[]).await;
     assert_eq!(code, 78, "{stderr}");
     assert!(stderr.contains("colour") && stderr.contains("cycle"), "{stderr}");
 
     signal(orchestrator.pid(), libc::SIGHUP);
-    orchestrator
+    let refused = orchestrator
         .wait_for("the SIGHUP refusal", |f| {
-            f["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("SIGHUP: the configuration has problems"))
+            message(f).starts_with("configuration reload refused") && f["trigger"] == "signal"
         })
         .await;
-    let (status, _) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
-    assert_eq!(status, 200);
+    assert!(refused["error"].as_str().unwrap().contains("colour"), "{refused}");
+
+    // Nothing changed; the failures are counted and the last one shows.
+    assert_eq!([pid_of(&api, "keep").await, pid_of(&api, "gone").await], pids);
+    let text = metrics(&api).await;
+    // Two applying attempts by the API and the CLI, one by SIGHUP (the dry run is not counted).
+    assert_eq!(
+        sample(&text, "orchestrator_config_reloads_total{result=\"failure\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, "orchestrator_config_last_reload_successful"),
+        Some(0.0)
+    );
+    assert!(orchestrator.stop().await.success());
+}
+
+/// `api` requires `db`; the new file removes `db` and the edge. The dependent is the one that changes: its
+/// old instance stops before `db` does (dependents first), and it runs again without `db`.
+#[tokio::test]
+async fn removing_a_dependency_of_a_running_service_stops_the_dependent_first() {
+    let before = r#"
+[services.db]
+command = ["sleep", "3610"]
+[services.api]
+command = ["sleep", "3611"]
+depends_on = ["db"]
+"#;
+    let after = r#"
+[services.api]
+command = ["sleep", "3611"]
+"#;
+    let mut orchestrator = Orchestrator::start(before);
+    let api = orchestrator.api().await;
+    orchestrator.wait_ready().await;
+    let api_pid = pid_of(&api, "api").await;
+    std::fs::write(orchestrator.config_path(), after).unwrap();
+
+    let (status, answer) = http("POST", &format!("{api}/api/orchestration/reload"), "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(names(&answer["plan"], "remove"), ["db"]);
+    assert_eq!(
+        answer["plan"]["restart"],
+        serde_json::json!([{"service": "api", "keys": ["depends_on"]}])
+    );
+    let applied = answer["applied"].as_array().unwrap();
+    let action = |service: &str| {
+        applied
+            .iter()
+            .find(|a| a["service"] == service)
+            .unwrap_or_else(|| panic!("{service} missing from {answer}"))
+    };
+    assert_eq!(action("db")["action"], "removed");
+    assert_eq!(action("db")["state"], "stopped");
+    assert_eq!(action("api")["action"], "restarted");
+    assert_eq!(action("api")["state"], "running");
+
+    // In this order, or the second wait finds no line (the first consumed every line up to its own).
+    for service in ["api", "db"] {
+        orchestrator
+            .wait_for(&format!("{service} stopped (dependents first)"), |f| {
+                message(f) == "service stopped" && f["service"] == service
+            })
+            .await;
+    }
+    let now = detail(&api, "api").await;
+    assert_ne!(now["pid"].as_u64(), Some(api_pid));
+    assert_eq!(now["last_restart_reason"], "reload");
+    assert_eq!(now["dependencies"]["required"], serde_json::json!([]));
+    assert!(orchestrator.stop().await.success());
+}
+
+/// While a reload is being applied (a removed service that ignores SIGTERM holds it up for its shutdown
+/// timeout), another one is refused with 409, and the first one still completes.
+#[tokio::test]
+async fn a_reload_while_another_is_applied_is_refused_with_409() {
+    let before = r#"
+[services.stubborn]
+command = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
+shutdown.timeout = "2s"
+[services.other]
+command = ["sleep", "3620"]
+"#;
+    let after = "[services.other]\ncommand = [\"sleep\", \"3620\"]\n";
+    let mut orchestrator = Orchestrator::start(before);
+    let api = orchestrator.api().await;
+    orchestrator.wait_ready().await;
+    std::fs::write(orchestrator.config_path(), after).unwrap();
+
+    let url = format!("{api}/api/orchestration/reload");
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { http("POST", &url, "").await }
+    });
+    orchestrator
+        .wait_for("the first reload", |f| {
+            message(f) == "reading the configuration again"
+        })
+        .await;
+    let (status, answer) = http("POST", &url, "").await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("in progress"),
+        "{answer}"
+    );
+
+    let (status, answer) = first.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["applied"][0]["service"], "stubborn");
+    assert_eq!(answer["applied"][0]["state"], "stopped");
     assert!(orchestrator.stop().await.success());
 }

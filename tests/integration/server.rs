@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use fog_orchestrator::supervisor::{ServiceState, Supervisor};
 
-use crate::harness::{World, config, reach, supervise};
+use crate::harness::{World, reach, supervise};
 
 const LIMIT: Duration = Duration::from_secs(10);
 const TOML: &str = "[services.api]\ncommand = [\"fake\"]\nhealth.http = \"http://fake/\"\n";
@@ -31,7 +31,6 @@ async fn start(limits: Limits) -> Running {
     let supervisor = supervise(&world, TOML);
     let api = Api::new(
         supervisor.clone(),
-        config(TOML).graph,
         None,
         BrowserPolicy::default(),
         Clock::system(),

@@ -507,7 +507,7 @@ async fn shutdown_stops_dependents_before_their_dependencies() {
         }
     }
     assert_eq!(stopped.last().map(String::as_str), Some("dao"));
-    for handle in supervisor.services() {
+    for handle in supervisor.services().iter() {
         assert_eq!(handle.snapshot().state, ServiceState::Stopped);
     }
 }

@@ -14,7 +14,7 @@ use crate::supervisor::state::{Exit, RestartReason};
 use crate::telemetry::trace::event_name;
 
 /// The grid checks fall due on (see `became_ready`).
-const CHECK_GRID: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const CHECK_GRID: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Actor {
     /// Launches a new instance (or, for an external service, starts probing it); reports `LaunchFailed`, or

@@ -25,6 +25,12 @@ impl Actor {
                 let _ = reply.send(self.report(history));
                 return None;
             }
+            Command::Reconfigure(change) => return Some(Input::Reconfigure(change)),
+            Command::Retire => {
+                // Removed by a reload, and stopped: nothing may hold its end any longer.
+                self.parts.dependents.clear();
+                return Some(Input::Shutdown);
+            }
             Command::Restart { force, reply, caller } => (Request::Restart, force, reply, caller),
             Command::Start { force, reply, caller } => (Request::Start, force, reply, caller),
             Command::Stop { force, reply, caller } => (Request::Stop, force, reply, caller),

@@ -10,6 +10,7 @@
 mod actions;
 mod checks;
 mod commands;
+mod reconfigure;
 mod spans;
 
 use std::collections::VecDeque;
@@ -48,6 +49,18 @@ pub(super) struct Peer {
     pub name: String,
     pub snapshot: watch::Receiver<Snapshot>,
 }
+
+/// Whom one actor watches.
+pub(super) struct Gates {
+    pub required: Vec<Peer>,
+    pub optional: Vec<Peer>,
+    /// Every service that must stop before this one at shutdown.
+    pub dependents: Vec<Peer>,
+    /// The services that require this one: they stop first when it is stopped on request.
+    pub required_dependents: Vec<Peer>,
+}
+
+pub use self::reconfigure::Reconfiguration;
 
 /// Everything an actor is given when it is spawned.
 pub(super) struct ActorParts {
@@ -91,6 +104,8 @@ enum Input {
         /// The span of whoever asked (an API request): what the request does continues its trace.
         caller: tracing::Span,
     },
+    /// A configuration reload's new settings.
+    Reconfigure(Box<Reconfiguration>),
     Shutdown,
 }
 
@@ -182,6 +197,7 @@ impl Actor {
                     self.traces.request = Some(caller);
                     self.feed(Event::Request { request, force }, Some(reply)).await;
                 }
+                Input::Reconfigure(change) => self.reconfigure(*change).await,
                 Input::Shutdown => break,
             }
         }
@@ -468,6 +484,7 @@ impl Actor {
         if snapshot.waiting_on.as_deref() != lifecycle.waiting_on() {
             snapshot.waiting_on = lifecycle.waiting_on().map(str::to_owned);
         }
+        snapshot.blocked = matches!(lifecycle.gate(), Gate::Blocked(_)) || lifecycle.held_by().is_some();
         snapshot.health = self.health.status();
         snapshot.consecutive_failures = self.health.consecutive_failures();
         snapshot.consecutive_successes = self.health.consecutive_successes();

@@ -116,6 +116,29 @@ pub struct Metrics {
     api_requests: IntCounterVec,
     api_refused: IntCounter,
     api_duration: HistogramVec,
+    reloads: IntCounterVec,
+    last_reload_success: Gauge,
+    last_reload_successful: IntGauge,
+    config_info: IntGaugeVec,
+}
+
+/// How a configuration reload ended (`config_reloads_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// Applied (or nothing to apply).
+    Success,
+    /// The file had problems, or applying it failed: nothing (or not everything) changed.
+    Failure,
+}
+
+impl ReloadResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -296,9 +319,39 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            reloads: counters(
+                "config_reloads_total",
+                "Configuration reloads (SIGHUP, POST /reload, fog-orchestrator reload), by result.",
+                &["result"],
+            ),
+            last_reload_success: register(
+                &registry,
+                Gauge::with_opts(opts(
+                    "config_last_reload_success_timestamp_seconds",
+                    "When the running configuration was last loaded successfully (at start, or by a reload).",
+                ))
+                .expect("valid metric"),
+            ),
+            last_reload_successful: register(
+                &registry,
+                IntGauge::with_opts(opts(
+                    "config_last_reload_successful",
+                    "1 when the last configuration reload succeeded (or none was tried), 0 when it failed.",
+                ))
+                .expect("valid metric"),
+            ),
+            config_info: int_gauges(
+                "config_info",
+                "The running configuration's fingerprint (always 1; the hash changes with the effective configuration).",
+                &["hash"],
+            ),
             registry,
             services: Mutex::new(Vec::new()),
         };
+        for result in [ReloadResult::Success, ReloadResult::Failure] {
+            metrics.reloads.with_label_values(&[result.as_str()]);
+        }
+        metrics.last_reload_successful.set(1);
         Arc::new(metrics)
     }
 
@@ -367,6 +420,53 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(entry);
         service
+    }
+
+    /// Removes every series of a service a reload removed (its heartbeat series go with its registry
+    /// entry).
+    pub fn remove_service(&self, name: &str) {
+        self.services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|entry| entry.name != name);
+    }
+
+    /// A reload changed what `service_info` says of a service (its other series stay as they are).
+    pub fn set_service_info(
+        &self,
+        name: &str,
+        service_type: &str,
+        critical: bool,
+        external: bool,
+        layer: u32,
+    ) {
+        let mut services = self
+            .services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(entry) = services.iter_mut().find(|entry| entry.name == name) {
+            entry.info = [
+                escape(service_type),
+                critical.to_string(),
+                external.to_string(),
+                layer.to_string(),
+            ];
+        }
+    }
+
+    /// The configuration now running was loaded at `at` (at start, or by a successful reload), with this
+    /// fingerprint.
+    pub fn config_loaded(&self, hash: &str, at: SystemTime) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        self.last_reload_success.set(unix_seconds(at));
+    }
+
+    /// A reload ended.
+    pub fn reloaded(&self, result: ReloadResult) {
+        self.reloads.with_label_values(&[result.as_str()]).inc();
+        self.last_reload_successful
+            .set(i64::from(result == ReloadResult::Success));
     }
 
     /// The registry's own handle: heartbeat series only.
