@@ -451,3 +451,103 @@ command = ["sleep", "3620"]
     assert_eq!(answer["applied"][0]["state"], "stopped");
     assert!(orchestrator.stop().await.success());
 }
+
+/// One reload, one trace: asked with a caller's `traceparent`, `reload configuration` continues the
+/// caller's trace (inside the API's SERVER span), and the stop of the removed service, the replacement
+/// (`restart service`, reason reload, with its stop and start) and the added service's first start are
+/// all inside it.
+#[tokio::test]
+async fn a_reload_is_one_trace_holding_the_stops_restarts_and_starts_it_caused() {
+    use crate::otlp::{find, grpc_receiver, text};
+
+    let (endpoint, received) = grpc_receiver().await;
+    let otlp = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ];
+    let mut orchestrator = Orchestrator::start_with(BEFORE, &otlp);
+    let api = orchestrator.api().await;
+    orchestrator.wait_ready().await;
+    std::fs::write(orchestrator.config_path(), AFTER).unwrap();
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{caller_trace}-00f067aa0ba902b7-01");
+    let (status, body) = crate::binary::http_with(
+        "POST",
+        &format!("{api}/api/orchestration/reload"),
+        "",
+        &[("traceparent", traceparent.as_str())],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+
+    let spans = received.spans();
+    let reloads = find(&spans, "reload configuration");
+    assert_eq!(reloads.len(), 1);
+    let reload = reloads[0];
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        hex(&reload.trace_id),
+        caller_trace,
+        "the caller's trace continues"
+    );
+    let server = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.span_id == reload.parent_span_id)
+        .expect("the API's SERVER span is the parent");
+    assert_eq!(server.name, "POST /api/orchestration/reload");
+    for (key, value) in [
+        ("orchestrator.reload.trigger", "api"),
+        ("orchestrator.reload.added", "1"),
+        ("orchestrator.reload.removed", "1"),
+        ("orchestrator.reload.restarted", "1"),
+        ("orchestrator.reload.updated", "1"),
+    ] {
+        assert_eq!(text(&reload.attributes, key).as_deref(), Some(value), "{key}");
+    }
+
+    let service_of = |span: &&opentelemetry_proto::tonic::trace::v1::Span| {
+        text(&span.attributes, "orchestrator.service.name").unwrap_or_default()
+    };
+    let child_of_reload = |name: &str, service: &str| {
+        find(&spans, name)
+            .into_iter()
+            .filter(|s| service_of(s) == service && s.parent_span_id == reload.span_id)
+            .count()
+    };
+    assert_eq!(
+        child_of_reload("stop service", "gone"),
+        1,
+        "the removed service's stop"
+    );
+    assert_eq!(
+        child_of_reload("start service", "new"),
+        1,
+        "the added service's first start"
+    );
+    assert_eq!(child_of_reload("restart service", "change"), 1, "the replacement");
+    let restart = find(&spans, "restart service")
+        .into_iter()
+        .find(|s| service_of(s) == "change")
+        .unwrap();
+    assert_eq!(
+        text(&restart.attributes, "orchestrator.restart.reason").as_deref(),
+        Some("reload")
+    );
+    for step in ["stop service", "start service"] {
+        let inside = find(&spans, step)
+            .into_iter()
+            .filter(|s| service_of(s) == "change" && s.parent_span_id == restart.span_id)
+            .count();
+        assert_eq!(inside, 1, "{step} of the replacement is inside it");
+    }
+    // Nothing about the untouched service is in the reload's trace.
+    assert!(
+        spans
+            .iter()
+            .filter(|(_, s)| s.trace_id == reload.trace_id)
+            .all(|(_, s)| service_of(&s) != "keep"),
+        "keep was touched"
+    );
+}
