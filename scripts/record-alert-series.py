@@ -7,7 +7,9 @@ injected on a schedule: web turns unhealthy with automatic recovery off (api, wh
 too but only because of web), slow fails every check with a failure threshold it never reaches (degraded),
 choppy fails one check in four (degraded by failure ratio, flapping), crashy crashes at every start until
 its restarts are spent (restarting too often, then failed), stuck never passes a startup probe, agent
-registers at run time, sends three heartbeats and falls silent. At the end the orchestrator is killed.
+registers at run time, sends three heartbeats and falls silent. At second 25 the configuration file gets an
+unknown key and a reload is asked for (rejected: nothing changes); at second 75 the file is fixed, with one
+more service, and reloaded again (applied). At the end the orchestrator is killed.
 
 /metrics is scraped every second, as Prometheus would (plus `up`, 0 once the scrape fails). The engine's
 timings are compressed 15 times (checks every 2 s, heartbeat timeout 3 s), so the series are replayed at a
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +55,7 @@ FAMILIES = {
     "orchestrator_service_health_transitions_total",
     "orchestrator_heartbeat_last_received_timestamp_seconds",
     "orchestrator_heartbeat_timeout_seconds",
+    "orchestrator_config_last_reload_successful",
 }
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)")
 
@@ -67,6 +71,20 @@ def http(method, url, body=None):
     request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.read().decode()
+
+
+def reload(orch, path, text, expected):
+    """Writes `text` as the configuration file and asks for a reload, which must answer `expected`."""
+    with open(path, "w") as f:
+        f.write(text)
+    try:
+        status = urllib.request.urlopen(
+            urllib.request.Request(orch + "/api/orchestration/reload", data=b"", method="POST"), timeout=30
+        ).status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    if status != expected:
+        raise SystemExit(f"reload answered {status}, expected {expected}")
 
 
 def config(dir, ports):
@@ -138,6 +156,8 @@ def record():
         4: lambda: http("POST", orch + "/api/orchestration/registry/agent/heartbeat", {}),
         5: lambda: [fault("web", "unhealthy"), fault("api", "unhealthy"), fault("slow", "unhealthy"),
                     fault("crashy", "crash", sticky=True)],
+        25: lambda: reload(orch, path, config(dir, ports) + 'colour = "blue"\n', 400),
+        75: lambda: reload(orch, path, config(dir, ports) + '[services.extra]\ncommand = ["sleep", "3600"]\n', 200),
         RUN: lambda: process.send_signal(signal.SIGKILL),
     }
     for second in range(RUN + AFTER + 1):
@@ -220,7 +240,7 @@ def expectations(series, start, scrapes):
     quiet = [(4, name, []) for name in [
         "OrchestratorServiceUnhealthy", "OrchestratorServiceDegraded", "OrchestratorServiceFailed",
         "OrchestratorServiceRestartingTooOften", "OrchestratorHeartbeatTimeout", "OrchestratorServiceFlapping",
-        "OrchestratorDown"]]
+        "OrchestratorDown", "OrchestratorConfigReloadFailed"]]
     late = 90
     # The agent's last heartbeat (second 4 of the run), as the rule's $value will see it at `late`.
     last = next(float(v) for k, v in ((k, vs[late]) for k, vs in series.items())
@@ -260,6 +280,13 @@ def expectations(series, start, scrapes):
             "choppy on orch:8400 changed health at least 6 times in 30 minutes (intermittent failures or a "
             "crash loop).")]),
         (late, "OrchestratorDown", []),
+        # Rejected at 25, for 5 minutes (20 recorded seconds) by 45; applied again at 75.
+        (40, "OrchestratorConfigReloadFailed", []),
+        (60, "OrchestratorConfigReloadFailed", [alert(
+            "OrchestratorConfigReloadFailed", {}, "warning", "fog-orchestrator orch:8400 rejected its configuration file",
+            "The last configuration reload on orch:8400 found problems in the file and changed nothing: the "
+            "orchestrator still runs its previous configuration, not the one on disk.")]),
+        (late, "OrchestratorConfigReloadFailed", []),
         (RUN + AFTER, "OrchestratorDown", [{
             "labels": {"job": JOB, "instance": INSTANCE, "severity": "critical"},
             "annotations": {"summary": "fog-orchestrator orch:8400 is down",

@@ -139,7 +139,7 @@ fn every_alert_has_severity_summary_description_and_a_runbook_section() {
             );
         }
     }
-    assert_eq!(alerts, 9);
+    assert_eq!(alerts, 10);
 }
 
 #[test]
@@ -541,6 +541,9 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
         post(&format!("http://127.0.0.1:{crashy}/fault"), sticky_crash).await,
         200
     );
+    // A configuration file with a problem: the reload is rejected, nothing changes.
+    std::fs::write(orchestrator.config_path(), format!("{config}colour = \"blue\"\n")).unwrap();
+    assert_eq!(post(&format!("{orch}/api/orchestration/reload"), "").await, 400);
 
     let expected = [
         ("OrchestratorServiceUnhealthy", "web"),
@@ -550,6 +553,7 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
         ("OrchestratorServiceFailed", "crashy"),
         ("OrchestratorServiceFlapping", "choppy"),
         ("OrchestratorServiceStuckStarting", "stuck"),
+        ("OrchestratorConfigReloadFailed", ""),
     ];
     eventually(
         "every expected alert firing",
@@ -631,6 +635,22 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
             .unwrap()
             .contains("web")
     );
+
+    // The file fixed and reloaded: the reload annotation gets its event, and the rejection alert ends.
+    std::fs::write(orchestrator.config_path(), &config).unwrap();
+    assert_eq!(post(&format!("{orch}/api/orchestration/reload"), "").await, 200);
+    eventually(
+        "the reload seen by Prometheus",
+        Duration::from_secs(30),
+        async || {
+            let result = query("orchestrator_config_last_reload_successful == 1".into()).await;
+            result["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
 
     // Every dashboard query is valid PromQL and returns data (for at least one candidate service).
     for (file, title, expr) in dashboard_queries() {
