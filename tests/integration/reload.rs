@@ -551,3 +551,118 @@ async fn a_reload_is_one_trace_holding_the_stops_restarts_and_starts_it_caused()
         "keep was touched"
     );
 }
+
+// ---- the engine's side, in a fake world with paused time ---------------------------------------------------
+
+mod engine {
+    use std::time::Duration;
+
+    use fog_orchestrator::config::Plan;
+    use fog_orchestrator::supervisor::{RestartReason, ServiceState, Supervisor};
+    use tokio::time::Instant;
+
+    use crate::harness::{World, config, reach, service, supervise, within};
+
+    async fn reload(supervisor: &Supervisor, from: &str, to: &str) {
+        let (running, new) = (config(from), config(to));
+        let plan = Plan::between(&running, &new);
+        let applied = within(Duration::from_secs(600), supervisor.reload(new, &plan))
+            .await
+            .expect("applied");
+        assert!(applied.iter().all(|a| a.ok), "{applied:?}");
+    }
+
+    /// Thresholds and cadence apply to the running instance: with the new failure threshold of 1 and
+    /// checks every 2 s, a failure restarts it within one new interval (the old settings needed 30 s).
+    #[tokio::test(start_paused = true)]
+    async fn thresholds_and_cadence_apply_live_to_the_running_instance() {
+        let before = "[services.web]\ncommand = [\"fake\"]\nhealth.http = \"http://fake/health\"\n\
+                      health.check_interval = \"10s\"\nhealth.failure_threshold = 3\n\
+                      restart.initial_delay = \"0s\"\n";
+        let after = "[services.web]\ncommand = [\"fake\"]\nhealth.http = \"http://fake/health\"\n\
+                     health.check_interval = \"2s\"\nhealth.timeout = \"1s\"\nhealth.failure_threshold = 1\n\
+                     restart.initial_delay = \"0s\"\n";
+        let world = World::default();
+        let supervisor = supervise(&world, before);
+        reach(&supervisor, "web", ServiceState::Running).await;
+        reload(&supervisor, before, after).await;
+        assert_eq!(world.launches("web").len(), 1, "a live update launched it again");
+
+        let broken = Instant::now();
+        world.set("web", |b| b.healthy = false);
+        let web = service(&supervisor, "web");
+        let restarted = within(
+            Duration::from_secs(60),
+            web.wait_for(|s| s.last_restart_reason.is_some()),
+        )
+        .await;
+        assert_eq!(restarted.last_restart_reason, Some(RestartReason::Unhealthy));
+        assert!(
+            broken.elapsed() <= Duration::from_secs(3),
+            "restarted {:?} after the failure: the old cadence or threshold still applies",
+            broken.elapsed()
+        );
+    }
+
+    /// A replacement waits for the dependency the reload gave it: `api` now requires `db`, which the
+    /// reload adds and which takes 30 s to become ready; the new `api` starts only after that.
+    #[tokio::test(start_paused = true)]
+    async fn a_replacement_waits_for_the_dependency_the_reload_added() {
+        let before = "[services.api]\ncommand = [\"fake\"]\nhealth.http = \"http://fake/health\"\n";
+        let after = "[services.db]\ncommand = [\"fake\"]\nhealth.http = \"http://fake/health\"\n\
+                     health.startup_timeout = \"2m\"\n\
+                     [services.api]\ncommand = [\"fake\"]\nhealth.http = \"http://fake/health\"\n\
+                     depends_on = [\"db\"]\n";
+        let world = World::default();
+        world.set("db", |b| b.ready_after = Duration::from_secs(30));
+        let supervisor = supervise(&world, before);
+        reach(&supervisor, "api", ServiceState::Running).await;
+        let reloading = Instant::now();
+        reload(&supervisor, before, after).await;
+
+        let db_ready = service(&supervisor, "db")
+            .snapshot()
+            .ready_since
+            .expect("db ready");
+        let api = service(&supervisor, "api").snapshot();
+        assert!(api.ready, "{api:?}");
+        assert_eq!(api.last_restart_reason, Some(RestartReason::Reload));
+        let launches = world.launches("api");
+        assert_eq!(launches.len(), 2);
+        assert!(
+            launches[1] >= reloading + Duration::from_secs(30),
+            "the new api started before db was ready"
+        );
+        assert!(api.ready_since.unwrap() >= db_ready);
+        assert!(world.overlapping_launches().is_empty());
+    }
+
+    /// One reload at a time: a second one while the first is applied is refused and changes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_second_reload_meanwhile_is_refused() {
+        let before = "[services.slow]\ncommand = [\"fake\"]\nshutdown.timeout = \"20s\"\n";
+        let after = "[services.slow]\ncommand = [\"fake\", \"--new\"]\nshutdown.timeout = \"20s\"\n";
+        let world = World::default();
+        world.set("slow", |b| b.ignore_sigterm = true);
+        let supervisor = supervise(&world, before);
+        reach(&supervisor, "slow", ServiceState::Running).await;
+        let plan = Plan::between(&config(before), &config(after));
+        let first = tokio::spawn({
+            let (supervisor, plan) = (supervisor.clone(), plan.clone());
+            async move { supervisor.reload(config(after), &plan).await }
+        });
+        // The first one is stopping the old instance (20 s of SIGTERM ignored).
+        within(
+            Duration::from_secs(5),
+            service(&supervisor, "slow").wait_for(|s| s.state == ServiceState::Stopping),
+        )
+        .await;
+        assert_eq!(
+            supervisor.reload(config(after), &plan).await,
+            Err(fog_orchestrator::supervisor::ControlError::ReloadInProgress)
+        );
+        let applied = first.await.unwrap().unwrap();
+        assert!(applied[0].ok, "{applied:?}");
+        assert_eq!(world.launches("slow").len(), 2);
+    }
+}
