@@ -4,10 +4,12 @@
 Every 2 s one fault, chosen at random: SIGKILL of a service's process, SIGSTOP of one (a hang), a
 demo-service /fault (unhealthy, hang or crash), a dependency killed (cascade), five concurrent API
 restarts of one service, a registered service that stops heartbeating, a restart of a service that forks
-escaping setsid daemons. Every second it checks: the orchestrator answers (latency of a sampled GET), no
+escaping setsid daemons, a configuration reload (alternately adding a service and changing the forker's
+environment, and taking both back). Every second it checks: the orchestrator answers (latency of a sampled GET), no
 zombies, no orphans (processes of this run outside the orchestrator's tree, found by a marker in their
 command line), file descriptors and memory flat, no service stuck in starting or stopping. At the end:
-restart counters at least the restarts the faults forced, and a final SIGTERM that leaves nothing behind.
+restart counters at least the restarts the faults forced, the services those of the last configuration
+applied (a removed service's process gone), and a final SIGTERM that leaves nothing behind.
 
 Usage: scripts/chaos.py [minutes] (default 2). Exits non-zero on any violation; prints the figures.
 """
@@ -120,6 +122,14 @@ command = ["sh", "-c", "setsid sleep 86400.{os.getpid()} & setsid sh -c 'trap \\
     path = os.path.join(work, "orchestrator.toml")
     with open(path, "w") as f:
         f.write(config)
+    # The reload fault's other version: one more service, and the forker started with another environment.
+    spare = f"sleep 86403.{os.getpid()}"
+    reloaded = config.replace("[services.forker]\n", "[services.forker]\nenv = { RELOADED = \"1\" }\n") + f"""
+[services.spare]
+command = ["sleep", "86403.{os.getpid()}"]
+"""
+    versions = {"original": config, "reloaded": reloaded}
+    applied = {"version": "original", "busy": False, "applied": 0, "refused": 0}
     log = open(os.path.join(work, "orchestrator.log"), "w")
     orchestrator = subprocess.Popen([BINARY, "run", "--config", path, "--listen", "127.0.0.1:0",
                                      "--log-format", "json"], stdout=subprocess.DEVNULL, stderr=log,
@@ -249,10 +259,30 @@ command = ["sh", "-c", "setsid sleep 86400.{os.getpid()} & setsid sh -c 'trap \\
             http("POST", f"{api}/api/orchestration/registry/{entry}/heartbeat", {})
         elif kind == "escapes":
             http("POST", f"{api}/api/orchestration/restart/forker", {})
+        elif kind == "reload" and not applied["busy"]:
+            applied["busy"] = True
+            threading.Thread(target=reload, daemon=True).start()
+
+    def reload():
+        version = "reloaded" if applied["version"] == "original" else "original"
+        with open(path, "w") as f:
+            f.write(versions[version])
+        status, body = http("POST", f"{api}/api/orchestration/reload", timeout=120)
+        if status == 200:
+            applied["version"] = version
+            applied["applied"] += 1
+            if version == "original" and any(spare in c for _, (_, _, c) in processes().items()):
+                violations.append("the removed service's process still runs after the reload")
+        elif status == 409:
+            applied["refused"] += 1
+        else:
+            violations.append(f"reload answered {status}: {body[:200]}")
+        applied["busy"] = False
 
     checker = threading.Thread(target=check, daemon=True)
     checker.start()
-    kinds = ["sigkill", "sigstop", "unhealthy", "hang", "crash", "cascade", "restarts", "silent", "escapes"]
+    kinds = ["sigkill", "sigstop", "unhealthy", "hang", "crash", "cascade", "restarts", "silent", "escapes",
+             "reload"]
     deadline = time.monotonic() + minutes * 60
     while time.monotonic() < deadline and orchestrator.poll() is None:
         fault(rng.choice(kinds))
@@ -267,6 +297,12 @@ command = ["sh", "-c", "setsid sleep 86400.{os.getpid()} & setsid sh -c 'trap \\
         restarts = services.get(name, {}).get("restart_count", 0)
         if restarts < count:
             violations.append(f"{name}: {count} forced restarts but restart_count {restarts}")
+    while applied["busy"]:
+        time.sleep(0.1)
+    status, body = http("GET", f"{api}/api/orchestration/services")
+    services = json.loads(body)["services"] if status == 200 else {}
+    if ("spare" in services) != (applied["version"] == "reloaded"):
+        violations.append(f"after the last reload ({applied['version']}) the services are {sorted(services)}")
 
     started = time.monotonic()
     orchestrator.send_signal(signal.SIGTERM)
@@ -292,6 +328,8 @@ command = ["sh", "-c", "setsid sleep 86400.{os.getpid()} & setsid sh -c 'trap \\
         print(f"chaos: RSS {rss[0] / 1024:.1f} -> max {max(rss) / 1024:.1f} -> end {rss[-1] / 1024:.1f} MiB; "
               f"fds {fds[0]} -> max {max(fds)} -> end {fds[-1]}")
     total = sum(s.get("restart_count", 0) for s in services.values())
+    print(f"chaos: reloads: {applied['applied']} applied, {applied['refused']} refused (409); last: "
+          f"{applied['version']}")
     print(f"chaos: {total} restarts in all; forced by kills {sum(forced.values())}; shutdown {shutdown:.2f} s, "
           f"exit {code}")
     if violations:
