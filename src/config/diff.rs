@@ -49,7 +49,11 @@ impl Plan {
             match running.services.iter().find(|s| s.name == spec.name) {
                 None => plan.add.push(name.to_owned()),
                 Some(old) => {
-                    let Changed { restart, live } = changed_keys(old, spec);
+                    let Changed { mut restart, live } = changed_keys(old, spec);
+                    if restart.is_empty() && live.is_empty() && old != spec {
+                        // A setting this list does not know yet: replacing the process applies it for sure.
+                        restart.push("settings".to_owned());
+                    }
                     let service = name.to_owned();
                     if !restart.is_empty() {
                         let mut keys = restart;
@@ -168,10 +172,12 @@ fn changed_keys(old: &ServiceSpec, new: &ServiceSpec) -> Changed {
         "shutdown.timeout",
         false,
     );
+    // The output forwarding is set up when the process starts (a rate limiter, a rotating file): a new
+    // one takes a new process.
     let (o, p) = (&old.output, &new.output);
-    differs(o.rate_limit != p.rate_limit, "output.rate_limit", false);
-    differs(o.max_size != p.max_size, "output.max_size", false);
-    differs(o.backups != p.backups, "output.backups", false);
+    differs(o.rate_limit != p.rate_limit, "output.rate_limit", true);
+    differs(o.max_size != p.max_size, "output.max_size", true);
+    differs(o.backups != p.backups, "output.backups", true);
     changed
 }
 
