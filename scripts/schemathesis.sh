@@ -50,5 +50,7 @@ done
 # CPython 3.11 keeps the AST constructor's recursion depth in interpreter-wide state, so the threads race
 # ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905) and schemathesis reports
 # a "Runtime Error" that is not about this API.
+# The event stream is left out: by default it never ends (tests/integration/events.rs covers it).
 "$venv/bin/st" run "http://$address/api/orchestration/openapi.json" \
+  --exclude-path /api/orchestration/events \
   --checks all --max-examples 50 --workers 1 --seed 20261130 --no-color

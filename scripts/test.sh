@@ -5,15 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== tools the tests need"
-# Prometheus (promtool, and the server the live alert test runs) and Alertmanager (amtool, and the server),
-# from Debian's packages.
-if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
+# Prometheus (promtool, and the server the live alert test runs), Alertmanager (amtool, and the server) and
+# Chromium (the built-in page's test drives it headless), from Debian's packages.
+if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
+  || ! command -v chromium >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+  apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager chromium fonts-dejavu-core \
+    >/dev/null
 fi
 promtool --version | head -1
 prometheus-alertmanager --version 2>&1 | head -1
+chromium --version 2>/dev/null | head -1
 
 echo "== formatting"
 cargo fmt --check

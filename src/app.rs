@@ -121,7 +121,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
     let bound = listener.local_addr().unwrap_or(address);
 
     let clock = Clock::system();
-    let token = config.api.token.clone();
+    let (token, config_ui) = (config.api.token.clone(), config.api.ui);
     let browsers = BrowserPolicy::new(bound, &config.api.allowed_hosts, &config.api.allowed_origins);
     let services = config.services.len();
     let origin = config.origin.clone();
@@ -145,6 +145,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
         builder.start()?
     };
     let api = Api::new(supervisor.clone(), token, browsers, clock);
+    api.serve_ui(config_ui);
     api.enable_reload(source, running);
     let reloads = api.clone();
     let stop_api = CancellationToken::new();
@@ -170,6 +171,8 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
 
     let signal = stop.first(&reloads).await;
     tracing::info!(%signal, "shutting down: API first, then services in reverse dependency order (signal again to kill them at once)");
+    // Open event streams end first: they would hold the API's drain up until its timeout.
+    supervisor.events().close();
     stop_api.cancel();
     let orderly = async {
         let _ = server.await;

@@ -1,6 +1,6 @@
 //! The command line: `run` (supervise the services), `check` (validate a config), `graph` (print the
 //! dependency graph as text, Graphviz DOT or the `/dependencies` JSON), `reload` (ask the running
-//! orchestrator for its reload plan).
+//! orchestrator to reload its configuration), `events` (print its event stream).
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -52,6 +52,26 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the running orchestrator's event stream: the events it keeps, and with --follow every event
+    /// as it happens (state, health, restart, backoff, failed, heartbeat_timeout, registered, deregistered,
+    /// reload), one line each.
+    Events {
+        /// Base URL of the running orchestrator (default: http:// and api.listen of the configuration).
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// Keep printing events as they happen, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only events about this service (repeatable).
+        #[arg(long = "service", value_name = "NAME")]
+        services: Vec<String>,
+        /// Only events of this type (repeatable).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Print each event's JSON, one per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// A tiny HTTP service with fault injection (GET /health, POST /fault), used by the FOG demo.
     DemoService(crate::demo::DemoArgs),
 }
@@ -99,6 +119,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Graph { format } => graph(Source::new(file), format),
         Command::Run(args) => run(run_source(file, args)),
         Command::Reload { api, dry_run } => reload(Source::new(file), api, dry_run),
+        Command::Events {
+            api,
+            follow,
+            services,
+            types,
+            json,
+        } => {
+            let (base, _) = api_base(&Source::new(file), api)?;
+            events(&base, follow, &services, &types, json)
+        }
         Command::DemoService(args) => {
             runtime()?.block_on(crate::demo::run(args))?;
             Ok(ExitCode::SUCCESS)
@@ -169,20 +199,128 @@ fn run(source: Source) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn reload(source: Source, api: Option<String>, dry_run: bool) -> anyhow::Result<ExitCode> {
-    // The configuration says where the API listens and its token; with --api, a file with problems
-    // (which the orchestrator will list) does not stop the question from being asked.
-    let local = match (Config::load(&source), &api) {
+/// The running orchestrator's base URL (`--api`, else from the configuration's `api.listen`) and its
+/// token. With --api, a file with problems (which the orchestrator will list) does not stop the question.
+fn api_base(source: &Source, api: Option<String>) -> anyhow::Result<(String, Option<String>)> {
+    let local = match (Config::load(source), &api) {
         (Ok(config), _) => Some(config),
         (Err(_), Some(_)) => None,
         (Err(error), None) => return Err(error.into()),
     };
-    let base = match (api, &local) {
+    let token = local.as_ref().and_then(|config| config.api.token.clone());
+    let base = match (api, local) {
         (Some(api), _) => api,
         (None, Some(config)) => format!("http://{}", reachable(config.api.listen)),
-        (None, None) => unreachable!("an unreadable configuration without --api returned above"),
+        (None, None) => anyhow::bail!("no --api and no readable configuration"),
     };
-    let token = local.as_ref().and_then(|config| config.api.token.clone());
+    Ok((base, token))
+}
+
+/// `events`: the stream read over a plain HTTP/1.0 connection (the body ends when the server closes it),
+/// one line per event.
+fn events(
+    base: &str,
+    follow: bool,
+    services: &[String],
+    types: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead as _;
+    let mut path = format!("/api/orchestration/events?follow={follow}");
+    if !services.is_empty() {
+        path.push_str(&format!("&service={}", services.join(",")));
+    }
+    if !types.is_empty() {
+        path.push_str(&format!("&type={}", types.join(",")));
+    }
+    let (mut stream, authority) = connect(base)?;
+    // While following, the server sends a keepalive comment every 15 s: a minute of silence means it is gone.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut reader = io::BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| anyhow::anyhow!("{base} sent no HTTP status line"))?;
+    // The rest of the head.
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+            break;
+        }
+    }
+    if status != 200 {
+        let mut body = String::new();
+        let _ = std::io::Read::read_to_string(&mut reader, &mut body);
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let message = error["error"].as_str().unwrap_or(body.trim());
+        anyhow::bail!("{base} answered {status}: {message}");
+    }
+    let mut stdout = io::stdout().lock();
+    for line in reader.lines() {
+        let line = match line {
+            Ok(line) => line,
+            // The server closed the stream (shutdown, or this reader was too slow and dropped).
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(error) => return Err(error.into()),
+        };
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(data) else {
+            continue;
+        };
+        if event["type"] == "caught_up" {
+            continue;
+        }
+        let text = if json {
+            data.to_owned()
+        } else {
+            describe_event(&event)
+        };
+        if let Err(error) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+            if error.kind() == io::ErrorKind::BrokenPipe {
+                break;
+            }
+            return Err(error.into());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One event as a line: time, type, service, then its details as key=value.
+fn describe_event(event: &serde_json::Value) -> String {
+    let field = |key: &str| event[key].as_str().unwrap_or("-").to_owned();
+    let mut line = format!(
+        "{} {:<17} {:<16}",
+        field("time"),
+        field("type"),
+        event["service"].as_str().unwrap_or("")
+    );
+    if let Some(object) = event.as_object() {
+        for (key, value) in object {
+            if matches!(key.as_str(), "id" | "time" | "type" | "service" | "trace_id") || value.is_null() {
+                continue;
+            }
+            let value = match value {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            line.push_str(&format!(" {key}={value}"));
+        }
+    }
+    if let Some(trace) = event["trace_id"].as_str() {
+        line.push_str(&format!(" trace={trace}"));
+    }
+    line.trim_end().to_owned()
+}
+
+fn reload(source: Source, api: Option<String>, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let (base, token) = api_base(&source, api)?;
     let path = format!("/api/orchestration/reload?dry_run={dry_run}");
     let (status, body) = post(&base, &path, token.as_deref())?;
     let answer: serde_json::Value = serde_json::from_slice(&body)
@@ -211,21 +349,10 @@ fn reload(source: Source, api: Option<String>, dry_run: bool) -> anyhow::Result<
 /// closes after answering: the status code and the body. The API answers with a Content-Length body.
 fn post(base: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
     use std::io::Read as _;
-    use std::net::ToSocketAddrs as _;
-    let authority = base
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("{base:?} is not an http:// URL"))?
-        .trim_end_matches('/');
-    let address = authority
-        .to_socket_addrs()
-        .map_err(|error| anyhow::anyhow!("cannot resolve {authority}: {error}"))?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{authority} resolves to no address"))?;
+    let (mut stream, authority) = connect(base)?;
     // A reload answers once what it started has settled: at most the longest stop and start its services
     // are configured to take.
     let timeout = std::time::Duration::from_secs(30 * 60);
-    let mut stream = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))
-        .map_err(|error| anyhow::anyhow!("cannot reach the orchestrator at {base}: {error}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut request =
@@ -247,6 +374,23 @@ fn post(base: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Vec
         .and_then(|code| code.parse::<u16>().ok())
         .ok_or_else(|| anyhow::anyhow!("{base} sent no HTTP status line"))?;
     Ok((status, response[head_end + 4..].to_vec()))
+}
+
+/// A connection to `base` (`http://host:port`), and the authority for its `Host` header.
+fn connect(base: &str) -> anyhow::Result<(std::net::TcpStream, String)> {
+    use std::net::ToSocketAddrs as _;
+    let authority = base
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("{base:?} is not an http:// URL"))?
+        .trim_end_matches('/');
+    let address = authority
+        .to_socket_addrs()
+        .map_err(|error| anyhow::anyhow!("cannot resolve {authority}: {error}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{authority} resolves to no address"))?;
+    let stream = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))
+        .map_err(|error| anyhow::anyhow!("cannot reach the orchestrator at {base}: {error}"))?;
+    Ok((stream, authority.to_owned()))
 }
 
 /// Where a client reaches an API bound to `listen` (an unspecified address means this host).

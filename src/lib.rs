@@ -25,6 +25,8 @@
 //! - [`api`]: the REST API on a minimal hyper server: routing testable without sockets, JSON views, errors.
 //! - [`telemetry`]: metrics (per-service atomics and a prometheus registry), OTLP tracing, log output.
 //! - [`app`] and [`signal`]: `run` wiring: signals, ordered shutdown, a second signal kills at once.
+//! - [`events`]: the event stream (`GET /api/orchestration/events`): typed events with increasing ids, a
+//!   resume ring, consumers that can never slow the engine.
 //! - [`reload`]: configuration reload (SIGHUP, `POST /reload`): validate in full, apply only the difference.
 //! - [`demo`]: `demo-service`, the tiny HTTP service the FOG demo runs, with fault injection.
 //! - [`clock`]: wall-clock timestamps derived from tokio time (deterministic under paused time).
@@ -62,6 +64,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod embed;
+pub mod events;
 pub mod graph;
 pub mod health;
 pub mod name;

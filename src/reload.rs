@@ -14,7 +14,10 @@ use std::time::SystemTime;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use serde_json::json;
+
 use crate::config::{Config, ConfigError, Plan, Source};
+use crate::events::EventKind;
 use crate::supervisor::{Applied, ControlError, Supervisor};
 use crate::telemetry::metrics::ReloadResult;
 
@@ -127,6 +130,11 @@ impl Reloader {
                 tracing::error!(parent: &span, trigger = trigger.as_str(), %error, "configuration reload refused: nothing changed");
                 if !dry_run {
                     self.supervisor.metrics().reloaded(ReloadResult::Failure);
+                    self.event(
+                        &span,
+                        trigger,
+                        json!({"result": "failure", "error": error.to_string()}),
+                    );
                 }
                 return Ok(Reloaded::Invalid(error));
             }
@@ -154,6 +162,19 @@ impl Reloader {
         let metrics = self.supervisor.metrics();
         metrics.reloaded(ReloadResult::Success);
         metrics.config_loaded(&new.fingerprint(), SystemTime::now());
+        self.event(
+            &span,
+            trigger,
+            json!({
+                "result": "success",
+                "config_hash": new.fingerprint(),
+                "added": plan.add,
+                "removed": plan.remove,
+                "restarted": plan.restart.iter().map(|c| &c.service).collect::<Vec<_>>(),
+                "updated": plan.update.iter().map(|c| &c.service).collect::<Vec<_>>(),
+                "needs_orchestrator_restart": plan.needs_orchestrator_restart,
+            }),
+        );
         let trouble: Vec<String> = applied
             .iter()
             .filter(|a| !a.ok)
@@ -172,6 +193,17 @@ impl Reloader {
         }
         *running = in_effect(&running, new.clone());
         Ok(Reloaded::Applied { plan, new, applied })
+    }
+}
+
+impl Reloader {
+    /// Publishes the reload on the event stream, with its trace.
+    fn event(&self, span: &tracing::Span, trigger: Trigger, mut details: serde_json::Value) {
+        details["trigger"] = json!(trigger.as_str());
+        let trace = crate::telemetry::trace::ids(span).map(|(trace_id, _)| trace_id);
+        self.supervisor
+            .events()
+            .publish(EventKind::Reload, None, trace, details);
     }
 }
 

@@ -11,6 +11,7 @@ pub mod openapi;
 mod reply;
 pub mod routes;
 pub mod server;
+mod stream;
 mod views;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use hyper::{HeaderMap, Method, Request, StatusCode, header};
 use tracing::Instrument;
 
 pub use self::guard::BrowserPolicy;
-pub use self::reply::{ApiError, BODY_LIMIT, Reply};
+pub use self::reply::{ApiError, BODY_LIMIT, Reply, ReplyBody};
 use self::routes::{Endpoint, Matched};
 use crate::clock::Clock;
 use crate::name::ServiceName;
@@ -44,10 +45,12 @@ struct ApiState {
     reloader: std::sync::OnceLock<Reloader>,
 }
 
-/// The bearer token POST and DELETE need, and the hosts and origins browsers may use.
+/// The bearer token POST and DELETE need, the hosts and origins browsers may use, and whether the
+/// built-in page is served.
 struct Access {
     token: Option<String>,
     browsers: BrowserPolicy,
+    ui: bool,
 }
 
 impl Api {
@@ -57,7 +60,11 @@ impl Api {
         Self {
             state: Arc::new(ApiState {
                 supervisor,
-                access: std::sync::RwLock::new(Access { token, browsers }),
+                access: std::sync::RwLock::new(Access {
+                    token,
+                    browsers,
+                    ui: true,
+                }),
                 clock,
                 bodies: views::Bodies::default(),
                 reloader: std::sync::OnceLock::new(),
@@ -71,6 +78,15 @@ impl Api {
     pub fn enable_reload(&self, source: Option<crate::config::Source>, running: crate::config::Config) {
         let reloader = Reloader::new(self.state.supervisor.clone(), source, running);
         let _ = self.state.reloader.set(reloader);
+    }
+
+    /// Serves the built-in page at `/` (the default), or not (`api.ui = false`: 404).
+    pub fn serve_ui(&self, on: bool) {
+        self.state
+            .access
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .ui = on;
     }
 
     /// Reads the configuration again and, unless `dry_run`, applies the difference (what SIGHUP and `POST
@@ -95,6 +111,7 @@ impl Api {
             *access = Access {
                 token: new.api.token.clone(),
                 browsers,
+                ui: new.api.ui,
             };
         }
         Ok(reloaded)
@@ -184,6 +201,10 @@ impl Api {
             Endpoint::Prometheus => Ok(self.prometheus(&parts.headers)),
             Endpoint::Liveness => Ok(self.liveness()),
             Endpoint::Readiness => Ok(self.readiness()),
+            Endpoint::Events => self.events(&query, &parts.headers),
+            Endpoint::Page => self.page("index.html"),
+            Endpoint::PageScript => self.page("app.js"),
+            Endpoint::PageStyle => self.page("style.css"),
         }
     }
 

@@ -239,6 +239,30 @@ fn paths() -> Value {
                 "responses": {"200": {"description": "Metrics.", "content": {
                     "text/plain": {"schema": {"type": "string"}},
                     "application/openmetrics-text": {"schema": {"type": "string"}}}}}}},
+            "/api/orchestration/events": {"get": {
+                "summary": "The event stream (Server-Sent Events): state, health, restart, backoff, failed, heartbeat_timeout, registered, deregistered and reload events",
+                "description": "Each event is one SSE frame: `id: N` (increasing from 1) and `data:` with the event's JSON object: `id`, `type`, `service` (null for a reload), `time`, `trace_id` (the trace of the incident it belongs to, when traces are exported) and the type's details (state and health: `from`, `to`; restart: `reason`, `attempt`, `restart_count`; backoff: `reason`, `attempt`, `delay_seconds`; failed: `attempts`, `error`; reload: `result`, and what changed). The stream starts with the events kept (the last 4096), or those after `Last-Event-ID`; a `reset` object (no id) comes first when that id is no longer kept. Then a `caught_up` object (no id), then live events, with a comment every 15 s. A consumer more than 1024 events behind is dropped: its stream ends, and it may resume with Last-Event-ID.",
+                "parameters": [
+                    {"name": "service", "in": "query", "required": false, "schema": {"type": "string"},
+                     "description": "Only events about these services (comma-separated)."},
+                    {"name": "type", "in": "query", "required": false, "schema": {"type": "string"},
+                     "description": "Only events of these types (comma-separated): state, health, restart, backoff, failed, heartbeat_timeout, registered, deregistered, reload."},
+                    {"name": "follow", "in": "query", "required": false, "schema": {"type": "boolean", "default": true},
+                     "description": "false: only the events kept, then the stream ends."},
+                    {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer", "minimum": 0},
+                     "description": "Resume after this event id (also `last_event_id` in the query)."}],
+                "responses": {
+                    "200": {"description": "The stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "400": error_response("An unknown type, a malformed service name, follow not true or false, or a Last-Event-ID that is not a number.")}}},
+            "/": {"get": {"summary": "The built-in page: the dependency graph, the services and the recent events, live (404 with api.ui = false)",
+                "responses": {"200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
+                              "404": error_response("The page is off (api.ui = false).")}}},
+            "/ui/app.js": {"get": {"summary": "The built-in page's script",
+                "responses": {"200": {"description": "JavaScript.", "content": {"text/javascript": {"schema": {"type": "string"}}}},
+                              "404": error_response("The page is off (api.ui = false).")}}},
+            "/ui/style.css": {"get": {"summary": "The built-in page's style sheet",
+                "responses": {"200": {"description": "CSS.", "content": {"text/css": {"schema": {"type": "string"}}}},
+                              "404": error_response("The page is off (api.ui = false).")}}},
             "/healthz": {"get": get("The orchestrator itself is up.", object())},
             "/readyz": {"get": {"summary": "Readiness: the startup sequence finished and every critical service runs",
                 "responses": {"200": ok("Ready.", object()), "503": ok("Not ready.", object())}}}

@@ -17,7 +17,61 @@ use crate::supervisor::ControlError;
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// The response type of every handler.
-pub type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<ReplyBody>;
+
+/// A response body: whole, or a stream of chunks (the event stream) that ends when its sender is dropped.
+#[derive(Debug)]
+pub struct ReplyBody(Contents);
+
+#[derive(Debug)]
+enum Contents {
+    Whole(Full<Bytes>),
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl ReplyBody {
+    /// A body of these bytes.
+    pub fn whole(bytes: Bytes) -> Self {
+        Self(Contents::Whole(Full::new(bytes)))
+    }
+
+    /// A body streamed from `chunks`, sent as they come; it ends when the sender is dropped. The sender
+    /// sees the receiver closed when the client went away.
+    pub fn stream(chunks: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self(Contents::Stream(chunks))
+    }
+}
+
+impl Body for ReplyBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match &mut self.get_mut().0 {
+            Contents::Whole(whole) => std::pin::Pin::new(whole).poll_frame(cx),
+            Contents::Stream(chunks) => chunks
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Contents::Whole(whole) => whole.is_end_stream(),
+            Contents::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match &self.0 {
+            Contents::Whole(whole) => whole.size_hint(),
+            Contents::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
 
 /// A request that cannot be served, with the status that says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +177,7 @@ pub fn json_reply(status: StatusCode, body: &impl Serialize) -> Reply {
 
 /// A response with a body of `content_type`.
 pub fn bytes_reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
-    let mut reply = Response::new(Full::new(body));
+    let mut reply = Response::new(ReplyBody::whole(body));
     *reply.status_mut() = status;
     reply
         .headers_mut()

@@ -46,6 +46,14 @@ pub enum Endpoint {
     Liveness,
     /// `GET /readyz`
     Readiness,
+    /// `GET /api/orchestration/events` (Server-Sent Events)
+    Events,
+    /// `GET /`: the built-in page
+    Page,
+    /// `GET /ui/app.js`
+    PageScript,
+    /// `GET /ui/style.css`
+    PageStyle,
 }
 
 /// One route: method, path template (`{name}` captures a segment) and what it serves.
@@ -117,6 +125,10 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/metrics", Endpoint::Prometheus),
     route(Method::GET, "/healthz", Endpoint::Liveness),
     route(Method::GET, "/readyz", Endpoint::Readiness),
+    route(Method::GET, "/api/orchestration/events", Endpoint::Events),
+    route(Method::GET, "/", Endpoint::Page),
+    route(Method::GET, "/ui/app.js", Endpoint::PageScript),
+    route(Method::GET, "/ui/style.css", Endpoint::PageStyle),
 ];
 
 /// The outcome of matching a request against the table.

@@ -203,6 +203,7 @@ fn changed_settings(old: &Config, new: &Config) -> Changed {
         "api.allowed_origins",
         moved,
     );
+    differs(a.ui != b.ui, "api.ui", moved);
     let (t, u) = (&old.telemetry, &new.telemetry);
     differs(t.log_format != u.log_format, "telemetry.log_format", true);
     differs(

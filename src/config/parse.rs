@@ -20,6 +20,7 @@ const API: &[&str] = &[
     "allow_unauthenticated",
     "allowed_hosts",
     "allowed_origins",
+    "ui",
 ];
 const TELEMETRY: &[&str] = &[
     "log_format",
@@ -140,6 +141,7 @@ fn api(table: &Table<'_>, problems: &mut Problems) -> Option<ApiSettings> {
         );
     }
     let allow_unauthenticated = table.boolean("allow_unauthenticated", problems)?;
+    let ui = table.boolean("ui", problems)?;
     let allowed_hosts = allowed(
         table,
         "allowed_hosts",
@@ -172,6 +174,7 @@ fn api(table: &Table<'_>, problems: &mut Problems) -> Option<ApiSettings> {
         allow_unauthenticated,
         allowed_hosts,
         allowed_origins,
+        ui,
     })
 }
 

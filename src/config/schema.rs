@@ -23,6 +23,8 @@ pub struct ApiSettings {
     pub allowed_hosts: Vec<String>,
     /// Web origins (`https://grafana.example.com`) whose pages may call the API.
     pub allowed_origins: Vec<String>,
+    /// Serve the built-in page at `/`.
+    pub ui: bool,
 }
 
 /// How log lines are written.

@@ -65,6 +65,7 @@ pub(super) struct RegistryActor {
     deadlines: DelayQueue<String>,
     clock: Clock,
     metrics: RegistryMetrics,
+    events: std::sync::Arc<crate::events::EventHub>,
     heartbeat_interval: Duration,
     /// One timer for every running process's heartbeat, instead of one per service.
     sweep: tokio::time::Interval,
@@ -82,6 +83,7 @@ impl RegistryActor {
         config: &Config,
         clock: Clock,
         metrics: RegistryMetrics,
+        events: std::sync::Arc<crate::events::EventHub>,
         requests: mpsc::Receiver<Request>,
         notices: mpsc::UnboundedReceiver<Notice>,
     ) -> Self {
@@ -98,6 +100,7 @@ impl RegistryActor {
             deadlines: DelayQueue::new(),
             clock,
             metrics,
+            events,
             heartbeat_interval: config.registry.heartbeat_interval,
             sweep: sweep_every(config.registry.heartbeat_interval),
             heartbeat_timeout: config.registry.heartbeat_timeout,
@@ -282,6 +285,18 @@ impl RegistryActor {
             timeout_ms = self.heartbeat_timeout.as_millis() as u64,
             "heartbeat timeout: service is no longer alive"
         );
+        let details = serde_json::json!({
+            "managed": record.managed,
+            "timeout_seconds": self.heartbeat_timeout.as_secs_f64(),
+            "heartbeats": record.heartbeats,
+        });
+        let trace = crate::telemetry::trace::ids(&span).map(|(trace_id, _)| trace_id);
+        self.events.publish(
+            crate::events::EventKind::HeartbeatTimeout,
+            Some(&name),
+            trace,
+            details,
+        );
     }
 
     fn heartbeat_running_processes(&mut self) {
@@ -344,6 +359,17 @@ impl RegistryActor {
             return Err(RegistryError::Full(self.max_registered));
         }
         let service_type = registration.service_type.unwrap_or_else(|| name.clone());
+        let caller_trace =
+            crate::telemetry::trace::ids(&tracing::Span::current()).map(|(trace_id, _)| trace_id);
+        self.events.publish(
+            crate::events::EventKind::Registered,
+            Some(&name),
+            caller_trace,
+            serde_json::json!({
+                "service_type": service_type.clone(),
+                "update": self.records.contains_key(&name),
+            }),
+        );
         match self.records.get_mut(&name) {
             Some(existing) => {
                 // Registering again updates what the service says about itself, keeping its history.
@@ -406,6 +432,14 @@ impl RegistryActor {
             parent: &tracing::Span::current(),
             crate::telemetry::trace::event_name::SERVICE_DEREGISTERED,
             orchestrator.service.name = name,
+        );
+        let caller_trace =
+            crate::telemetry::trace::ids(&tracing::Span::current()).map(|(trace_id, _)| trace_id);
+        self.events.publish(
+            crate::events::EventKind::Deregistered,
+            Some(name),
+            caller_trace,
+            serde_json::json!({}),
         );
         tracing::info!(service = %name, "service deregistered");
         Ok(self.entry(name, &record, now))

@@ -91,11 +91,16 @@ pub struct RegistryHandle {
 
 impl RegistryHandle {
     /// Starts the registry with every configured service registered (managed, not alive until its first
-    /// heartbeat).
-    pub fn start(config: &Config, clock: Clock, metrics: RegistryMetrics) -> Self {
+    /// heartbeat); registrations, deregistrations and heartbeat timeouts are published on `events`.
+    pub fn start(
+        config: &Config,
+        clock: Clock,
+        metrics: RegistryMetrics,
+        events: std::sync::Arc<crate::events::EventHub>,
+    ) -> Self {
         let (requests, request_receiver) = mpsc::channel(REQUEST_QUEUE);
         let (notices, notice_receiver) = mpsc::unbounded_channel();
-        let actor = RegistryActor::new(config, clock, metrics, request_receiver, notice_receiver);
+        let actor = RegistryActor::new(config, clock, metrics, events, request_receiver, notice_receiver);
         tokio::spawn(actor.run());
         Self { requests, notices }
     }

@@ -15,6 +15,10 @@ fn registry() -> RegistryHandle {
         &config,
         Clock::anchored(SystemTime::UNIX_EPOCH),
         crate::telemetry::metrics::Metrics::new().for_registry(),
+        crate::events::EventHub::new(
+            Clock::anchored(SystemTime::UNIX_EPOCH),
+            crate::telemetry::metrics::Metrics::new().for_events(),
+        ),
     )
 }
 

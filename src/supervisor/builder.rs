@@ -17,6 +17,7 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::config::{Config, ServiceSpec};
+use crate::events::EventHub;
 use crate::graph::DependencyGraph;
 use crate::health::probe::Prober;
 use crate::registry::RegistryHandle;
@@ -62,6 +63,8 @@ pub(super) struct Engine {
     pub shutdown_span: Arc<std::sync::Mutex<Option<tracing::Span>>>,
     /// Held while a reload is applied: one at a time.
     pub reloading: tokio::sync::Mutex<()>,
+    /// The event stream.
+    pub events: Arc<EventHub>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -124,10 +127,10 @@ impl SupervisorBuilder {
                 orchestrator.services = i64::try_from(self.config.services.len()).unwrap_or(i64::MAX)
             )
         });
-        let registry = self
-            .registry
-            .take()
-            .unwrap_or_else(|| RegistryHandle::start(&self.config, self.clock, metrics.for_registry()));
+        let events = EventHub::new(self.clock, metrics.for_events());
+        let registry = self.registry.take().unwrap_or_else(|| {
+            RegistryHandle::start(&self.config, self.clock, metrics.for_registry(), events.clone())
+        });
         metrics.record_graph(&self.config.graph);
         let (changes, changes_receiver) = watch::channel(0u64);
         let engine = Arc::new(Engine {
@@ -146,6 +149,7 @@ impl SupervisorBuilder {
             runtime: tokio::runtime::Handle::current(),
             shutdown_span: Arc::default(),
             reloading: tokio::sync::Mutex::new(()),
+            events,
         });
         let (handles, channels): (Vec<_>, Vec<_>) = self
             .config
@@ -274,6 +278,7 @@ pub(super) fn actor_parts(
         boot: engine.boot,
         startup_span: first_start.clone(),
         shutdown_span: engine.shutdown_span.clone(),
+        events: engine.events.clone(),
     }
 }
 

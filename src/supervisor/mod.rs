@@ -123,6 +123,11 @@ impl Supervisor {
         &self.engine.metrics
     }
 
+    /// The event stream every service publishes on.
+    pub fn events(&self) -> &Arc<crate::events::EventHub> {
+        &self.engine.events
+    }
+
     /// The registry the services' heartbeats go to.
     pub fn registry(&self) -> &RegistryHandle {
         &self.engine.registry

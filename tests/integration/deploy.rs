@@ -308,7 +308,11 @@ async fn post(url: &str, body: &str) -> u16 {
 }
 
 /// Polls `check` (an external server's state) until it yields a value, at most `limit`.
-async fn eventually<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check().await {

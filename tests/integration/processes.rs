@@ -20,7 +20,7 @@ fn is_ready_line(fields: &Value, service: &str) -> bool {
 }
 
 /// examples/fog.toml with its ports replaced by free ones, restarts after 100 ms.
-fn fog_config() -> String {
+pub(crate) fn fog_config() -> String {
     let mut text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fog.toml")).unwrap();
     for (offset, port) in (0..10).map(|_| spare_port()).enumerate() {

@@ -5,6 +5,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tracing::Instrument;
 
 use super::{Actor, KILL_GRACE, probe_ticker};
+use crate::events::EventKind;
 use crate::health::FailureReason;
 use crate::span_event;
 use crate::supervisor::launcher::Instance;
@@ -27,6 +28,14 @@ impl Actor {
             self.snapshot.last_restart_reason = Some(reason);
             let trace_id = self.attempt_trace_id();
             self.parts.metrics.restart(reason, at, trace_id);
+            self.emit(
+                EventKind::Restart,
+                serde_json::json!({
+                    "reason": reason.as_str(),
+                    "attempt": self.lifecycle.attempts(),
+                    "restart_count": self.lifecycle.restart_count(),
+                }),
+            );
             tracing::info!(service = self.name(), %reason, restart_count = self.lifecycle.restart_count(), "restarting service");
         }
         self.health.reset(now);
@@ -113,6 +122,15 @@ impl Actor {
         self.healthy_since = None;
         self.open_backoff(reason, attempt, delay);
         self.publish();
+        self.emit(
+            EventKind::Backoff,
+            serde_json::json!({
+                "reason": reason.as_str(),
+                "attempt": attempt,
+                "max_attempts": self.parts.spec.restart.max_attempts,
+                "delay_seconds": delay.as_secs_f64(),
+            }),
+        );
         tracing::info!(
             service = self.name(),
             %reason,

@@ -175,6 +175,7 @@ impl Actor {
         }
         if let Some(transition) = transition {
             self.parts.metrics.health_changed(transition.from, transition.to);
+            self.health_event(transition.from, transition.to, &result.message);
             span_event!(
                 parent: span,
                 event_name::HEALTH_CHANGED,

@@ -27,8 +27,9 @@ use self::checks::poll_check;
 
 use crate::clock::Clock;
 use crate::config::{Probe, ServiceSpec};
+use crate::events::{EventHub, EventKind};
 use crate::health::probe::Prober;
-use crate::health::{CheckResult, FailureReason, HealthTracker, ProbeOutcome};
+use crate::health::{CheckResult, FailureReason, HealthStatus, HealthTracker, ProbeOutcome};
 use crate::registry::RegistryHandle;
 use crate::supervisor::backoff::Backoff;
 use crate::supervisor::gate::{self, Gate};
@@ -92,6 +93,8 @@ pub(super) struct ActorParts {
     pub startup_span: tracing::Span,
     /// `stop orchestrator`, once the shutdown has begun.
     pub shutdown_span: Arc<std::sync::Mutex<Option<tracing::Span>>>,
+    /// The event stream.
+    pub events: Arc<EventHub>,
 }
 
 /// What the actor waits for between decisions.
@@ -274,6 +277,13 @@ impl Actor {
             Action::AnnounceReady => self.became_ready(),
             Action::GiveUp => {
                 self.gave_up();
+                self.emit(
+                    EventKind::Failed,
+                    serde_json::json!({
+                        "attempts": self.lifecycle.attempts(),
+                        "error": self.snapshot.last_error,
+                    }),
+                );
                 tracing::error!(
                     service = self.name(),
                     attempts = self.lifecycle.attempts(),
@@ -295,6 +305,10 @@ impl Actor {
     /// Bookkeeping of a state change that is not a decision: what no longer applies in the new state.
     fn entered(&mut self, from: ServiceState, to: ServiceState) {
         self.state_event(from, to);
+        self.emit(
+            EventKind::State,
+            serde_json::json!({"from": from.as_str(), "to": to.as_str()}),
+        );
         if from == ServiceState::Stopping && matches!(to, ServiceState::Pending | ServiceState::Stopped) {
             // Stopped on purpose: no data about an instance that does not run.
             self.health.reset(Instant::now());
@@ -428,6 +442,7 @@ impl Actor {
                 .record_down(&self.parts.spec.name, reason, message.clone(), at, now);
         if let Some(transition) = transition {
             self.parts.metrics.health_changed(transition.from, transition.to);
+            self.health_event(transition.from, transition.to, &message);
         }
         self.parts
             .metrics
@@ -437,6 +452,23 @@ impl Actor {
         self.close_start_span(Some((reason.as_str(), &message)));
         self.set_last_error(message, at);
         self.publish();
+    }
+
+    /// Publishes an event about this service on the event stream, with the incident's trace.
+    fn emit(&self, kind: EventKind, details: serde_json::Value) {
+        self.parts.events.publish(
+            kind,
+            Some(&self.parts.spec.name),
+            self.incident_trace_id(),
+            details,
+        );
+    }
+
+    fn health_event(&self, from: HealthStatus, to: HealthStatus, detail: &str) {
+        self.emit(
+            EventKind::Health,
+            serde_json::json!({"from": from.as_str(), "to": to.as_str(), "detail": detail}),
+        );
     }
 
     fn set_last_error(&mut self, message: String, at: std::time::SystemTime) {

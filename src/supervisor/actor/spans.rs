@@ -233,6 +233,17 @@ impl Actor {
         crate::telemetry::trace::ids(span).map(|(trace_id, _)| trace_id)
     }
 
+    /// The trace of the incident in progress (the open restart's, else the first attempt's), if any: what
+    /// the event stream's events name.
+    pub(super) fn incident_trace_id(&self) -> Option<String> {
+        self.attempt_trace_id().or_else(|| {
+            self.traces
+                .incident
+                .as_ref()
+                .map(|context| context.trace_id().to_string())
+        })
+    }
+
     /// The open `start service`, for what runs inside it.
     pub(super) fn traces_start(&self) -> Option<Span> {
         self.traces.start.clone()

@@ -120,6 +120,18 @@ pub struct Metrics {
     last_reload_success: Gauge,
     last_reload_successful: IntGauge,
     config_info: IntGaugeVec,
+    events: EventMetrics,
+}
+
+/// The event stream's metrics.
+#[derive(Debug, Clone)]
+pub struct EventMetrics {
+    /// Events published.
+    pub published: IntCounter,
+    /// Consumers connected now.
+    pub consumers: IntGauge,
+    /// Consumers dropped for falling too far behind.
+    pub dropped: IntCounter,
 }
 
 /// How a configuration reload ended (`config_reloads_total{result}`).
@@ -345,6 +357,32 @@ impl Metrics {
                 "The running configuration's fingerprint (always 1; the hash changes with the effective configuration).",
                 &["hash"],
             ),
+            events: EventMetrics {
+                published: register(
+                    &registry,
+                    IntCounter::with_opts(opts(
+                        "events_published_total",
+                        "Events published on the event stream (GET /api/orchestration/events).",
+                    ))
+                    .expect("valid metric"),
+                ),
+                consumers: register(
+                    &registry,
+                    IntGauge::with_opts(opts(
+                        "event_consumers",
+                        "Event stream consumers connected now.",
+                    ))
+                    .expect("valid metric"),
+                ),
+                dropped: register(
+                    &registry,
+                    IntCounter::with_opts(opts(
+                        "event_consumers_dropped_total",
+                        "Event stream consumers dropped for falling too far behind (the engine never waits on them).",
+                    ))
+                    .expect("valid metric"),
+                ),
+            },
             registry,
             services: Mutex::new(Vec::new()),
         };
@@ -467,6 +505,11 @@ impl Metrics {
         self.reloads.with_label_values(&[result.as_str()]).inc();
         self.last_reload_successful
             .set(i64::from(result == ReloadResult::Success));
+    }
+
+    /// The event stream's handles.
+    pub fn for_events(&self) -> EventMetrics {
+        self.events.clone()
     }
 
     /// The registry's own handle: heartbeat series only.
