@@ -139,6 +139,25 @@ impl Page {
         }
     }
 
+    /// Waits for the DevTools event `method` (after `Page.enable` for page events) and returns its params.
+    async fn event(&mut self, method: &str) -> Value {
+        let wait = async {
+            while let Some(message) = self.socket.next().await {
+                let Ok(Message::Text(text)) = message else {
+                    continue;
+                };
+                let event: Value = serde_json::from_str(&text).unwrap();
+                if event["method"] == method {
+                    return event["params"].clone();
+                }
+            }
+            panic!("the DevTools connection closed while waiting for {method}");
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {method} within 30 s"))
+    }
+
     async fn screenshot(&mut self) -> Vec<u8> {
         let shot = self
             .call(
@@ -288,5 +307,61 @@ async fn the_page_can_be_turned_off() {
             .0,
         200
     );
+    assert!(orchestrator.stop().await.success());
+}
+
+/// With `api.token` set, reading needs nothing, and a button asks for the token once: the prompt's answer
+/// authorizes the request (and the ones after it); a wrong or missing token changes nothing.
+#[tokio::test]
+async fn a_button_asks_for_the_token_when_one_is_set() {
+    let config = "[api]\ntoken = \"s3cret\"\n[services.one]\ncommand = [\"sleep\", \"3600\"]\n";
+    let mut orchestrator = Orchestrator::start(config);
+    let api = orchestrator.api().await;
+    orchestrator.wait_ready().await;
+    let browser = Browser::launch().await;
+    let mut page = browser.open(&format!("{api}/")).await;
+    page.call("Page.enable", json!({})).await;
+    page.until("one running", &row("one", "r.dataset.state === 'running'"))
+        .await;
+
+    // Refused without the token: the prompt, dismissed, leaves everything as it was.
+    page.eval("document.querySelector('tr[data-service=\"one\"] button').click()")
+        .await;
+    let dialog = page.event("Page.javascriptDialogOpening").await;
+    assert_eq!(dialog["type"], "prompt");
+    assert!(dialog["message"].as_str().unwrap().contains("token"), "{dialog}");
+    page.call("Page.handleJavaScriptDialog", json!({"accept": false}))
+        .await;
+    page.until(
+        "the refusal said",
+        "document.querySelector('#message').textContent.includes('missing bearer token')",
+    )
+    .await;
+    assert_eq!(
+        page.eval(&row("one", "r.dataset.restarts === '0'")).await,
+        Value::Bool(true)
+    );
+
+    // Given at the prompt: the restart goes through, and the next click needs no prompt.
+    page.eval("document.querySelector('tr[data-service=\"one\"] button').click()")
+        .await;
+    page.event("Page.javascriptDialogOpening").await;
+    page.call(
+        "Page.handleJavaScriptDialog",
+        json!({"accept": true, "promptText": "s3cret"}),
+    )
+    .await;
+    page.until(
+        "one restarted with the token",
+        &row("one", "r.dataset.restarts === '1'"),
+    )
+    .await;
+    page.eval("document.querySelector('tr[data-service=\"one\"] button').click()")
+        .await;
+    page.until(
+        "one restarted again, no prompt",
+        &row("one", "r.dataset.restarts === '2'"),
+    )
+    .await;
     assert!(orchestrator.stop().await.success());
 }
