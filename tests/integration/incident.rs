@@ -76,9 +76,10 @@ fn config(dir: &Path) -> String {
         r#"[telemetry]
 check_sample_ratio = 0.0
 [services.app]
-command = ["sh", "-c", "echo \"$TRACEPARENT\" >> {dir}/traceparents; trap '' TERM; if [ -e {dir}/broken ]; then exit 3; fi; while :; do sleep 0.05; done"]
+command = ["sh", "-c", "echo \"$TRACEPARENT\" >> {dir}/traceparents; trap '' TERM; if [ -e {dir}/broken ]; then exit 3; fi; touch {dir}/started; while :; do sleep 0.05; done"]
 [services.app.health]
-exec = ["test", "-e", "{dir}/healthy"]
+# Ready once this instance is past its `broken` check (the probe alone could pass before the shell ran it).
+exec = ["sh", "-c", "test -e {dir}/healthy && test -e {dir}/started"]
 failure_threshold = 2
 check_interval = "100ms"
 timeout = "90ms"
@@ -151,6 +152,23 @@ async fn a_crash_loop_is_one_trace_that_tells_the_incident_in_order() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // The new instance writes what it was given as it starts, which may be just after the restart was
+    // answered (its probe can pass first).
+    let wanted = format!("00-{caller_trace}-");
+    // Found within the limit, or the test fails: the child's TRACEPARENT is the caller's trace.
+    crate::deploy::eventually(
+        "the new instance's TRACEPARENT",
+        std::time::Duration::from_secs(10),
+        async || {
+            let traceparents = std::fs::read_to_string(dir.path().join("traceparents")).unwrap();
+            traceparents
+                .lines()
+                .rev()
+                .find(|line| line.starts_with(&wanted))
+                .map(str::to_owned)
+        },
+    )
+    .await;
     assert_eq!(orchestrator.stop().await.code(), Some(0));
 
     let spans = received.spans();
@@ -301,12 +319,6 @@ async fn a_crash_loop_is_one_trace_that_tells_the_incident_in_order() {
     );
     let manual_steps: Vec<&str> = children(&all, manual).iter().map(|s| s.name.as_str()).collect();
     assert_eq!(manual_steps, ["stop service", "start service"]);
-    let traceparents = std::fs::read_to_string(dir.path().join("traceparents")).unwrap();
-    let child_saw = traceparents.lines().last().unwrap();
-    assert!(
-        child_saw.starts_with(&format!("00-{caller_trace}-")),
-        "the child's TRACEPARENT is the caller's trace: {child_saw}"
-    );
 
     // ---- the shutdown ---------------------------------------------------------------------------------
     let shutdown = find(&spans, "stop orchestrator");
