@@ -8,6 +8,9 @@
 //!   process) and passing checks sampled at RATIO (`telemetry.check_sample_ratio`), e.g. `traced=1.0`.
 //! - idle: 1,000 idle children supervised: orchestrator CPU per minute and resident memory.
 //! - metrics: rendering `/metrics` for 1,000 services (with check history and API traffic).
+//! - reload: 1,000 idle children; a reload that changes one service's command, one that adds and removes one,
+//!   and one that changes nothing: how long applying takes (until the restarted or added service runs), and
+//!   how many of the other 999 kept their process.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -49,6 +52,61 @@ fn main() {
     if runs("metrics") {
         runtime.block_on(metrics());
     }
+    if runs("reload") {
+        runtime.block_on(reload());
+    }
+}
+
+async fn reload() {
+    use fog_orchestrator::config::Plan;
+    const CHILDREN: usize = 1000;
+    let topology = |changed: &str, extra: &str| {
+        let mut text = String::new();
+        for i in 0..CHILDREN {
+            let seconds = if i == 500 { changed } else { "3600" };
+            text.push_str(&format!(
+                "[services.idle{i}]\ncommand = [\"sleep\", \"{seconds}\"]\n"
+            ));
+        }
+        text + extra
+    };
+    let before = topology("3600", "");
+    let supervisor = Supervisor::builder(config(&before)).start().unwrap();
+    supervisor.initialized().await;
+    let pids = |supervisor: &Supervisor| -> Vec<Option<u32>> {
+        supervisor.services().iter().map(|s| s.snapshot().pid).collect()
+    };
+    let steps = [
+        ("one command changed", topology("3601", "")),
+        (
+            "one service added",
+            topology("3601", "[services.extra]\ncommand = [\"sleep\", \"3602\"]\n"),
+        ),
+        ("one service removed", topology("3601", "")),
+        ("nothing changed", topology("3601", "")),
+    ];
+    let mut running = config(&before);
+    for (what, text) in steps {
+        let new = config(&text);
+        let plan = Plan::between(&running, &new);
+        let kept_before = pids(&supervisor);
+        let started = Instant::now();
+        let applied = supervisor.reload(new.clone(), &plan).await.expect("applied");
+        let took = started.elapsed();
+        let kept_after = pids(&supervisor);
+        let untouched = kept_before
+            .iter()
+            .zip(&kept_after)
+            .filter(|(a, b)| a.is_some() && a == b)
+            .count();
+        assert!(applied.iter().all(|a| a.ok), "{applied:?}");
+        println!(
+            "reload   1,000 services, {what}: applied in {:.1} ms; {untouched} processes kept",
+            took.as_secs_f64() * 1e3
+        );
+        running = new;
+    }
+    supervisor.shutdown(Duration::from_secs(5)).await;
 }
 
 fn free_ports(count: usize) -> Vec<u16> {

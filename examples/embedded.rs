@@ -92,14 +92,18 @@ impl Service for Gateway {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::from_toml(CONFIG)?;
-    Orchestrator::builder()
-        .config(config)
-        .service("ledger", Ledger::default())
-        .service("gateway", Gateway::default())
-        .run()
-        .await?;
-    Ok(())
+fn main() -> anyhow::Result<()> {
+    // First, before any thread exists: this binary then starts its process services through itself with
+    // posix_spawn (and, started as that helper, becomes the service).
+    fog_orchestrator::supervisor::containment::helper_entry();
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let config = Config::from_toml(CONFIG)?;
+        Orchestrator::builder()
+            .config(config)
+            .service("ledger", Ledger::default())
+            .service("gateway", Gateway::default())
+            .run()
+            .await?;
+        Ok(())
+    })
 }

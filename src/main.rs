@@ -4,8 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fog_orchestrator::cli::{Cli, execute};
+use fog_orchestrator::supervisor::containment;
 
 fn main() -> ExitCode {
+    // The spawn helper each service starts through (see `supervisor::containment`): first, before anything
+    // else is set up, so a helper costs nothing but its exec.
+    containment::helper_entry();
     tune_malloc();
     execute(Cli::parse())
 }

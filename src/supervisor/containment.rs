@@ -20,8 +20,10 @@
 //! then ends the same way the service did (same exit code, or same signal). SIGKILL of the group kills the
 //! shim and the init at once, and with the init the whole namespace. If the orchestrator dies, the shim
 //! dies (parent-death signal), the init dies (its own parent-death signal), and the namespace with it.
-//! Both shims are the forked orchestrator itself running a loop of async-signal-safe system calls, so no
-//! binary is executed and no memory written beyond a few pages.
+//! The orchestrator never forks: it starts the orchestrator's own binary as a small helper with
+//! `posix_spawn` ([`helper`]), and the helper sets the parent-death signal, creates the namespace, forks the
+//! init and the service (cheap: the helper is a fresh, small process) and execs the service's program. The
+//! shim and the init are the helper running a loop of async-signal-safe system calls.
 //!
 //! Elsewhere the fallback is the process group: SIGTERM and SIGKILL reach every process that stayed in
 //! it, but a `setsid` daemon escapes, and grandchildren survive a SIGKILL of the orchestrator. The active
@@ -30,8 +32,6 @@
 use std::fmt;
 use std::io;
 use std::sync::OnceLock;
-
-use tokio::process::Command;
 
 /// How a service's processes are held together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,61 +83,164 @@ impl fmt::Display for Containment {
     }
 }
 
-/// Makes `process` run its program as PID 2 of a new PID namespace, under the shim and init described in
-/// the module documentation. Call only when [`Containment::detect`] found namespaces available.
-pub(super) fn in_pid_namespace(process: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec. It calls only async-signal-safe system
-    // calls (unshare, pipe2, sigprocmask, fork, prctl, close_range, sigwaitinfo, waitpid, read, write,
-    // kill, signal, _exit), allocates nothing and touches no memory shared with the parent. The branches
-    // that are not the service never return; the service's branch returns to exec its program.
+/// The hidden first argument that makes the binary the spawn helper ([`helper_entry`]).
+pub const HELPER: &str = "__contain";
+
+/// Set by [`helper_entry`]: this binary serves as its own spawn helper.
+static HELPER_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Call first in `main`: when this process was started as the spawn helper it becomes the service (never
+/// returns); otherwise it marks the binary as able to serve as its own helper, and services are started
+/// with `posix_spawn` through it. A program that embeds the orchestrator without calling this starts its
+/// services by forking itself instead (correct, and slower when the program is large).
+pub fn helper_entry() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == HELPER) {
+        run_helper(&args.collect::<Vec<_>>());
+    }
+    HELPER_READY.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`helper_entry`] ran in this process.
+pub(super) fn helper_ready() -> bool {
+    HELPER_READY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How a service is started: `posix_spawn` of this binary as the helper (`/proc/<pid>/exe`: the image
+/// that runs now, even after a package upgrade replaced the file), with these arguments before the
+/// service's own command. The orchestrator itself never forks: `posix_spawn` shares its memory with the
+/// child until the exec (no page tables copied, no copy-on-write faults afterwards, however large the
+/// orchestrator has grown), which is what makes launching a thousand services and a restart cheap.
+pub(super) fn helper(containment: Containment) -> (std::path::PathBuf, [String; 3]) {
+    let parent = std::process::id();
+    let mode = match containment {
+        Containment::PidNamespace => "pid-namespace",
+        Containment::ProcessGroup => "process-group",
+    };
+    (
+        format!("/proc/{parent}/exe").into(),
+        [HELPER.to_owned(), parent.to_string(), mode.to_owned()],
+    )
+}
+
+/// The spawn helper, in the new process (`fog-orchestrator __contain PARENT MODE PROGRAM [ARGS...]`):
+/// parent-death signal SIGKILL, the PID namespace with its shim and init when MODE is `pid-namespace`,
+/// then exec of PROGRAM (looked up in `PATH`). Never returns; on failure it says why on stderr (the
+/// service's output) and exits with 127, as a shell does for a command it cannot run.
+fn run_helper(args: &[std::ffi::OsString]) -> ! {
+    use std::io::Write as _;
+    use std::os::unix::process::CommandExt as _;
+    let fail = |message: String| -> ! {
+        let _ = writeln!(io::stderr(), "fog-orchestrator: {message}");
+        std::process::exit(127)
+    };
+    let (Some(parent), Some(mode), Some(program)) = (args.first(), args.get(1), args.get(2)) else {
+        fail("the spawn helper needs PARENT MODE PROGRAM [ARGS...]".into());
+    };
+    let parent: libc::pid_t = parent.to_str().and_then(|p| p.parse().ok()).unwrap_or(-1);
+    // SAFETY: prctl and getppid only read and set this process's own attributes.
     unsafe {
-        process.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWPID) != 0 {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            fail(format!(
+                "cannot set the parent-death signal: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        // The orchestrator may have died before the prctl: then no signal would ever come.
+        if libc::getppid() != parent {
+            fail("the orchestrator exited while starting the service".into());
+        }
+    }
+    if mode.to_str() == Some("pid-namespace") {
+        // SAFETY: this process is single-threaded (nothing started a thread yet); see `enter_pid_namespace`.
+        if let Err(error) = unsafe { enter_pid_namespace() } {
+            fail(format!("cannot create the service's PID namespace: {error}"));
+        }
+    }
+    let error = std::process::Command::new(program).args(&args[3..]).exec();
+    fail(format!("cannot start {}: {error}", program.to_string_lossy()))
+}
+
+/// The fallback when this binary is not its own helper: `process` forks the orchestrator and, in the child
+/// before exec, sets the parent-death signal and (with `pid_namespace`) enters the PID namespace.
+pub(super) fn in_forked_child(process: &mut tokio::process::Command, pid_namespace: bool) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe system
+    // calls (prctl, getppid, and those of `enter_pid_namespace`), allocating nothing.
+    unsafe {
+        process.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let mut status_pipe = [0; 2];
-            if libc::pipe2(status_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-                return Err(io::Error::last_os_error());
+            if libc::getppid() != parent {
+                return Err(io::Error::other(
+                    "the orchestrator exited while starting the service",
+                ));
             }
-            let [status_read, status_write] = status_pipe;
-            // Blocked before forking, so no signal is lost or acted on by default in the shim or init.
-            let mut every: libc::sigset_t = std::mem::zeroed();
-            let mut before: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut every);
-            libc::sigprocmask(libc::SIG_BLOCK, &every, &mut before);
-            match libc::fork() {
-                -1 => {
-                    let error = io::Error::last_os_error();
-                    libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-                    Err(error)
-                }
-                0 => {
-                    // The init: PID 1 of the new namespace.
-                    libc::close(status_read);
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                    libc::prctl(libc::PR_SET_NAME, c"fog-init".as_ptr(), 0, 0, 0);
-                    match libc::fork() {
-                        -1 => libc::_exit(127),
-                        0 => {
-                            // The service: normal signal handling, then exec.
-                            libc::close(status_write);
-                            libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-                            Ok(())
-                        }
-                        service => {
-                            close_all_but(status_write);
-                            run_init(service, status_write, &every)
-                        }
+            if pid_namespace {
+                enter_pid_namespace()?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes this process continue as PID 2 of a new PID namespace, under the shim and init described in the
+/// module documentation: returns in the service's process (which then execs the service's program); the
+/// shim and init never return.
+///
+/// # Safety
+/// Call only from a single-threaded process: it forks, and the forked branches call only
+/// async-signal-safe system calls (unshare, pipe2, sigprocmask, fork, prctl, close_range, sigwaitinfo,
+/// waitpid, read, write, kill, signal, _exit).
+unsafe fn enter_pid_namespace() -> io::Result<()> {
+    // SAFETY: see the function's contract.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWPID) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut status_pipe = [0; 2];
+        if libc::pipe2(status_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let [status_read, status_write] = status_pipe;
+        // Blocked before forking, so no signal is lost or acted on by default in the shim or init.
+        let mut every: libc::sigset_t = std::mem::zeroed();
+        let mut before: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut every);
+        libc::sigprocmask(libc::SIG_BLOCK, &every, &mut before);
+        match libc::fork() {
+            -1 => {
+                let error = io::Error::last_os_error();
+                libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+                Err(error)
+            }
+            0 => {
+                // The init: PID 1 of the new namespace.
+                libc::close(status_read);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                libc::prctl(libc::PR_SET_NAME, c"fog-init".as_ptr(), 0, 0, 0);
+                match libc::fork() {
+                    -1 => libc::_exit(127),
+                    0 => {
+                        // The service: normal signal handling, then exec.
+                        libc::close(status_write);
+                        libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+                        Ok(())
+                    }
+                    service => {
+                        close_all_but(status_write);
+                        run_init(service, status_write, &every)
                     }
                 }
-                init => {
-                    libc::prctl(libc::PR_SET_NAME, c"fog-shim".as_ptr(), 0, 0, 0);
-                    libc::close(status_write);
-                    close_all_but(status_read);
-                    run_shim(init, status_read)
-                }
             }
-        });
+            init => {
+                libc::prctl(libc::PR_SET_NAME, c"fog-shim".as_ptr(), 0, 0, 0);
+                libc::close(status_write);
+                close_all_but(status_read);
+                run_shim(init, status_read)
+            }
+        }
     }
 }
 

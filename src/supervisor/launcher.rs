@@ -7,7 +7,6 @@
 //! actor (module `output`), and a task that reaps it.
 
 use std::fmt;
-use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -214,7 +213,27 @@ impl Launcher for ProcessLauncher {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| LaunchError("empty command".into()))?;
-        let mut process = Command::new(program);
+        // Found here, so a command that cannot run is a failed start now, not a crash of the helper later.
+        resolve(program, spec)?;
+        if let Some(dir) = &spec.working_dir
+            && !dir.is_dir()
+        {
+            return Err(LaunchError(format!(
+                "working_dir {} is not a directory",
+                dir.display()
+            )));
+        }
+        let pid_namespace = self.containment == Containment::PidNamespace;
+        let mut process = if containment::helper_ready() {
+            let (helper, helper_args) = containment::helper(self.containment);
+            let mut process = Command::new(helper);
+            process.args(helper_args).arg(program);
+            process
+        } else {
+            let mut process = Command::new(program);
+            containment::in_forked_child(&mut process, pid_namespace);
+            process
+        };
         // The `start service` span this launch runs in, for the child's own spans (W3C TRACEPARENT);
         // never an inherited one that says nothing about this start. The service's own env still wins.
         match crate::telemetry::trace::traceparent() {
@@ -230,10 +249,6 @@ impl Launcher for ProcessLauncher {
             .process_group(0);
         if let Some(dir) = &spec.working_dir {
             process.current_dir(dir);
-        }
-        set_parent_death_signal(&mut process);
-        if self.containment == Containment::PidNamespace {
-            containment::in_pid_namespace(&mut process);
         }
         let mut child = process
             .spawn()
@@ -278,25 +293,38 @@ fn expand(command: &[String]) -> Result<Vec<String>, LaunchError> {
         .collect())
 }
 
-/// Makes the kernel SIGKILL the child when the orchestrator dies, however it dies.
-fn set_parent_death_signal(process: &mut Command) {
-    // SAFETY: getpid is async-signal-safe and called before fork.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs in the child between fork and exec and calls only async-signal-safe
-    // functions (prctl, getppid), touching no memory shared with the parent.
-    unsafe {
-        process.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl: then no signal will ever come.
-            if libc::getppid() != parent {
-                return Err(io::Error::other(
-                    "the orchestrator exited while starting the service",
-                ));
-            }
+/// Checks that `program` can be executed, as `execvp` will look for it: a path as is, a bare name in the
+/// directories of `PATH` (the service's own `PATH` when its `env` sets one).
+fn resolve(program: &str, spec: &ServiceSpec) -> Result<(), LaunchError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return if executable(std::path::Path::new(program)) {
             Ok(())
-        });
+        } else {
+            Err(LaunchError(format!(
+                "cannot start {program}: {}",
+                match std::fs::metadata(program) {
+                    Err(error) => error.to_string(),
+                    Ok(_) => "not an executable file".to_owned(),
+                }
+            )))
+        };
+    }
+    let path = spec
+        .env
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "PATH")
+        .map(|(_, value)| std::ffi::OsString::from(value))
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    if std::env::split_paths(&path).any(|dir| executable(&dir.join(program))) {
+        Ok(())
+    } else {
+        Err(LaunchError(format!("cannot start {program}: not found in PATH")))
     }
 }
 
