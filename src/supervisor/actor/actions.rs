@@ -115,7 +115,9 @@ impl Actor {
         }
     }
 
-    pub(super) fn schedule_restart(&mut self, attempt: u32, reason: RestartReason) {
+    /// Waits out the backoff before attempt `attempt`; a delay of zero is over at once (reported now rather
+    /// than at the timer's next tick, up to a millisecond later).
+    pub(super) fn schedule_restart(&mut self, attempt: u32, reason: RestartReason) -> Option<Event> {
         let delay = self.backoff.delay(attempt, fastrand::f64());
         self.backoff_until = Some(Instant::now() + delay);
         self.snapshot.backoff = Some(delay);
@@ -139,6 +141,7 @@ impl Actor {
             delay_ms = delay.as_millis() as u64,
             "restart scheduled"
         );
+        delay.is_zero().then_some(Event::BackoffElapsed)
     }
 
     /// Waits until the dependents in `scope` are down (at shutdown, only when there is an instance to hold).

@@ -273,7 +273,7 @@ impl Actor {
                 self.stop_instance().await;
                 return Some(Event::InstanceStopped);
             }
-            Action::Backoff { attempt, reason } => self.schedule_restart(attempt, reason),
+            Action::Backoff { attempt, reason } => return self.schedule_restart(attempt, reason),
             Action::AnnounceReady => self.became_ready(),
             Action::GiveUp => {
                 self.gave_up();
