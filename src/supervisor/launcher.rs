@@ -293,20 +293,26 @@ fn expand(command: &[String]) -> Result<Vec<String>, LaunchError> {
         .collect())
 }
 
-/// Checks that `program` can be executed, as `execvp` will look for it: a path as is, a bare name in the
-/// directories of `PATH` (the service's own `PATH` when its `env` sets one).
+/// Checks that `program` can be executed, as `execvp` will look for it: a path as is (a relative one from
+/// the service's `working_dir`), a bare name in the directories of `PATH` (the service's own `PATH` when its
+/// `env` sets one).
 fn resolve(program: &str, spec: &ServiceSpec) -> Result<(), LaunchError> {
     use std::os::unix::fs::PermissionsExt as _;
     let executable = |path: &std::path::Path| {
         std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if program.contains('/') {
-        return if executable(std::path::Path::new(program)) {
+        // A relative path is found from the service's working directory, where it is executed.
+        let path = match &spec.working_dir {
+            Some(dir) => dir.join(program),
+            None => std::path::PathBuf::from(program),
+        };
+        return if executable(&path) {
             Ok(())
         } else {
             Err(LaunchError(format!(
                 "cannot start {program}: {}",
-                match std::fs::metadata(program) {
+                match std::fs::metadata(&path) {
                     Err(error) => error.to_string(),
                     Ok(_) => "not an executable file".to_owned(),
                 }

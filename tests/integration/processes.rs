@@ -402,3 +402,36 @@ async fn promtool_accepts_a_real_scrape() {
 
     assert_eq!(orchestrator.stop().await.code(), Some(0));
 }
+
+/// Through the spawn helper, a command that cannot run is a failed start at once, with the reason, not a
+/// crash of the helper; and a relative command runs from the service's working directory.
+#[tokio::test]
+async fn the_spawn_helper_reports_what_cannot_start_and_runs_relative_commands_from_working_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 3600\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[services.relative]\ncommand = [\"./run.sh\"]\nworking_dir = \"{}\"\n\
+         [services.missing]\ncommand = [\"no-such-command-anywhere\"]\nrestart.max_attempts = 0\n",
+        dir.path().display()
+    );
+    let mut orchestrator = Orchestrator::start(&config);
+    let api = orchestrator.api().await;
+    let failed = orchestrator
+        .wait_for("the failed start", |f| {
+            message(f) == "service failed: automatic restarts exhausted; restart it with force=true"
+        })
+        .await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("start failed: cannot start no-such-command-anywhere: not found in PATH"),
+        "{failed}"
+    );
+    let (_, detail) = http("GET", &format!("{api}/api/orchestration/service/relative"), "").await;
+    assert_eq!(detail["status"], "running", "{detail}");
+    assert!(detail["pid"].as_u64().is_some());
+    assert!(orchestrator.stop().await.success());
+}
