@@ -200,7 +200,7 @@ impl Reloader {
     /// Publishes the reload on the event stream, with its trace.
     fn event(&self, span: &tracing::Span, trigger: Trigger, mut details: serde_json::Value) {
         details["trigger"] = json!(trigger.as_str());
-        let trace = crate::telemetry::trace::ids(span).map(|(trace_id, _)| trace_id);
+        let trace = crate::telemetry::trace::trace_id(span);
         self.supervisor
             .events()
             .publish(EventKind::Reload, None, trace, details);

@@ -22,7 +22,6 @@ use tokio::sync::{broadcast, mpsc};
 use super::reply::{ApiError, Reply, ReplyBody, bytes_reply};
 use super::{Api, query_value};
 use crate::events::{EventHub, EventKind, Filter, Published, Subscription};
-use crate::name::ServiceName;
 
 /// How often an idle stream gets a comment.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -119,11 +118,7 @@ fn filter(query: &[(String, String)]) -> Result<Filter, ApiError> {
     };
     let services = list("service")
         .into_iter()
-        .map(|name| {
-            ServiceName::parse(name)
-                .map(String::from)
-                .map_err(|invalid| ApiError::bad_request(invalid.to_string()))
-        })
+        .map(super::checked_name)
         .collect::<Result<_, _>>()?;
     let kinds = list("type")
         .into_iter()

@@ -290,7 +290,7 @@ impl RegistryActor {
             "timeout_seconds": self.heartbeat_timeout.as_secs_f64(),
             "heartbeats": record.heartbeats,
         });
-        let trace = crate::telemetry::trace::ids(&span).map(|(trace_id, _)| trace_id);
+        let trace = crate::telemetry::trace::trace_id(&span);
         self.events.publish(
             crate::events::EventKind::HeartbeatTimeout,
             Some(&name),
@@ -359,8 +359,7 @@ impl RegistryActor {
             return Err(RegistryError::Full(self.max_registered));
         }
         let service_type = registration.service_type.unwrap_or_else(|| name.clone());
-        let caller_trace =
-            crate::telemetry::trace::ids(&tracing::Span::current()).map(|(trace_id, _)| trace_id);
+        let caller_trace = crate::telemetry::trace::trace_id(&tracing::Span::current());
         self.events.publish(
             crate::events::EventKind::Registered,
             Some(&name),
@@ -433,8 +432,7 @@ impl RegistryActor {
             crate::telemetry::trace::event_name::SERVICE_DEREGISTERED,
             orchestrator.service.name = name,
         );
-        let caller_trace =
-            crate::telemetry::trace::ids(&tracing::Span::current()).map(|(trace_id, _)| trace_id);
+        let caller_trace = crate::telemetry::trace::trace_id(&tracing::Span::current());
         self.events.publish(
             crate::events::EventKind::Deregistered,
             Some(name),

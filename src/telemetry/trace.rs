@@ -80,6 +80,11 @@ pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
     exported(span).map(|context| (context.trace_id().to_string(), context.span_id().to_string()))
 }
 
+/// The trace id of `span`, when it is exported (what exemplars and events name).
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    exported(span).map(|context| context.trace_id().to_string())
+}
+
 /// Whether `span` is exported (valid and sampled): only then is a child span worth making.
 pub fn is_sampled(span: &tracing::Span) -> bool {
     exported(span).is_some()

@@ -135,7 +135,7 @@ impl Actor {
         let trace_id = match reason {
             None => {
                 self.forget_failures();
-                crate::telemetry::trace::ids(span).map(|(trace_id, _)| trace_id)
+                crate::telemetry::trace::trace_id(span)
             }
             Some(reason) => {
                 self.set_last_error(result.message.clone(), at);

@@ -230,7 +230,7 @@ impl Actor {
     /// The trace of the open restart, for the restart counter's exemplar.
     pub(super) fn attempt_trace_id(&self) -> Option<String> {
         let span = self.traces.attempt.as_ref()?;
-        crate::telemetry::trace::ids(span).map(|(trace_id, _)| trace_id)
+        crate::telemetry::trace::trace_id(span)
     }
 
     /// The trace of the incident in progress (the open restart's, else the first attempt's), if any: what
