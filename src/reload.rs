@@ -64,6 +64,8 @@ pub enum Reloaded {
         plan: Plan,
         /// The configuration read again.
         new: Config,
+        /// Its fingerprint (`config_info{hash}` once applied).
+        hash: String,
     },
     /// Applied.
     Applied {
@@ -71,6 +73,8 @@ pub enum Reloaded {
         plan: Plan,
         /// The configuration now running.
         new: Config,
+        /// Its fingerprint (`config_info{hash}`).
+        hash: String,
         /// What happened to each service added, removed, restarted or updated.
         applied: Vec<Applied>,
     },
@@ -141,13 +145,14 @@ impl Reloader {
         };
         let plan = Plan::between(&running, &new);
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        span.record("orchestrator.config.hash", new.fingerprint());
+        let hash = new.fingerprint();
+        span.record("orchestrator.config.hash", hash.as_str());
         span.record("orchestrator.reload.added", count(plan.add.len()));
         span.record("orchestrator.reload.removed", count(plan.remove.len()));
         span.record("orchestrator.reload.restarted", count(plan.restart.len()));
         span.record("orchestrator.reload.updated", count(plan.update.len()));
         if dry_run {
-            return Ok(Reloaded::Planned { plan, new });
+            return Ok(Reloaded::Planned { plan, new, hash });
         }
         let applied = match self
             .supervisor
@@ -161,13 +166,13 @@ impl Reloader {
         };
         let metrics = self.supervisor.metrics();
         metrics.reloaded(ReloadResult::Success);
-        metrics.config_loaded(&new.fingerprint(), SystemTime::now());
+        metrics.config_loaded(&hash, SystemTime::now());
         self.event(
             &span,
             trigger,
             json!({
                 "result": "success",
-                "config_hash": new.fingerprint(),
+                "config_hash": hash,
                 "added": plan.add,
                 "removed": plan.remove,
                 "restarted": plan.restart.iter().map(|c| &c.service).collect::<Vec<_>>(),
@@ -192,7 +197,12 @@ impl Reloader {
                 "these settings changed but apply only when the orchestrator restarts");
         }
         *running = in_effect(&running, new.clone());
-        Ok(Reloaded::Applied { plan, new, applied })
+        Ok(Reloaded::Applied {
+            plan,
+            new,
+            hash,
+            applied,
+        })
     }
 }
 

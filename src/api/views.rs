@@ -103,7 +103,7 @@ impl Api {
             .reload(Trigger::Api, dry_run)
             .await
             .map_err(|refusal| ApiError::new(StatusCode::CONFLICT, refusal.to_string()))?;
-        let (plan, new, applied) = match reloaded {
+        let (plan, new, hash, applied) = match reloaded {
             Reloaded::Invalid(error) => {
                 let problems: Vec<String> = match &error {
                     crate::config::ConfigError::Invalid { problems, .. } => {
@@ -120,15 +120,20 @@ impl Api {
                     }),
                 ));
             }
-            Reloaded::Planned { plan, new } => (plan, new, None),
-            Reloaded::Applied { plan, new, applied } => (plan, new, Some(applied)),
+            Reloaded::Planned { plan, new, hash } => (plan, new, hash, None),
+            Reloaded::Applied {
+                plan,
+                new,
+                hash,
+                applied,
+            } => (plan, new, hash, Some(applied)),
         };
         let mut body = json!({
             "success": applied.as_ref().is_none_or(|applied| applied.iter().all(|a| a.ok)),
             "dry_run": dry_run,
             "changed": !plan.is_empty(),
             "config": new.origin,
-            "config_hash": new.fingerprint(),
+            "config_hash": hash,
             "warnings": new.warnings,
             "plan": plan,
         });
