@@ -39,17 +39,22 @@ struct Record {
 }
 
 impl Record {
-    /// The entry of a configured service, before its first heartbeat.
-    fn configured(spec: &crate::config::ServiceSpec, now: SystemTime) -> Self {
+    /// An entry that has had no heartbeat yet.
+    fn new(
+        service_type: String,
+        metadata: Map<String, Value>,
+        status: EntryStatus,
+        registered_at: SystemTime,
+    ) -> Self {
         Self {
-            service_type: spec.service_type.clone(),
+            service_type,
             address: None,
             port: None,
             tags: Vec::new(),
-            metadata: spec.metadata.clone(),
-            managed: true,
-            status: EntryStatus::Service(ServiceState::Pending),
-            registered_at: now,
+            metadata,
+            managed: status != EntryStatus::Registered,
+            status,
+            registered_at,
             last_heartbeat: None,
             alive: false,
             heartbeats: 0,
@@ -57,6 +62,16 @@ impl Record {
             deadline: None,
             process_alive: false,
         }
+    }
+
+    /// The entry of a configured service, before its first heartbeat.
+    fn configured(spec: &crate::config::ServiceSpec, now: SystemTime) -> Self {
+        Self::new(
+            spec.service_type.clone(),
+            spec.metadata.clone(),
+            EntryStatus::Service(ServiceState::Pending),
+            now,
+        )
     }
 }
 
@@ -382,20 +397,15 @@ impl RegistryActor {
                 tracing::info!(service = %name, "service registered");
                 self.metrics.series(&name);
                 let record = Record {
-                    service_type,
                     address: registration.address,
                     port: registration.port,
                     tags: registration.tags,
-                    metadata: registration.metadata,
-                    managed: false,
-                    status: EntryStatus::Registered,
-                    registered_at: self.clock.now(),
-                    last_heartbeat: None,
-                    alive: false,
-                    heartbeats: 0,
-                    timeouts: 0,
-                    deadline: None,
-                    process_alive: false,
+                    ..Record::new(
+                        service_type,
+                        registration.metadata,
+                        EntryStatus::Registered,
+                        self.clock.now(),
+                    )
                 };
                 self.records.insert(name.clone(), record);
                 self.registered += 1;

@@ -234,6 +234,16 @@ fn openmetrics_family(text: &mut String, family: &prometheus::proto::MetricFamil
     }
 }
 
+/// The label values of a service's `service_info` series: type (escaped), critical, external, layer.
+fn info_labels(service_type: &str, critical: bool, external: bool, layer: u32) -> [String; 4] {
+    [
+        escape(service_type),
+        critical.to_string(),
+        external.to_string(),
+        layer.to_string(),
+    ]
+}
+
 /// Registers `collector`, which cannot fail for metrics created here with distinct names.
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
     if let Err(error) = registry.register(Box::new(collector.clone())) {
@@ -438,12 +448,7 @@ impl Metrics {
         external: bool,
         layer: u32,
     ) -> ServiceMetrics {
-        let info = [
-            escape(service_type),
-            critical.to_string(),
-            external.to_string(),
-            layer.to_string(),
-        ];
+        let info = info_labels(service_type, critical, external, layer);
         let service = ServiceMetrics::default();
         service.set_state(ServiceState::Pending);
         service.set_health(HealthStatus::Unknown);
@@ -483,12 +488,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(entry) = services.iter_mut().find(|entry| entry.name == name) {
-            entry.info = [
-                escape(service_type),
-                critical.to_string(),
-                external.to_string(),
-                layer.to_string(),
-            ];
+            entry.info = info_labels(service_type, critical, external, layer);
         }
     }
 
