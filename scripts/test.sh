@@ -6,17 +6,19 @@ cd "$(dirname "$0")/.."
 
 echo "== tools the tests need"
 # Prometheus (promtool, and the server the live alert test runs), Alertmanager (amtool, and the server) and
-# Chromium (the built-in page's test drives it headless), from Debian's packages.
+# Chromium (the built-in page's test drives it headless) and etcd (the fleet test runs a 3-member cluster),
+# from Debian's packages.
 if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-  || ! command -v chromium >/dev/null; then
+  || ! command -v chromium >/dev/null || ! command -v etcd >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager chromium fonts-dejavu-core \
-    >/dev/null
+    etcd-server >/dev/null
 fi
 promtool --version | head -1
 prometheus-alertmanager --version 2>&1 | head -1
 chromium --version 2>/dev/null | head -1
+etcd --version | head -1
 
 echo "== formatting"
 cargo fmt --check

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::server::{self, Limits};
 use crate::api::{Api, BrowserPolicy};
 use crate::clock::Clock;
+use crate::cluster::{Cluster, Fence};
 use crate::config::{Config, Source};
 use crate::reload::Trigger;
 use crate::signal::{Hangups, ShutdownSignals};
@@ -42,6 +43,9 @@ pub enum AppError {
     /// The supervision thread could not be started.
     #[error("cannot start the supervision thread")]
     Supervision(#[source] io::Error),
+    /// Fleet mode's etcd client could not be set up (its TLS files, say).
+    #[error("cannot set up fleet mode: {0}")]
+    Cluster(String),
 }
 
 /// What asks a running orchestrator to stop.
@@ -132,6 +136,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
     );
     // The running configuration, which a reload compares a new one with.
     let running = config.clone();
+    let fleet = config.cluster.clone().map(|settings| (settings, Fence::new()));
     let supervision = Supervision::start().map_err(AppError::Supervision)?;
     let supervisor = {
         // Everything the supervisor spawns, now and later from its own tasks, runs on that thread.
@@ -139,6 +144,9 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
         let mut builder = Supervisor::builder(config)
             .clock(clock)
             .startup_span(startup_span);
+        if let Some((_, fence)) = &fleet {
+            builder = builder.fence(fence.clone());
+        }
         for (name, service) in in_process {
             builder = builder.in_process(name, service);
         }
@@ -147,6 +155,25 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
     let api = Api::new(supervisor.clone(), token, browsers, clock);
     api.serve_ui(config_ui);
     api.enable_reload(source, running);
+    let cluster = match fleet {
+        Some((settings, fence)) => {
+            let metrics = supervisor.metrics().for_cluster();
+            let cluster = Cluster::new(settings, format!("http://{bound}"), fence, metrics)
+                .map_err(AppError::Cluster)?;
+            api.enable_cluster(cluster.clone());
+            tracing::info!(
+                fleet = cluster.fleet(),
+                node = cluster.node(),
+                "fleet mode: coordinating through etcd"
+            );
+            Some(cluster)
+        }
+        None => None,
+    };
+    let stop_cluster = CancellationToken::new();
+    let in_fleet = cluster
+        .clone()
+        .map(|cluster| tokio::spawn(cluster.run(supervisor.clone(), stop_cluster.clone())));
     let reloads = api.clone();
     let stop_api = CancellationToken::new();
     let server = tokio::spawn(server::serve(
@@ -186,6 +213,14 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
             supervisor.force_shutdown();
             supervisor.shutdown(SHUTDOWN_REPORT_EVERY).await;
         }
+    }
+    // The services are down: leave the fleet, so other nodes take over its singletons at once.
+    stop_cluster.cancel();
+    if let Some(task) = in_fleet {
+        let _ = task.await;
+    }
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
     }
     supervision.stop().await;
     tracing::info!("orchestrator stopped");

@@ -6,6 +6,7 @@
 //! graceful shutdown. Routes come from one table ([`routes::ROUTES`]) that the OpenAPI document is checked
 //! against.
 
+mod fleet;
 mod guard;
 pub mod openapi;
 mod reply;
@@ -24,6 +25,7 @@ use tracing::Instrument;
 pub use self::guard::BrowserPolicy;
 pub use self::reply::{ApiError, BODY_LIMIT, Reply, ReplyBody};
 use self::routes::{Endpoint, Matched};
+pub(crate) use self::views::summary as service_summary;
 use crate::clock::Clock;
 use crate::name::ServiceName;
 use crate::reload::{Refusal, Reloaded, Reloader, Trigger};
@@ -43,6 +45,8 @@ struct ApiState {
     bodies: views::Bodies,
     /// Set by [`Api::enable_reload`].
     reloader: std::sync::OnceLock<Reloader>,
+    /// Fleet mode, set by [`Api::enable_cluster`].
+    cluster: std::sync::OnceLock<crate::cluster::Cluster>,
 }
 
 /// The bearer token POST and DELETE need, the hosts and origins browsers may use, and whether the
@@ -68,6 +72,7 @@ impl Api {
                 clock,
                 bodies: views::Bodies::default(),
                 reloader: std::sync::OnceLock::new(),
+                cluster: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -78,6 +83,11 @@ impl Api {
     pub fn enable_reload(&self, source: Option<crate::config::Source>, running: crate::config::Config) {
         let reloader = Reloader::new(self.state.supervisor.clone(), source, running);
         let _ = self.state.reloader.set(reloader);
+    }
+
+    /// Fleet mode: `?scope=fleet` reads and `/readyz`'s `cluster` detail come from `cluster`. Set once.
+    pub fn enable_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.state.cluster.set(cluster);
     }
 
     /// Serves the built-in page at `/` (the default), or not (`api.ui = false`: 404).
@@ -174,7 +184,10 @@ impl Api {
         let name = || name.clone().unwrap_or_default();
         let (parts, body) = request.into_parts();
         match endpoint {
-            Endpoint::Services => Ok(self.services()),
+            Endpoint::Services => match self.scope(&query)? {
+                fleet::Scope::Local => Ok(self.services()),
+                fleet::Scope::Fleet(cluster) => self.fleet_services(cluster).await,
+            },
             Endpoint::Health => Ok(self.health()),
             Endpoint::CheckNow => self.check_now(query_value(&query, "service")).await,
             Endpoint::Restart | Endpoint::Start | Endpoint::Stop => {
@@ -186,7 +199,10 @@ impl Api {
             Endpoint::ServiceDetail => self.service_detail(&name()).await,
             Endpoint::RegistryList => {
                 let page = views::Page::from_query(&query)?;
-                self.registry_list(page).await
+                match self.scope(&query)? {
+                    fleet::Scope::Local => self.registry_list(page).await,
+                    fleet::Scope::Fleet(cluster) => self.fleet_registry(cluster, page).await,
+                }
             }
             Endpoint::Register => {
                 let registration = reply::read_json(&parts.headers, body).await?;
@@ -195,7 +211,10 @@ impl Api {
             Endpoint::RegistryEntry => self.registry_entry(&name()).await,
             Endpoint::Deregister => self.deregister(&name()).await,
             Endpoint::Heartbeat => self.heartbeat(&name()).await,
-            Endpoint::ServiceDiscovery => self.service_discovery().await,
+            Endpoint::ServiceDiscovery => match self.scope(&query)? {
+                fleet::Scope::Local => self.service_discovery().await,
+                fleet::Scope::Fleet(cluster) => self.fleet_service_discovery(cluster).await,
+            },
             Endpoint::OpenApi => Ok(reply::json_reply(StatusCode::OK, &openapi::document())),
             Endpoint::Reload => self.reload_view(query_value(&query, "dry_run")).await,
             Endpoint::Prometheus => Ok(self.prometheus(&parts.headers)),

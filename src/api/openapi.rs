@@ -31,7 +31,7 @@ fn control(verb: &str, description: &str) -> Value {
             "400": error_response("Malformed name or body."),
             "401": error_response("Missing or wrong bearer token (when api.token is set)."),
             "404": error_response("Unknown service."),
-            "409": error_response("Refused, nothing changed: the service has failed (use force), is external, waits on a down required dependency, is being stopped, or was stopped meanwhile."),
+            "409": error_response("Refused, nothing changed: the service has failed (use force), is external, waits on a down required dependency, is being stopped, was stopped meanwhile, or is a fleet singleton another node runs."),
             "413": error_response("Body larger than 64 KiB."),
             "415": error_response("Body is not JSON."),
             "500": error_response("The service did not start: the error that stopped it."),
@@ -42,6 +42,30 @@ fn control(verb: &str, description: &str) -> Value {
 
 fn get(summary: &str, schema: Value) -> Value {
     json!({"summary": summary, "responses": {"200": ok(summary, schema)}})
+}
+
+/// `?scope=fleet` (fleet mode, DESIGN.md section 9) on a read: the parameter and its errors.
+fn fleet_scoped(mut operation: Value) -> Value {
+    operation["parameters"]
+        .as_array_mut()
+        .map(|parameters| parameters.push(scope_parameter()))
+        .unwrap_or_else(|| operation["parameters"] = json!([scope_parameter()]));
+    let responses = &mut operation["responses"];
+    if responses.get("400").is_none() {
+        responses["400"] = error_response("scope is not local or fleet.");
+    }
+    responses["409"] =
+        error_response("scope=fleet while fleet mode is off ([cluster] etcd_endpoints is not set).");
+    responses["503"] = error_response("scope=fleet while etcd cannot be read.");
+    operation
+}
+
+fn scope_parameter() -> Value {
+    json!({
+        "name": "scope", "in": "query", "required": false,
+        "schema": {"type": "string", "enum": ["local", "fleet"], "default": "local"},
+        "description": "local: this node; fleet: every node of the fleet, from etcd (entries keyed <node>/<name>, each with its node, and nodes listing the members)."
+    })
 }
 
 fn object() -> Value {
@@ -149,9 +173,9 @@ fn paths() -> Value {
             }
         },
         "paths": {
-            "/api/orchestration/services": {"get": get(
-                "All services with status, restart_count, last_restart, last_error, is_critical; is_ready, initialized.",
-                object())},
+            "/api/orchestration/services": {"get": fleet_scoped(get(
+                "All services with status, restart_count, last_restart, last_error, is_critical (+ singleton, leader, ...); is_ready, initialized.",
+                object()))},
             "/api/orchestration/health": {"get": get(
                 "Composite health; per service status, last_check, consecutive_failures, uptime_1h/24h/7d.",
                 object())},
@@ -195,14 +219,14 @@ fn paths() -> Value {
                 "responses": {"200": ok("The service.", object()), "400": error_response("Malformed name."),
                               "404": error_response("Unknown service.")}}},
             "/api/orchestration/registry": {
-                "get": {"summary": "Registry entries (a page, optionally filtered) and the registry statistics",
+                "get": fleet_scoped(json!({"summary": "Registry entries (a page, optionally filtered) and the registry statistics",
                     "parameters": [
                         {"name": "type", "in": "query", "required": false, "schema": {"type": "string"}},
                         {"name": "alive", "in": "query", "required": false, "schema": {"type": "boolean"}},
                         {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 0}},
                         {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}}],
                     "responses": {"200": ok("A page of entries: services, total_services (matching), offset, limit, next_offset (null on the last page), stats.", object()),
-                        "400": error_response("Malformed alive, offset or limit.")}},
+                        "400": error_response("Malformed alive, offset, limit or scope.")}})),
                 "post": {
                     "summary": "Register (or update) a service that is not in the configuration",
                     "security": [{"bearer": []}, {}],
@@ -229,10 +253,10 @@ fn paths() -> Value {
                 "parameters": [name_parameter()], "responses": {
                     "200": ok("The entry, alive.", object()), "400": error_response("Malformed name."),
                     "401": error_response("Missing or wrong bearer token."), "404": error_response("Unknown service.")}}},
-            "/api/orchestration/sd": {"get": get(
-                "Prometheus HTTP service discovery (http_sd_config): entries whose metadata names a metrics address.",
+            "/api/orchestration/sd": {"get": fleet_scoped(get(
+                "Prometheus HTTP service discovery (http_sd_config): entries whose metadata names a metrics address (with scope=fleet, every node's, labelled node).",
                 json!({"type": "array", "items": {"type": "object", "properties": {
-                    "targets": {"type": "array", "items": {"type": "string"}}, "labels": {"type": "object"}}}}))},
+                    "targets": {"type": "array", "items": {"type": "string"}}, "labels": {"type": "object"}}}})))},
             "/api/orchestration/openapi.json": {"get": get("This document.", object())},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics: text format 0.0.4, or OpenMetrics 1.0 (with trace-id exemplars) when Accept prefers application/openmetrics-text; gzip when Accept-Encoding allows it",
@@ -264,7 +288,7 @@ fn paths() -> Value {
                 "responses": {"200": {"description": "CSS.", "content": {"text/css": {"schema": {"type": "string"}}}},
                               "404": error_response("The page is off (api.ui = false).")}}},
             "/healthz": {"get": get("The orchestrator itself is up.", object())},
-            "/readyz": {"get": {"summary": "Readiness: the startup sequence finished and every critical service runs",
+            "/readyz": {"get": {"summary": "Readiness: the startup sequence finished and every critical service runs (in fleet mode, cluster: fleet, node, up, lease, since, last_error, nodes, singletons)",
                 "responses": {"200": ok("Ready.", object()), "503": ok("Not ready.", object())}}}
         }
     })

@@ -141,6 +141,7 @@ impl From<ControlError> for ApiError {
             | ControlError::Blocked { .. }
             | ControlError::Busy(_)
             | ControlError::Stopped(_)
+            | ControlError::Standby(_)
             | ControlError::ReloadInProgress => StatusCode::CONFLICT,
             ControlError::StartFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

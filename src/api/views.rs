@@ -37,7 +37,7 @@ fn time(snapshot_time: Option<std::time::SystemTime>) -> Value {
 }
 
 /// The per-service summary of `/services` (the seed's five fields first).
-fn summary(handle: &ServiceHandle, snapshot: &Snapshot) -> Value {
+pub(crate) fn summary(handle: &ServiceHandle, snapshot: &Snapshot) -> Value {
     let spec = handle.spec();
     json!({
         "status": snapshot.state,
@@ -57,6 +57,8 @@ fn summary(handle: &ServiceHandle, snapshot: &Snapshot) -> Value {
         "waiting_on": snapshot.waiting_on,
         "backoff_seconds": snapshot.backoff.map(|d| d.as_secs_f64()),
         "ready_since": time(snapshot.ready_since),
+        "singleton": spec.singleton,
+        "leader": snapshot.leader,
     })
 }
 
@@ -502,6 +504,19 @@ impl Api {
                 "ready": ready,
                 "initialized": supervisor.is_initialized(),
                 "containment": Containment::detect().as_str(),
+                "cluster": self.state.cluster.get().map(|cluster| {
+                    let status = cluster.status();
+                    json!({
+                        "fleet": cluster.fleet(),
+                        "node": cluster.node(),
+                        "up": status.up,
+                        "lease": status.lease.map(|lease| format!("{lease:x}")),
+                        "since": rfc3339(status.since),
+                        "last_error": status.last_error,
+                        "nodes": status.nodes,
+                        "singletons": status.leaders,
+                    })
+                }),
             }),
         )
     }
@@ -511,9 +526,9 @@ impl Api {
 /// [`Page::MAX_LIMIT`], the default).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Page {
-    filter: EntryFilter,
-    offset: usize,
-    limit: usize,
+    pub(super) filter: EntryFilter,
+    pub(super) offset: usize,
+    pub(super) limit: usize,
 }
 
 impl Page {
@@ -560,11 +575,23 @@ impl Page {
 
 /// One `http_sd_config` target group for an entry with `metadata.metrics` (`host:port` or a URL).
 fn target_group(entry: &RegistryEntry) -> Option<Value> {
-    let metrics = entry.metadata.get("metrics")?.as_str()?;
+    target_group_of(&json!(entry), None)
+}
+
+/// The target group of a registry entry as JSON (as this node serves it, or as a node of the fleet
+/// published it), labelled with its `node` in the fleet's view.
+pub(super) fn target_group_of(entry: &Value, node: Option<&str>) -> Option<Value> {
+    let metrics = entry["metadata"].get("metrics")?.as_str()?;
     let mut labels = Map::new();
-    labels.insert("service".into(), json!(entry.name));
-    labels.insert("service_type".into(), json!(entry.service_type));
-    labels.insert("managed".into(), json!(entry.managed.to_string()));
+    labels.insert("service".into(), entry["name"].clone());
+    labels.insert("service_type".into(), entry["type"].clone());
+    labels.insert(
+        "managed".into(),
+        json!(entry["managed"].as_bool().unwrap_or(false).to_string()),
+    );
+    if let Some(node) = node {
+        labels.insert("node".into(), json!(node));
+    }
     let target = match metrics.split_once("://") {
         Some((scheme, rest)) => {
             labels.insert("__scheme__".into(), json!(scheme));

@@ -49,8 +49,17 @@ impl Plan {
             match running.services.iter().find(|s| s.name == spec.name) {
                 None => plan.add.push(name.to_owned()),
                 Some(old) => {
+                    if old.singleton != spec.singleton {
+                        // Whether it stands for election is fixed when the orchestrator starts.
+                        plan.needs_orchestrator_restart
+                            .push(format!("services.{name}.singleton"));
+                    }
                     let Changed { mut restart, live } = changed_keys(old, spec);
-                    if restart.is_empty() && live.is_empty() && old != spec {
+                    let same_but_singleton = ServiceSpec {
+                        singleton: old.singleton,
+                        ..spec.clone()
+                    } == *old;
+                    if restart.is_empty() && live.is_empty() && !same_but_singleton {
                         // A setting this list does not know yet: replacing the process applies it for sure.
                         restart.push("settings".to_owned());
                     }
@@ -74,7 +83,7 @@ impl Plan {
         }
         let settings = changed_settings(running, new);
         plan.settings = settings.live;
-        plan.needs_orchestrator_restart = settings.restart;
+        plan.needs_orchestrator_restart.extend(settings.restart);
         plan
     }
 
@@ -237,6 +246,8 @@ fn changed_settings(old: &Config, new: &Config) -> Changed {
         "registry.max_registered",
         false,
     );
+    // The etcd session, the node's name and its lease are made once, at start.
+    differs(old.cluster != new.cluster, "cluster", true);
     changed
 }
 

@@ -18,8 +18,8 @@ use std::fmt;
 pub use self::diff::{Change, Plan};
 pub use crate::name::{MAX_SERVICE_NAME_LEN, ServiceName};
 pub use schema::{
-    ApiSettings, GrpcProbe, HealthSettings, HttpProbe, LogFormat, OtlpProtocol, OutputSettings, Probe,
-    RegistrySettings, RestartPolicy, ServiceSpec, ShutdownSettings, TelemetrySettings,
+    ApiSettings, ClusterSettings, GrpcProbe, HealthSettings, HttpProbe, LogFormat, OtlpProtocol,
+    OutputSettings, Probe, RegistrySettings, RestartPolicy, ServiceSpec, ShutdownSettings, TelemetrySettings,
 };
 pub use source::{ConfigFile, DEFAULT_CONFIG_FILE, EMBEDDED_FOG, ENV_PREFIX, ENV_SEPARATOR, Source};
 
@@ -89,6 +89,8 @@ pub struct Config {
     pub telemetry: TelemetrySettings,
     /// `[registry]`.
     pub registry: RegistrySettings,
+    /// `[cluster]`: fleet mode, when `etcd_endpoints` is set.
+    pub cluster: Option<ClusterSettings>,
     /// `[services.*]` in declaration order, defaults applied.
     pub services: Vec<ServiceSpec>,
     /// The validated dependency graph of `services`.
@@ -112,13 +114,20 @@ impl Config {
     pub fn fingerprint(&self) -> String {
         let api = &self.api;
         let effective = format!(
-            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             api.listen,
             api.allowed_hosts,
             api.allowed_origins,
             api.allow_unauthenticated,
             self.telemetry,
             self.registry,
+            self.cluster.as_ref().map(|cluster| (
+                &cluster.etcd_endpoints,
+                &cluster.name,
+                &cluster.node,
+                cluster.lease_ttl,
+                &cluster.advertise_url,
+            )),
             self.services
         );
         let digest = ring::digest::digest(&ring::digest::SHA256, effective.as_bytes());
@@ -169,6 +178,7 @@ impl Config {
                 api: parsed.api,
                 telemetry: parsed.telemetry,
                 registry: parsed.registry,
+                cluster: parsed.cluster,
                 services: parsed.services,
                 graph,
                 warnings,

@@ -6,14 +6,16 @@ use std::net::SocketAddr;
 use serde_json::Value;
 
 use super::fields::{Problems, Table};
-use super::schema::{ApiSettings, LogFormat, OtlpProtocol, RegistrySettings, ServiceSpec, TelemetrySettings};
+use super::schema::{
+    ApiSettings, ClusterSettings, LogFormat, OtlpProtocol, RegistrySettings, ServiceSpec, TelemetrySettings,
+};
 use super::sections::{
     HEALTH, Inherited, OUTPUT, RESTART, SHUTDOWN, health, output, positive, quote, restart, shutdown,
 };
 use super::service::service;
 use crate::graph::Node;
 
-const TOP_LEVEL: &[&str] = &["api", "telemetry", "defaults", "registry", "services"];
+const TOP_LEVEL: &[&str] = &["api", "telemetry", "defaults", "registry", "cluster", "services"];
 const API: &[&str] = &[
     "listen",
     "token",
@@ -30,12 +32,25 @@ const TELEMETRY: &[&str] = &[
 ];
 const DEFAULTS: &[&str] = &["health", "restart", "shutdown", "output"];
 const REGISTRY: &[&str] = &["heartbeat_interval", "heartbeat_timeout", "max_registered"];
+const CLUSTER: &[&str] = &[
+    "etcd_endpoints",
+    "name",
+    "node",
+    "lease_ttl",
+    "advertise_url",
+    "ca_file",
+    "client_cert",
+    "client_key",
+    "username",
+    "password",
+];
 
 /// Everything read from the tree, before the dependency graph is built.
 pub(super) struct Parsed {
     pub api: ApiSettings,
     pub telemetry: TelemetrySettings,
     pub registry: RegistrySettings,
+    pub cluster: Option<ClusterSettings>,
     pub services: Vec<ServiceSpec>,
 }
 
@@ -58,6 +73,12 @@ pub(super) fn parse(
     let registry = root
         .table("registry", problems)
         .and_then(|t| registry(&t, problems));
+
+    let cluster = match root.table("cluster", problems) {
+        Some(table) => cluster(&table, problems),
+        None if root.has("cluster") => None,
+        None => Some(None),
+    };
 
     let defaults = root.table("defaults", problems);
     if let Some(defaults) = &defaults {
@@ -106,11 +127,12 @@ pub(super) fn parse(
         }
     }
 
-    let parsed = match (api, telemetry, registry, all_services_read) {
-        (Some(api), Some(telemetry), Some(registry), true) => Some(Parsed {
+    let parsed = match (api, telemetry, registry, cluster, all_services_read) {
+        (Some(api), Some(telemetry), Some(registry), Some(cluster), true) => Some(Parsed {
             api,
             telemetry,
             registry,
+            cluster,
             services,
         }),
         _ => None,
@@ -321,4 +343,128 @@ fn registry(table: &Table<'_>, problems: &mut Problems) -> Option<RegistrySettin
         heartbeat_timeout: timeout,
         max_registered,
     })
+}
+
+/// The shortest `cluster.lease_ttl`: etcd's own minimum lease is a few seconds, and a node must renew its
+/// lease several times within it.
+const MIN_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `[cluster]`: `None` inside when fleet mode is off (no `etcd_endpoints`).
+fn cluster(table: &Table<'_>, problems: &mut Problems) -> Option<Option<ClusterSettings>> {
+    table.deny_unknown(CLUSTER, problems);
+    let endpoints = if table.has("etcd_endpoints") {
+        table.comma_list("etcd_endpoints", problems)?
+    } else {
+        Vec::new()
+    };
+    let mut ok = true;
+    for endpoint in &endpoints {
+        let valid = endpoint
+            .strip_prefix("http://")
+            .or_else(|| endpoint.strip_prefix("https://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+        if !valid {
+            problems.push(
+                table.key_path("etcd_endpoints"),
+                format!("{endpoint:?} is not an etcd client URL such as \"http://127.0.0.1:2379\""),
+            );
+            ok = false;
+        }
+    }
+    let name = table.string("name", problems);
+    let name = name.filter(|name| {
+        let valid = crate::name::ServiceName::parse(name.clone()).is_ok();
+        if !valid {
+            problems.push(
+                table.key_path("name"),
+                format!("{name:?} is not a fleet name ([a-z0-9_-], 1 to 63 characters)"),
+            );
+        }
+        valid
+    });
+    let node = match table.string("node", problems) {
+        Some(node) => Some(node),
+        None if table.has("node") => None,
+        None => Some(crate::telemetry::otlp::host_name().to_ascii_lowercase()),
+    };
+    let node = node.filter(|node| {
+        let valid = !node.is_empty()
+            && node.len() <= 253
+            && node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            problems.push(
+                table.key_path("node"),
+                format!(
+                    "{node:?} is not a node name (letters, digits, '-', '_' and '.', 1 to 253 characters)"
+                ),
+            );
+        }
+        valid
+    });
+    let lease_ttl = table.duration("lease_ttl", problems).filter(|ttl| {
+        let valid = *ttl >= MIN_LEASE_TTL && ttl.subsec_nanos() == 0;
+        if !valid {
+            problems.push(
+                table.key_path("lease_ttl"),
+                format!(
+                    "{} must be whole seconds, at least {}",
+                    quote(*ttl),
+                    quote(MIN_LEASE_TTL)
+                ),
+            );
+        }
+        valid
+    });
+    let advertise_url = table.string("advertise_url", problems);
+    if let Some(url) = &advertise_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        problems.push(
+            table.key_path("advertise_url"),
+            format!("{url:?} is not an http:// or https:// URL"),
+        );
+        ok = false;
+    }
+    let ca_file = table.string("ca_file", problems).map(std::path::PathBuf::from);
+    let client_cert = table.string("client_cert", problems);
+    let client_key = table.string("client_key", problems);
+    let client_identity = match (client_cert, client_key) {
+        (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+        (None, None) => None,
+        _ => {
+            problems.push(table.path(), "client_cert and client_key go together");
+            ok = false;
+            None
+        }
+    };
+    let username = table.string("username", problems);
+    let password = table.string("password", problems);
+    let credentials = match (username, password) {
+        (Some(user), Some(password)) => Some((user, password)),
+        (None, None) => None,
+        _ => {
+            problems.push(table.path(), "username and password go together");
+            ok = false;
+            None
+        }
+    };
+    let (name, node, lease_ttl) = (name?, node?, lease_ttl?);
+    if !ok {
+        return None;
+    }
+    if endpoints.is_empty() {
+        return Some(None);
+    }
+    Some(Some(ClusterSettings {
+        etcd_endpoints: endpoints,
+        name,
+        node,
+        lease_ttl,
+        advertise_url,
+        ca_file,
+        client_identity,
+        credentials,
+    }))
 }

@@ -128,6 +128,27 @@ pub struct RegistrySettings {
     pub max_registered: u32,
 }
 
+/// `[cluster]`: fleet mode through etcd (DESIGN.md section 9); absent when `etcd_endpoints` is empty.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// etcd client URLs (`http://` or `https://`), tried in turn.
+    pub etcd_endpoints: Vec<String>,
+    /// The fleet's name: the key prefix `/fog-orchestrator/<name>/`.
+    pub name: String,
+    /// This node's name in the fleet (default: the host name).
+    pub node: String,
+    /// The lease this node's keys and elections hang on: a node silent for this long is gone.
+    pub lease_ttl: Duration,
+    /// The `http://host:port` other nodes and Prometheus reach this node's API at (default: `api.listen`).
+    pub advertise_url: Option<String>,
+    /// CA certificates (PEM) that etcd's certificate must chain to (default: the system's).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM) for etcd's mutual TLS.
+    pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// etcd user name and password (etcd's auth).
+    pub credentials: Option<(String, String)>,
+}
+
 /// How a service's health is checked: at most one probe per service.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Probe {
@@ -250,6 +271,9 @@ pub struct ServiceSpec {
     pub shutdown: ShutdownSettings,
     /// Where its output goes.
     pub output: OutputSettings,
+    /// Fleet mode: runs on exactly one node of the fleet at a time, the winner of an etcd election
+    /// (DESIGN.md section 9). Without `[cluster]` it runs here, as any service.
+    pub singleton: bool,
 }
 
 impl ServiceSpec {

@@ -28,6 +28,7 @@ const SERVICE: &[&str] = &[
     "restart",
     "shutdown",
     "output",
+    "singleton",
 ];
 
 /// The highest `priority`: a layer floor far above any real graph's depth only makes empty layers.
@@ -73,6 +74,11 @@ pub(super) fn service(
     };
     let critical = if table.has("critical") {
         table.boolean("critical", problems)
+    } else {
+        Some(false)
+    };
+    let singleton = if table.has("singleton") {
+        table.boolean("singleton", problems)
     } else {
         Some(false)
     };
@@ -172,6 +178,7 @@ pub(super) fn service(
             restart: restart?,
             shutdown: shutdown?,
             output: output?,
+            singleton: singleton?,
         })
     })();
     (spec, node)

@@ -797,3 +797,78 @@ fn grpc_probes_name_an_address_and_optionally_a_service() {
         &["applies to grpc probes, not to http"],
     );
 }
+
+#[test]
+fn fleet_mode_is_off_without_etcd_endpoints() {
+    let config = valid("[services.a]\ncommand = [\"true\"]\nsingleton = true\n");
+    assert!(config.cluster.is_none());
+    assert!(config.service("a").unwrap().singleton);
+    let config = valid("[cluster]\nname = \"edge\"\n[services.a]\ncommand = [\"true\"]\n");
+    assert!(
+        config.cluster.is_none(),
+        "a fleet name alone does not turn fleet mode on"
+    );
+}
+
+#[test]
+fn cluster_settings_have_defaults_and_read_lists_or_comma_separated_text() {
+    let config = valid(
+        "[cluster]\netcd_endpoints = \"http://10.0.0.1:2379, https://etcd.example:2379\"\nnode = \"edge-7\"\n",
+    );
+    let cluster = config.cluster.unwrap();
+    assert_eq!(
+        cluster.etcd_endpoints,
+        ["http://10.0.0.1:2379", "https://etcd.example:2379"]
+    );
+    assert_eq!(cluster.name, "fog");
+    assert_eq!(cluster.node, "edge-7");
+    assert_eq!(cluster.lease_ttl, Duration::from_secs(10));
+    assert_eq!((cluster.advertise_url, cluster.credentials), (None, None));
+    let config = valid("[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n");
+    assert!(
+        !config.cluster.unwrap().node.is_empty(),
+        "the host name by default"
+    );
+}
+
+#[test]
+fn bad_cluster_settings_are_each_reported() {
+    let found = problems(
+        "[cluster]\netcd_endpoints = [\"127.0.0.1:2379\", \"http://a/b\"]\nname = \"Fog Fleet\"\nnode = \"a b\"\n\
+         lease_ttl = \"1500ms\"\nusername = \"fog\"\nclient_cert = \"c.pem\"\ncolour = \"blue\"\n",
+    );
+    let expected = [
+        "cluster.etcd_endpoints: \"127.0.0.1:2379\" is not an etcd client URL",
+        "cluster.etcd_endpoints: \"http://a/b\" is not an etcd client URL",
+        "cluster.name: \"Fog Fleet\" is not a fleet name",
+        "cluster.node: \"a b\" is not a node name",
+        "cluster.lease_ttl: \"1s 500ms\" must be whole seconds, at least \"2s\"",
+        "client_cert and client_key go together",
+        "username and password go together",
+        "cluster.colour",
+    ];
+    for fragment in expected {
+        assert!(
+            found.iter().any(|problem| problem.contains(fragment)),
+            "{fragment:?} not in {found:#?}"
+        );
+    }
+    assert_single_problem(
+        "[services.a]\ncommand = [\"true\"]\nsingleton = \"yes\"\n",
+        &["services.a.singleton"],
+    );
+}
+
+#[test]
+fn cluster_and_singleton_changes_need_an_orchestrator_restart() {
+    let before = valid("[services.a]\ncommand = [\"true\"]\n");
+    let after = valid(
+        "[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n[services.a]\ncommand = [\"true\"]\nsingleton = true\n",
+    );
+    let plan = Plan::between(&before, &after);
+    assert_eq!(
+        plan.needs_orchestrator_restart,
+        ["services.a.singleton", "cluster"]
+    );
+    assert_eq!(plan.untouched, ["a"], "the service itself is left as it runs");
+}

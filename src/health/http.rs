@@ -334,6 +334,19 @@ fn system_roots() -> Arc<rustls::RootCertStore> {
         .clone()
 }
 
+/// TLS client settings trusting `ca_file` (else the system's CAs), with an optional client certificate
+/// and key: what etcd's client connections use.
+pub(crate) fn tls_client_config(
+    ca_file: Option<PathBuf>,
+    client_identity: Option<(PathBuf, PathBuf)>,
+) -> Result<rustls::ClientConfig, String> {
+    client_config(&Trust {
+        ca_file,
+        skip_verify: false,
+        client_identity,
+    })
+}
+
 /// TLS client settings for `trust`.
 fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, String> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())

@@ -5,7 +5,7 @@
 //! tested without a runtime. [`composite`] folds every service's status into the system's. The probes that
 //! produce results live in [`probe`].
 
-mod http;
+pub(crate) mod http;
 pub mod probe;
 mod uptime;
 

@@ -36,6 +36,7 @@ pub struct SupervisorBuilder {
     pub(super) registry: Option<RegistryHandle>,
     pub(super) metrics: Option<Arc<Metrics>>,
     pub(super) startup_span: Option<tracing::Span>,
+    pub(super) fence: Option<Arc<crate::cluster::Fence>>,
 }
 
 /// The receiving ends of one service's channels, for its actor.
@@ -65,6 +66,8 @@ pub(super) struct Engine {
     pub reloading: tokio::sync::Mutex<()>,
     /// The event stream.
     pub events: Arc<EventHub>,
+    /// Fleet mode: the lease fence singletons run under.
+    pub fence: Option<Arc<crate::cluster::Fence>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -96,6 +99,13 @@ impl SupervisorBuilder {
     /// startup sequence has finished. Without one, the supervisor opens its own.
     pub fn startup_span(mut self, span: tracing::Span) -> Self {
         self.startup_span = Some(span);
+        self
+    }
+
+    /// Fleet mode: singletons stand by until the cluster says this node leads them, and each instance
+    /// runs under `fence`. Without it (fleet mode off) a singleton runs here like any service.
+    pub fn fence(mut self, fence: Arc<crate::cluster::Fence>) -> Self {
+        self.fence = Some(fence);
         self
     }
 
@@ -150,6 +160,7 @@ impl SupervisorBuilder {
             shutdown_span: Arc::default(),
             reloading: tokio::sync::Mutex::new(()),
             events,
+            fence: self.fence.take(),
         });
         let (handles, channels): (Vec<_>, Vec<_>) = self
             .config
@@ -279,6 +290,7 @@ pub(super) fn actor_parts(
         startup_span: first_start.clone(),
         shutdown_span: engine.shutdown_span.clone(),
         events: engine.events.clone(),
+        fence: engine.fence.clone(),
     }
 }
 

@@ -95,14 +95,19 @@ static HELPER_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 /// services by forking itself instead (correct, and slower when the program is large).
 pub fn helper_entry() {
     let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|first| first == HELPER) {
-        run_helper(&args.collect::<Vec<_>>());
+    match args.next() {
+        Some(first) if first == HELPER => run_helper(&args.collect::<Vec<_>>()),
+        Some(first) if first == crate::cluster::fence::FENCE => {
+            let pgid = args.next().unwrap_or_default();
+            crate::cluster::fence::run_fence(&pgid.to_string_lossy())
+        }
+        _ => {}
     }
     HELPER_READY.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether [`helper_entry`] ran in this process.
-pub(super) fn helper_ready() -> bool {
+pub(crate) fn helper_ready() -> bool {
     HELPER_READY.load(std::sync::atomic::Ordering::Relaxed)
 }
 

@@ -44,6 +44,13 @@ pub enum Command {
         /// The span of whoever asks (an API request's): what the request does joins its trace.
         caller: tracing::Span,
     },
+    /// Fleet mode: this node won (`true`) or lost a singleton's election (sent by the cluster only).
+    Leadership {
+        /// It leads now.
+        leader: bool,
+        /// The election's span: a start it leads to joins that trace.
+        caller: tracing::Span,
+    },
     /// Run a health check now.
     CheckNow(oneshot::Sender<CheckResult>),
     /// A configuration reload's new settings and place in the graph (sent by [`Supervisor::reload`](
@@ -87,6 +94,9 @@ pub enum ControlError {
         /// The dependency it waits on.
         dependency: String,
     },
+    /// A fleet singleton that another node runs (or that waits for its election): nothing runs here.
+    #[error("service {0:?} is a singleton that runs on another node of the fleet (this node stands by)")]
+    Standby(String),
     /// It is being stopped; ask again once it has.
     #[error("service {0:?} is stopping; try again once it has stopped")]
     Busy(String),
@@ -200,6 +210,16 @@ impl ServiceHandle {
     pub async fn stop(&self, force: bool) -> Result<Snapshot, ControlError> {
         self.control(|reply, caller| Command::Stop { force, reply, caller })
             .await
+    }
+
+    /// Fleet mode: tells a singleton's actor that this node now leads its election (it may start) or no
+    /// longer does (its instance stops at once). What follows joins the current span's trace.
+    pub async fn set_leadership(&self, leader: bool) -> Result<(), ControlError> {
+        self.send(Command::Leadership {
+            leader,
+            caller: tracing::Span::current(),
+        })
+        .await
     }
 
     /// Runs a health check now and returns its result.

@@ -44,6 +44,8 @@ pub struct Instance {
     control: Box<dyn Control>,
     health: Option<Arc<dyn Service>>,
     output: Option<Output>,
+    /// Fleet mode: the lease fence of a singleton instance, ended with the instance.
+    fence: Option<crate::cluster::FenceGuard>,
 }
 
 impl fmt::Debug for Instance {
@@ -55,6 +57,11 @@ impl fmt::Debug for Instance {
 }
 
 impl Instance {
+    /// Puts the instance under a singleton's lease fence, which ends with it.
+    pub fn fence(&mut self, guard: crate::cluster::FenceGuard) {
+        self.fence = Some(guard);
+    }
+
     /// An instance whose exit will be sent on `exit` (by whoever waits for it).
     pub fn new(pid: Option<u32>, exit: watch::Receiver<Option<Exit>>, control: Box<dyn Control>) -> Self {
         Self {
@@ -63,6 +70,7 @@ impl Instance {
             control,
             health: None,
             output: None,
+            fence: None,
         }
     }
 

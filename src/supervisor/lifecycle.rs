@@ -68,6 +68,10 @@ pub enum Event {
     BackoffElapsed,
     /// Healthy for reset_after: the attempts are forgiven.
     HealthyLongEnough,
+    /// A singleton's fleet leadership (DESIGN.md section 9): it runs on this node only while it leads.
+    /// Losing it stops the instance at once (no waiting for dependents: another node may start it once the
+    /// lease is gone) and leaves the service `pending`, standing by.
+    Leadership(bool),
     /// The orchestrator shuts down.
     Shutdown,
 }
@@ -142,6 +146,8 @@ pub struct Policy {
     pub auto_recovery: bool,
     /// Automatic restarts before it is failed.
     pub max_attempts: u32,
+    /// A fleet singleton: it runs only while this node leads its election ([`Event::Leadership`]).
+    pub singleton: bool,
 }
 
 /// One service's lifecycle: its state and the counters the decisions depend on.
@@ -167,6 +173,8 @@ pub struct Lifecycle {
     shutting_down: bool,
     gate: Gate,
     held_by: Option<String>,
+    /// It may run here: always, unless it is a singleton that this node does not lead.
+    leader: bool,
 }
 
 impl Lifecycle {
@@ -188,12 +196,27 @@ impl Lifecycle {
             shutting_down: false,
             gate: Gate::Open,
             held_by: None,
+            leader: !policy.singleton,
         }
     }
 
-    /// Replaces the policy (a configuration reload): it applies to the next decision.
+    /// Replaces the policy (a configuration reload): it applies to the next decision. Whether the service
+    /// is a singleton stays as it started (changing it takes an orchestrator restart).
     pub fn set_policy(&mut self, policy: Policy) {
-        self.policy = policy;
+        self.policy = Policy {
+            singleton: self.policy.singleton,
+            ..policy
+        };
+    }
+
+    /// A fleet singleton (it runs only while this node leads its election).
+    pub fn policy_singleton(&self) -> bool {
+        self.policy.singleton
+    }
+
+    /// It may run on this node: not a singleton, or one this node leads.
+    pub fn leader(&self) -> bool {
+        self.leader
     }
 
     /// The lifecycle state.
@@ -309,6 +332,48 @@ impl Lifecycle {
                 }
             }
             (S::Backoff, Event::BackoffElapsed) => self.pend(),
+            (_, Event::Leadership(leader)) => self.leadership(leader),
+            _ => Vec::new(),
+        }
+    }
+
+    fn leadership(&mut self, leader: bool) -> Vec<Action> {
+        use ServiceState as S;
+        if !self.policy.singleton || self.leader == leader {
+            return Vec::new();
+        }
+        self.leader = leader;
+        if self.shutting_down {
+            return Vec::new();
+        }
+        match (leader, self.state) {
+            (true, S::Pending) => self.pend(),
+            (false, S::Starting | S::Running) => {
+                // Fencing: another node may start it as soon as this node's lease is gone, so the instance
+                // stops now; running required dependents see `stop_requested` and stop too.
+                self.stop_requested = true;
+                self.restarting = false;
+                self.restart = None;
+                self.state = S::Stopping;
+                self.after_stop = AfterStop::Pending;
+                self.stop_step = StopStep::Instance;
+                vec![
+                    Action::FailWaiters(ControlError::Standby(self.name.clone())),
+                    Action::StopInstance,
+                ]
+            }
+            (false, S::Stopping) if self.stop_step == StopStep::Dependents => {
+                // Its dependents were being stopped first: the fence does not wait for them.
+                self.stop_step = StopStep::Instance;
+                vec![Action::StopInstance]
+            }
+            (false, S::Backoff) => self.pend(),
+            (false, S::Pending) => {
+                self.settled = true;
+                Vec::new()
+            }
+            // Stopping: what follows the stop stands by (`pend` asks for leadership); stopped and failed
+            // services stay as they are.
             _ => Vec::new(),
         }
     }
@@ -348,6 +413,9 @@ impl Lifecycle {
         }
         if request == Request::Restart && self.restarting {
             return Ok(());
+        }
+        if request == Request::Restart && !self.leader {
+            return Err(ControlError::Standby(self.name.clone()));
         }
         if self.state == ServiceState::Stopping {
             return Err(ControlError::Busy(self.name.clone()));
@@ -439,11 +507,22 @@ impl Lifecycle {
     fn start_requested(&mut self) -> Vec<Action> {
         match self.state {
             ServiceState::Running => vec![Action::Answer],
+            ServiceState::Pending if !self.leader => vec![Action::Answer],
             ServiceState::Starting | ServiceState::Pending => vec![Action::AnswerWhenRunning],
             ServiceState::Backoff => {
                 // Skip the rest of the delay; the start still counts as the restart it replaces.
                 let mut actions = vec![Action::AnswerWhenRunning];
                 actions.extend(self.pend());
+                actions
+            }
+            ServiceState::Stopped | ServiceState::Failed | ServiceState::Stopping if !self.leader => {
+                // A singleton this node does not lead: it stands for election again, and runs here only if
+                // it wins. Answered now, honestly: pending, standing by.
+                self.attempts = 0;
+                self.restart = None;
+                self.stop_requested = false;
+                let mut actions = self.pend();
+                actions.push(Action::Answer);
                 actions
             }
             ServiceState::Stopped | ServiceState::Failed | ServiceState::Stopping => {
@@ -500,6 +579,13 @@ impl Lifecycle {
     fn pend(&mut self) -> Vec<Action> {
         self.state = ServiceState::Pending;
         match &self.gate {
+            Gate::Open if self.held_by.is_none() && !self.leader => {
+                // A singleton led by another node (or by none yet): it stands by here.
+                self.settled = true;
+                self.restarting = false;
+                self.restart = None;
+                vec![Action::FailWaiters(ControlError::Standby(self.name.clone()))]
+            }
             Gate::Open if self.held_by.is_none() => {
                 self.state = ServiceState::Starting;
                 self.launched = true;

@@ -115,6 +115,7 @@ impl Supervisor {
             registry: None,
             metrics: None,
             startup_span: None,
+            fence: None,
         }
     }
 
@@ -166,14 +167,14 @@ impl Supervisor {
         settled
     }
 
-    /// Initialized, and every critical service running and not unhealthy.
+    /// Initialized, and every critical service running and not unhealthy (a fleet singleton that another
+    /// node runs is not this node's to run: it does not count).
     pub fn is_ready(&self) -> bool {
         self.is_initialized()
-            && self
-                .services()
-                .iter()
-                .filter(|s| s.spec.critical)
-                .all(|s| s.snapshot.borrow().ready)
+            && self.services().iter().filter(|s| s.spec.critical).all(|s| {
+                let snapshot = s.snapshot.borrow();
+                snapshot.ready || snapshot.leader == Some(false)
+            })
     }
 
     /// The composite health of every service.

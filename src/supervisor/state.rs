@@ -100,6 +100,9 @@ pub struct Snapshot {
     pub backoff: Option<Duration>,
     /// When the current instance became ready; `None` while no instance runs.
     pub ready_since: Option<SystemTime>,
+    /// A fleet singleton: whether this node leads its election (runs it). `None` for every other service,
+    /// and when fleet mode is off.
+    pub leader: Option<bool>,
 }
 
 impl Snapshot {
@@ -126,6 +129,7 @@ impl Snapshot {
             last_check: None,
             backoff: None,
             ready_since: None,
+            leader: None,
         }
     }
 

@@ -960,3 +960,36 @@ async fn the_registry_is_bounded_and_paged() {
         assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn fleet_reads_without_fleet_mode_are_refused_and_a_local_scope_is_the_default() {
+    let (_, _, api) = fog().await;
+    for path in [
+        "/api/orchestration/services",
+        "/api/orchestration/registry",
+        "/api/orchestration/sd",
+    ] {
+        let local = get(&api, &format!("{path}?scope=local")).await;
+        assert_eq!(local.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            local.text,
+            get(&api, path).await.text,
+            "{path}: local is the default"
+        );
+        let fleet = get(&api, &format!("{path}?scope=fleet")).await;
+        assert_eq!(fleet.status, StatusCode::CONFLICT, "{path}");
+        assert!(
+            fleet.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("fleet mode is off")
+        );
+        let bogus = get(&api, &format!("{path}?scope=world")).await;
+        assert_eq!(bogus.status, StatusCode::BAD_REQUEST, "{path}");
+    }
+    // Without fleet mode a service is no singleton, and /readyz has no cluster.
+    let services = get(&api, "/api/orchestration/services").await.json();
+    assert_eq!(services["services"]["dao"]["singleton"], false);
+    assert_eq!(services["services"]["dao"]["leader"], Value::Null);
+    assert_eq!(get(&api, "/readyz").await.json()["cluster"], Value::Null);
+}

@@ -7,6 +7,7 @@ mod containment;
 mod deploy;
 mod embed;
 mod events;
+mod fleet;
 mod fuzz;
 mod harness;
 mod incident;

@@ -21,6 +21,12 @@ impl Actor {
     /// Launches a new instance (or, for an external service, starts probing it); reports `LaunchFailed`, or
     /// `Ready` at once when there is no probe.
     pub(super) async fn launch(&mut self, restart: Option<RestartReason>) -> Option<Event> {
+        if self.lifecycle.policy_singleton() && self.parts.fence.as_ref().is_some_and(|fence| !fence.holds())
+        {
+            // The node's lease is no longer certainly held (the orchestrator was paused, say, and the
+            // cluster has not caught up yet): another node may run it by now. Stand by instead.
+            return Some(Event::Leadership(false));
+        }
         let now = Instant::now();
         if let Some(reason) = restart {
             let at = self.parts.clock.at(now);
@@ -58,6 +64,12 @@ impl Actor {
                             &self.parts.spec.output,
                             self.parts.metrics.clone(),
                         );
+                    }
+                    if self.lifecycle.policy_singleton()
+                        && let (Some(fence), Some(pid)) = (&self.parts.fence, instance.pid())
+                        && let Some(guard) = fence.guard(self.name(), pid)
+                    {
+                        instance.fence(guard);
                     }
                     self.snapshot.pid = instance.pid();
                     self.spawned(instance.pid());

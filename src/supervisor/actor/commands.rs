@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use super::{Actor, Input};
 use crate::health::CheckResult;
-use crate::supervisor::lifecycle::Request;
+use crate::supervisor::lifecycle::{Event, Request};
 use crate::supervisor::state::ServiceState;
 use crate::supervisor::{Command, HealthReport};
 
@@ -26,6 +26,11 @@ impl Actor {
                 return None;
             }
             Command::Reconfigure(change) => return Some(Input::Reconfigure(change)),
+            Command::Leadership { leader, caller } => {
+                // A failover's trace holds the start it leads to.
+                self.traces.request = Some(caller);
+                return Some(Input::Event(Event::Leadership(leader)));
+            }
             Command::Retire => {
                 // Removed by a reload, and stopped: nothing may hold its end any longer.
                 self.parts.dependents.clear();

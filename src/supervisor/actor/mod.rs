@@ -95,6 +95,8 @@ pub(super) struct ActorParts {
     pub shutdown_span: Arc<std::sync::Mutex<Option<tracing::Span>>>,
     /// The event stream.
     pub events: Arc<EventHub>,
+    /// Fleet mode: the lease fence every singleton instance is started under (`None`: fleet mode off).
+    pub fence: Option<Arc<crate::cluster::Fence>>,
 }
 
 /// What the actor waits for between decisions.
@@ -147,6 +149,7 @@ impl Actor {
             managed: parts.launcher.is_some(),
             auto_recovery: parts.spec.health.auto_recovery,
             max_attempts: parts.spec.restart.max_attempts,
+            singleton: parts.spec.singleton && parts.fence.is_some(),
         };
         Self {
             changes: parts.changes.subscribe(),
@@ -512,6 +515,12 @@ impl Actor {
         snapshot.restart_count = lifecycle.restart_count();
         snapshot.settled = lifecycle.settled();
         snapshot.stop_requested = lifecycle.stop_requested();
+        snapshot.leader = self
+            .parts
+            .spec
+            .singleton
+            .then(|| lifecycle.leader())
+            .filter(|_| self.parts.fence.is_some());
         let blocked_by = lifecycle.blocked_by();
         if snapshot.waiting_on.as_deref() != lifecycle.waiting_on() {
             snapshot.waiting_on = lifecycle.waiting_on().map(str::to_owned);

@@ -71,6 +71,7 @@ impl Actor {
             managed: launcher.is_some(),
             auto_recovery: spec.health.auto_recovery,
             max_attempts: spec.restart.max_attempts,
+            singleton: false,
         });
         let parts = &mut self.parts;
         parts.spec = spec;

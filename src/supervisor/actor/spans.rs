@@ -195,12 +195,16 @@ impl Actor {
             .or_else(|| self.traces.request.clone())
     }
 
-    /// Opens `start service`: inside the restart it belongs to, the request asking for it, or `start
-    /// orchestrator` for the first start.
+    /// Opens `start service`: inside the restart it belongs to, the request asking for it (an API request,
+    /// or the fleet election a singleton's start follows), or `start orchestrator` for the first start.
     pub(super) fn open_start_span(&mut self) {
         let parent = match (self.traces.attempt.clone(), self.started_once) {
             (Some(attempt), _) => Some(attempt),
-            (None, false) => Some(self.parts.startup_span.clone()),
+            (None, false) => self
+                .traces
+                .request
+                .clone()
+                .or_else(|| Some(self.parts.startup_span.clone())),
             (None, true) => self.outer_parent(),
         };
         let span = tracing::info_span!(

@@ -6,6 +6,12 @@ const POLICY: Policy = Policy {
     managed: true,
     auto_recovery: true,
     max_attempts: 3,
+    singleton: false,
+};
+
+const SINGLETON: Policy = Policy {
+    singleton: true,
+    ..POLICY
 };
 
 fn open() -> Event {
@@ -422,6 +428,67 @@ fn a_reload_answers_an_external_service_without_acting_and_is_refused_at_shutdow
 
 // ---- properties over random event sequences ----------------------------------------------------------------
 
+#[test]
+fn a_singleton_runs_only_while_this_node_leads_it() {
+    let mut service = Lifecycle::new("scheduler", SINGLETON);
+    assert!(!service.leader());
+    assert_eq!(
+        service.on(open()),
+        [Action::FailWaiters(ControlError::Standby("scheduler".into()))]
+    );
+    assert_eq!(service.state(), ServiceState::Pending);
+    assert!(
+        service.settled(),
+        "a standby must not hold up the startup sequence"
+    );
+    assert_eq!(
+        service.on(request(Request::Restart, false)),
+        [Action::Refuse(ControlError::Standby("scheduler".into()))]
+    );
+    assert_eq!(service.on(request(Request::Start, false)), [Action::Answer]);
+    assert_eq!(service.on(Event::Leadership(true)), [Action::Launch(None)]);
+    service.on(Event::Ready);
+    assert_eq!(
+        service.on(Event::Leadership(false)),
+        [
+            Action::FailWaiters(ControlError::Standby("scheduler".into())),
+            Action::StopInstance
+        ],
+        "losing the lease stops the instance at once, without waiting for dependents"
+    );
+    assert!(service.stop_requested(), "its required dependents stop with it");
+    let after_stop = service.on(Event::InstanceStopped);
+    assert!(!after_stop.iter().any(|a| matches!(a, Action::Launch(_))));
+    assert_eq!(service.state(), ServiceState::Pending);
+    assert!(!service.stop_requested());
+    assert_eq!(service.on(Event::Leadership(true)), [Action::Launch(None)]);
+}
+
+#[test]
+fn a_stopped_singleton_stands_for_election_again_when_started() {
+    let mut service = Lifecycle::new("scheduler", SINGLETON);
+    service.on(open());
+    service.on(request(Request::Stop, false));
+    service.on(Event::DependentsStopped);
+    service.on(Event::InstanceStopped);
+    assert_eq!(service.state(), ServiceState::Stopped);
+    // Not leading: the start is answered at once, pending (standing by) rather than a promise to run.
+    let actions = service.on(request(Request::Start, false));
+    assert_eq!(actions.last(), Some(&Action::Answer));
+    assert_eq!(service.state(), ServiceState::Pending);
+    assert!(!service.stop_requested());
+}
+
+#[test]
+fn leadership_means_nothing_to_a_service_that_is_not_a_singleton() {
+    let mut service = Lifecycle::new("api", POLICY);
+    service.on(open());
+    service.on(Event::Ready);
+    let before = service.clone();
+    assert_eq!(service.on(Event::Leadership(false)), []);
+    assert_eq!(service, before);
+}
+
 fn any_event() -> impl Strategy<Value = Event> {
     let requests = (
         prop_oneof![
@@ -452,6 +519,33 @@ fn any_event() -> impl Strategy<Value = Event> {
 }
 
 proptest! {
+    #[test]
+    fn a_singleton_never_runs_without_leading(
+        events in prop::collection::vec(prop_oneof![any_event(), any::<bool>().prop_map(Event::Leadership)], 0..200)
+    ) {
+        let mut service = Lifecycle::new("scheduler", SINGLETON);
+        let mut live = false;
+        for event in events {
+            let before = service.state();
+            let exited = matches!(event, Event::Exited(_) | Event::LaunchFailed(_));
+            let actions = service.on(event.clone());
+            if exited && before != service.state() {
+                live = false;
+            }
+            for action in &actions {
+                match action {
+                    Action::Launch(_) => {
+                        prop_assert!(service.leader(), "launched without leading after {:?}", event);
+                        live = true;
+                    }
+                    Action::StopInstance => live = false,
+                    _ => {}
+                }
+            }
+            prop_assert!(service.leader() || !live, "runs without leading after {:?}", event);
+        }
+    }
+
     #[test]
     fn random_event_sequences_keep_every_invariant(events in prop::collection::vec(any_event(), 0..200)) {
         let mut service = Lifecycle::new("api", POLICY);

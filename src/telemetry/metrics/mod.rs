@@ -22,6 +22,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+pub mod cluster;
 mod heartbeat;
 mod process;
 mod service;
@@ -121,6 +122,7 @@ pub struct Metrics {
     last_reload_successful: IntGauge,
     config_info: IntGaugeVec,
     events: EventMetrics,
+    cluster: cluster::ClusterMetrics,
 }
 
 /// The event stream's metrics.
@@ -393,6 +395,7 @@ impl Metrics {
                     .expect("valid metric"),
                 ),
             },
+            cluster: cluster::ClusterMetrics::register(&registry),
             registry,
             services: Mutex::new(Vec::new()),
         };
@@ -505,6 +508,11 @@ impl Metrics {
         self.reloads.with_label_values(&[result.as_str()]).inc();
         self.last_reload_successful
             .set(i64::from(result == ReloadResult::Success));
+    }
+
+    /// Fleet mode's handles.
+    pub fn for_cluster(&self) -> cluster::ClusterMetrics {
+        self.cluster.clone()
     }
 
     /// The event stream's handles.
