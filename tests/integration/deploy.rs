@@ -98,7 +98,12 @@ fn promtool_and_amtool_accept_the_shipped_files() {
 fn every_alert_has_severity_summary_description_and_a_runbook_section() {
     let rules = yaml("alerts/orchestrator.rules.yml");
     let runbook = read("docs/runbook.md").to_lowercase();
-    let tests = read("alerts/tests/orchestrator.test.yml");
+    let tests = [
+        "alerts/tests/orchestrator.test.yml",
+        "alerts/tests/fleet.test.yml",
+    ]
+    .map(read)
+    .join("\n");
     let source = read("alerts/orchestrator.rules.yml");
     let pattern = source
         .lines()
@@ -139,7 +144,7 @@ fn every_alert_has_severity_summary_description_and_a_runbook_section() {
             );
         }
     }
-    assert_eq!(alerts, 10);
+    assert_eq!(alerts, 12);
 }
 
 #[test]
@@ -231,6 +236,124 @@ fn deploy_files_parse_and_their_references_hold() {
         monitor["spec"]["endpoints"][0]["port"],
         service["spec"]["ports"][0]["name"]
     );
+}
+
+/// The fleet's deploy files (DESIGN.md section 9): YAML that parses, mounts that exist, a node configuration
+/// the orchestrator accepts with the environment the files give it, a Prometheus config promtool accepts,
+/// and Kubernetes objects whose names and keys agree.
+#[test]
+fn fleet_deploy_files_parse_and_configure_a_valid_fleet() {
+    let mut compose = yaml("deploy/fleet/compose.yml");
+    compose.apply_merge().unwrap();
+    for service in compose["services"].as_mapping_mut().unwrap().values_mut() {
+        service.apply_merge().unwrap();
+        if let Some(environment) = service.get_mut("environment") {
+            environment.apply_merge().unwrap();
+        }
+    }
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        for volume in service["volumes"].as_sequence().into_iter().flatten() {
+            let source = volume.as_str().unwrap().split(':').next().unwrap();
+            assert!(
+                root().join("deploy/fleet").join(source).exists(),
+                "{name:?} mounts missing {source}"
+            );
+        }
+    }
+    tool("promtool", &["check", "config", "deploy/fleet/prometheus.yml"]);
+    let members: Vec<String> = compose["services"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.as_str().filter(|k| k.starts_with("etcd-")).map(str::to_owned))
+        .collect();
+    assert_eq!(members.len(), 3, "a 3-member etcd");
+    // Every orchestrator node gets the etcd endpoints and its own name; the shared file then loads as a
+    // fleet configuration with the singleton.
+    let mut nodes = Vec::new();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        let environment = &service["environment"];
+        let Some(node) = environment["ORCHESTRATOR__CLUSTER__NODE"].as_str() else {
+            continue;
+        };
+        nodes.push(node.to_owned());
+        let endpoints = environment["ORCHESTRATOR__CLUSTER__ETCD_ENDPOINTS"]
+            .as_str()
+            .unwrap();
+        for member in &members {
+            assert!(
+                endpoints.contains(&format!("http://{member}:2379")),
+                "{name:?}: {endpoints}"
+            );
+        }
+        let env = [
+            ("ORCHESTRATOR__CLUSTER__ETCD_ENDPOINTS", endpoints),
+            ("ORCHESTRATOR__CLUSTER__NODE", node),
+            ("ORCHESTRATOR__API__LISTEN", "0.0.0.0:8400"),
+            ("ORCHESTRATOR__API__TOKEN", "t"),
+        ];
+        let source = fog_orchestrator::config::Source::new(fog_orchestrator::config::ConfigFile::Path(
+            root().join("deploy/fleet/orchestrator.toml"),
+        ))
+        .with_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let config =
+            fog_orchestrator::config::Config::load(&source).expect("the fleet node's configuration loads");
+        let cluster = config.cluster.clone().expect("fleet mode on");
+        assert_eq!(cluster.node, node);
+        assert_eq!(cluster.etcd_endpoints.len(), 3);
+        assert!(config.service("scheduler").unwrap().singleton);
+    }
+    assert_eq!(nodes, ["a", "b", "c"]);
+
+    // Kubernetes: the DaemonSet reaches the StatefulSet's members by their stable names.
+    let etcd = yaml_documents("deploy/kubernetes/fleet/etcd.yaml");
+    let statefulset = etcd.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    let service = etcd.iter().find(|d| d["kind"] == "Service").unwrap();
+    assert_eq!(statefulset["spec"]["serviceName"], service["metadata"]["name"]);
+    assert_eq!(statefulset["spec"]["replicas"].as_u64(), Some(3));
+    let orchestrator = yaml_documents("deploy/kubernetes/fleet/orchestrator.yaml");
+    let daemonset = orchestrator.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
+    let env = |name: &str| {
+        container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .clone()
+    };
+    let endpoints = env("ORCHESTRATOR__CLUSTER__ETCD_ENDPOINTS")["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let set = statefulset["metadata"]["name"].as_str().unwrap();
+    let headless = service["metadata"]["name"].as_str().unwrap();
+    for i in 0..3 {
+        assert!(
+            endpoints.contains(&format!("http://{set}-{i}.{headless}:2379")),
+            "{endpoints}"
+        );
+    }
+    assert_eq!(
+        env("ORCHESTRATOR__CLUSTER__NODE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let configmap = orchestrator.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let toml = configmap["data"]["orchestrator.toml"].as_str().unwrap();
+    let with_endpoints = format!("{toml}\n").replace(
+        "[cluster]\n",
+        &format!("[cluster]\netcd_endpoints = \"{endpoints}\"\n"),
+    );
+    let config = fog_orchestrator::config::Config::from_toml(&with_endpoints).expect("the ConfigMap loads");
+    assert!(config.cluster.is_some() && config.service("scheduler").unwrap().singleton);
+}
+
+fn yaml_documents(path: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize as _;
+    serde_yaml::Deserializer::from_str(&read(path))
+        .map(|document| serde_yaml::Value::deserialize(document).unwrap())
+        .collect()
 }
 
 #[test]
@@ -391,7 +514,15 @@ fn alertmanager_config(dir: &Path, webhook: &str) -> PathBuf {
     path
 }
 
-fn orchestrator_config(web: u16, api: u16, slow: u16, crashy: u16, state: &Path, dead: u16) -> String {
+fn orchestrator_config(
+    web: u16,
+    api: u16,
+    slow: u16,
+    crashy: u16,
+    state: &Path,
+    dead: u16,
+    etcd: &str,
+) -> String {
     let demo = |name: &str, port: u16| {
         format!(
             "[services.{name}]\ncommand = [\"{exe}\", \"demo-service\", \"--name\", \"{name}\", \"--listen\", \"127.0.0.1:{port}\", \
@@ -407,7 +538,9 @@ fn orchestrator_config(web: u16, api: u16, slow: u16, crashy: u16, state: &Path,
          {crashy}[services.crashy.restart]\ninitial_delay = \"1s\"\nbackoff_base = 1.0\nmax_attempts = 3\n\
          [services.choppy]\ncommand = [\"sleep\", \"3600\"]\n\
          health.exec = [\"sh\", \"-c\", \"n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}; [ $((n % 4)) -ne 0 ]\"]\n\
-         [services.stuck]\ncommand = [\"sleep\", \"3600\"]\nhealth.tcp = \"127.0.0.1:{dead}\"\nhealth.startup_timeout = \"1h\"\n",
+         [services.stuck]\ncommand = [\"sleep\", \"3600\"]\nhealth.tcp = \"127.0.0.1:{dead}\"\nhealth.startup_timeout = \"1h\"\n\
+         [services.leader-only]\ncommand = [\"sleep\", \"3600\"]\nsingleton = true\n\
+         [cluster]\netcd_endpoints = [\"{etcd}\"]\nname = \"live\"\nnode = \"live\"\nlease_ttl = \"2s\"\n",
         count = state.with_extension("count").display(),
         web = demo("web", web),
         api = demo("api", api),
@@ -462,7 +595,22 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
     let state = dir.path().join("demo-state");
     let (otlp, spans) = crate::otlp::grpc_receiver().await;
     let (webhook, notifications) = webhook_receiver().await;
-    let config = orchestrator_config(web, api_service, slow, crashy, &state, spare_port());
+    // A fleet of one, on a real etcd: the fleet row has data, and killing etcd fires the fleet alerts.
+    let (etcd_client, etcd_peer) = (spare_port(), spare_port());
+    let etcd_url = format!("http://127.0.0.1:{etcd_client}");
+    let mut etcd = spawn(
+        "etcd",
+        &[
+            "--name=live".to_owned(),
+            format!("--data-dir={}", dir.path().join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+            format!("--initial-cluster=live=http://127.0.0.1:{etcd_peer}"),
+        ],
+    );
+    let config = orchestrator_config(web, api_service, slow, crashy, &state, spare_port(), &etcd_url);
     let mut orchestrator = Orchestrator::start_with(
         &config,
         &[
@@ -540,6 +688,13 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
             200
         );
     }
+    // The singleton runs here before etcd goes.
+    eventually("the singleton led here", Duration::from_secs(30), async || {
+        let detail = get_json(&format!("{orch}/api/orchestration/service/leader-only")).await;
+        (detail["status"] == "running").then_some(())
+    })
+    .await;
+    etcd.start_kill().unwrap();
     let sticky_crash = "{\"mode\": \"crash\", \"sticky\": true}";
     assert_eq!(
         post(&format!("http://127.0.0.1:{crashy}/fault"), sticky_crash).await,
@@ -558,6 +713,8 @@ async fn live_prometheus_and_alertmanager_see_what_the_orchestrator_exports() {
         ("OrchestratorServiceFlapping", "choppy"),
         ("OrchestratorServiceStuckStarting", "stuck"),
         ("OrchestratorConfigReloadFailed", ""),
+        ("OrchestratorClusterDown", ""),
+        ("OrchestratorSingletonNotRunning", "leader-only"),
     ];
     eventually(
         "every expected alert firing",
