@@ -223,7 +223,7 @@ fn paths() -> Value {
                     "parameters": [
                         {"name": "type", "in": "query", "required": false, "schema": {"type": "string"}},
                         {"name": "alive", "in": "query", "required": false, "schema": {"type": "boolean"}},
-                        {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                        {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": super::views::Page::MAX_OFFSET, "default": 0}},
                         {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}}],
                     "responses": {"200": ok("A page of entries: services, total_services (matching), offset, limit, next_offset (null on the last page), stats.", object()),
                         "400": error_response("Malformed alive, offset, limit or scope.")}})),

@@ -534,6 +534,8 @@ pub(super) struct Page {
 impl Page {
     /// The most entries one page holds.
     pub(super) const MAX_LIMIT: usize = 1000;
+    /// The largest offset: the largest integer JSON carries exactly (2^53 - 1).
+    pub(super) const MAX_OFFSET: usize = 9_007_199_254_740_991;
 
     pub(super) fn from_query(query: &[(String, String)]) -> Result<Self, ApiError> {
         let mut page = Self {
@@ -550,9 +552,16 @@ impl Page {
                     })?);
                 }
                 "offset" => {
-                    page.offset = value.parse().map_err(|_| {
-                        ApiError::bad_request(format!("offset must be a whole number, not {value:?}"))
-                    })?;
+                    page.offset = value
+                        .parse()
+                        .ok()
+                        .filter(|offset| *offset <= Self::MAX_OFFSET)
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "offset must be a whole number from 0 to {}, not {value:?}",
+                                Self::MAX_OFFSET
+                            ))
+                        })?;
                 }
                 "limit" => {
                     page.limit = value

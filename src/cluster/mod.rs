@@ -52,6 +52,10 @@ const TICK: Duration = Duration::from_millis(250);
 const MAX_WRITES_PER_TICK: usize = 1024;
 /// Operations per transaction: etcd's default `--max-txn-ops` is 128.
 const TXN_OPS: usize = 128;
+/// How often the registry is published (services are, as soon as one changes).
+const REGISTRY_EVERY: Duration = Duration::from_secs(2);
+/// The longest a fleet-wide read may take (a whole fleet's registry is tens of megabytes at most).
+const FLEET_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `/readyz` and the fleet views say about the node's place in the fleet.
 #[derive(Debug, Clone)]
@@ -79,7 +83,11 @@ pub struct Cluster {
 struct Inner {
     settings: ClusterSettings,
     prefix: String,
+    /// The node's own calls: lease, publication, elections.
     etcd: Etcd,
+    /// Fleet-wide reads for the API, on a connection of their own: a large read must never delay a lease
+    /// renewal.
+    reads: Etcd,
     fence: Arc<Fence>,
     metrics: ClusterMetrics,
     status: RwLock<Status>,
@@ -116,6 +124,7 @@ impl Cluster {
         // A call waits at most a fifth of the lease: a slow endpoint must not use up the lease.
         let timeout = (settings.lease_ttl / 5).max(Duration::from_millis(500));
         let etcd = Etcd::new(&settings, timeout)?;
+        let reads = Etcd::new(&settings, FLEET_READ_TIMEOUT)?;
         let prefix = format!("/fog-orchestrator/{}/", settings.name);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -123,6 +132,7 @@ impl Cluster {
                 settings,
                 prefix,
                 etcd,
+                reads,
                 fence,
                 metrics,
                 status: RwLock::new(Status {
@@ -165,7 +175,7 @@ impl Cluster {
     /// `started`), by name.
     pub async fn members(&self) -> Result<Vec<Value>, FleetError> {
         let members = format!("{}members/", self.inner.prefix);
-        let keys = self.inner.etcd.range_prefix(&members).await?;
+        let keys = self.inner.reads.range_prefix(&members).await?;
         Ok(keys
             .iter()
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
@@ -175,7 +185,7 @@ impl Cluster {
     /// Every node's published keys under `kind` (`services` or `registry`), as `(node, name, value)`.
     pub async fn published(&self, kind: &str) -> Result<Vec<(String, String, Value)>, FleetError> {
         let nodes = format!("{}nodes/", self.inner.prefix);
-        let keys = self.inner.etcd.range_prefix(&nodes).await?;
+        let keys = self.inner.reads.range_prefix(&nodes).await?;
         let mut found = Vec::new();
         for kv in keys {
             let Some(rest) = kv.key.strip_prefix(&nodes) else {
@@ -273,6 +283,8 @@ impl Cluster {
                         });
                         node.published.clear();
                         node.info_written = false;
+                        node.services_generation = None;
+                        node.registry_at = None;
                         inner.fence.set_deadline(deadline(sent_monotonic, ttl, margin));
                         self.came_up(lease);
                     }
@@ -334,8 +346,23 @@ impl Cluster {
                 .await?;
             node.info_written = true;
         }
-        let mut current: HashMap<String, Vec<u8>> = HashMap::new();
-        for handle in supervisor.services().iter() {
+        let generation = supervisor.generation();
+        let services_due = node.services_generation != Some(generation);
+        let registry_due = node.registry_at.is_none_or(|at| at.elapsed() >= REGISTRY_EVERY);
+        if !services_due && !registry_due {
+            return Ok(());
+        }
+        // What is not due keeps its last published value.
+        let mut current: HashMap<String, Vec<u8>> = node
+            .published
+            .iter()
+            .filter(|(key, _)| {
+                let service = key.starts_with(&format!("{base}services/"));
+                (service && !services_due) || (!service && !registry_due)
+            })
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        for handle in supervisor.services().iter().filter(|_| services_due) {
             let mut summary = crate::api::service_summary(handle, &handle.snapshot());
             summary["node"] = json!(inner.settings.node);
             current.insert(
@@ -343,7 +370,12 @@ impl Cluster {
                 summary.to_string().into_bytes(),
             );
         }
-        if let Ok(entries) = supervisor.registry().entries().await {
+        let entries = if registry_due {
+            supervisor.registry().entries().await.ok()
+        } else {
+            None
+        };
+        if let Some(entries) = entries {
             for entry in entries {
                 let mut value = json!(entry);
                 if let Some(fields) = value.as_object_mut() {
@@ -374,6 +406,7 @@ impl Cluster {
                 .filter(|key| !current.contains_key(*key))
                 .map(|key| Operation::Delete(key.clone())),
         );
+        let complete = writes.len() <= MAX_WRITES_PER_TICK;
         writes.truncate(MAX_WRITES_PER_TICK);
         for batch in writes.chunks(TXN_OPS) {
             inner.etcd.write(batch).await?;
@@ -386,6 +419,16 @@ impl Cluster {
                         node.published.remove(key);
                     }
                 }
+            }
+        }
+        // What was due is published, unless the cap left some for the next tick (or a write failed: the
+        // `?` above left early, and all of it is due again).
+        if complete {
+            if services_due {
+                node.services_generation = Some(generation);
+            }
+            if registry_due {
+                node.registry_at = Some(Instant::now());
             }
         }
         Ok(())
@@ -663,6 +706,10 @@ struct NodeState {
     leading: HashSet<String>,
     /// The last leader seen of every singleton: winning after another node held it is a failover.
     last_leader: HashMap<String, String>,
+    /// The supervisor's generation whose services are published.
+    services_generation: Option<u64>,
+    /// When the registry was last published whole.
+    registry_at: Option<Instant>,
     /// When the members were last read.
     members_read: Option<Instant>,
     /// Traffic counters already exported: sent, received, ok, failed.
