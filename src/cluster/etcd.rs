@@ -276,8 +276,12 @@ impl Etcd {
         self.traffic
             .received
             .fetch_add(HEAD_BYTES + bytes.len() as u64, Ordering::Relaxed);
-        let answer: Value = serde_json::from_slice(&bytes)
-            .map_err(|error| Failure::Protocol(format!("{status}: {error}")))?;
+        let answer: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            // Not the gateway's JSON: etcd's HTTP layer refused the request (it says why in plain text).
+            let text = String::from_utf8_lossy(&bytes);
+            let text: String = text.trim().chars().take(300).collect();
+            Failure::Protocol(format!("{status}: {text}"))
+        })?;
         if status == StatusCode::OK && answer.get("error").is_none() {
             return Ok(answer);
         }

@@ -302,9 +302,7 @@ impl Cluster {
                     Ok(Some(_)) => {
                         session.confirmed = sent;
                         inner.fence.set_deadline(deadline(sent_monotonic, ttl, margin));
-                        if !self.inner.status_mut().up {
-                            self.came_up(session.lease);
-                        }
+                        self.came_up(session.lease);
                     }
                     Ok(None) => {
                         // Expired at etcd: another node may run our singletons already.

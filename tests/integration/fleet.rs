@@ -525,3 +525,184 @@ async fn a_fleet_on_etcd_shares_its_views_and_moves_its_singleton_without_ever_r
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// etcd with TLS (server certificate from the test's CA, client certificates required) and authentication:
+/// a node with the CA, its client certificate and the right password joins and runs its singleton; a node
+/// with a wrong password keeps supervising, and says why it is not in the fleet.
+#[tokio::test]
+async fn a_node_joins_an_etcd_with_tls_client_certificates_and_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (spare_port(), spare_port());
+    let start = |tls: bool| {
+        let scheme = if tls { "https" } else { "http" };
+        let mut command = Command::new(etcd_binary());
+        command
+            .arg("--name=m0")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={scheme}://127.0.0.1:{client}"))
+            .arg(format!("--advertise-client-urls={scheme}://127.0.0.1:{client}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--initial-cluster=m0=http://127.0.0.1:{peer}"));
+        if tls {
+            command
+                .arg(format!("--cert-file={}", dir.path().join("server.pem").display()))
+                .arg(format!("--key-file={}", dir.path().join("server.key").display()))
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    dir.path().join("ca.pem").display()
+                ))
+                .arg("--client-cert-auth");
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    // Users, a role on the fleet's prefix, and authentication on, over plain HTTP first.
+    let mut etcd = start(false);
+    let base = format!("http://127.0.0.1:{client}");
+    let healthy = eventually(SETTLE, || async {
+        let (status, body) = http("GET", &format!("{base}/health"), "").await;
+        (status == 200 && body["health"] == "true").then_some(())
+    })
+    .await;
+    assert!(healthy.is_some(), "etcd never became healthy");
+    let b64 = |text: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    };
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            r#"{"name": "root", "password": "root-secret"}"#.to_owned(),
+        ),
+        (
+            "/v3/auth/user/grant",
+            r#"{"user": "root", "role": "root"}"#.to_owned(),
+        ),
+        (
+            "/v3/auth/user/add",
+            r#"{"name": "fog", "password": "fog-secret"}"#.to_owned(),
+        ),
+        ("/v3/auth/role/add", r#"{"name": "fog"}"#.to_owned()),
+        (
+            "/v3/auth/role/grant",
+            format!(
+                r#"{{"name": "fog", "perm": {{"permType": "READWRITE", "key": "{}", "range_end": "{}"}}}}"#,
+                b64("/fog-orchestrator/"),
+                b64("/fog-orchestrator0")
+            ),
+        ),
+        (
+            "/v3/auth/user/grant",
+            r#"{"user": "fog", "role": "fog"}"#.to_owned(),
+        ),
+        ("/v3/auth/enable", "{}".to_owned()),
+    ] {
+        let (status, answer) = http_text("POST", &format!("{base}{path}"), &body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    etcd.start_kill().unwrap();
+    etcd.wait().await.unwrap();
+
+    // The same member, now with TLS and client certificates required.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let signed = |names: Vec<String>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        // No Common Name: with authentication on, etcd's gateway refuses a client certificate that has one.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let certificate = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (certificate.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]);
+    let (node, node_key) = signed(vec!["fog-orchestrator".to_owned()]);
+    for (name, text) in [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server),
+        ("server.key", server_key),
+        ("node.pem", node),
+        ("node.key", node_key),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let _etcd = start(true);
+    let node_config = |name: &str, password: &str| {
+        format!(
+            r#"
+[cluster]
+etcd_endpoints = ["https://127.0.0.1:{client}"]
+name = "secure"
+node = "{name}"
+lease_ttl = "3s"
+ca_file = "{ca}"
+client_cert = "{cert}"
+client_key = "{key}"
+username = "fog"
+password = "{password}"
+
+[services.local]
+command = ["sleep", "3600"]
+
+[services.scheduler]
+command = ["sleep", "3600"]
+singleton = true
+"#,
+            ca = dir.path().join("ca.pem").display(),
+            cert = dir.path().join("node.pem").display(),
+            key = dir.path().join("node.key").display(),
+        )
+    };
+    let mut good = Orchestrator::start(&node_config("good", "fog-secret"));
+    let good_api = good.api().await;
+    let joined = eventually(SETTLE, || async {
+        let (_, ready) = http("GET", &format!("{good_api}/readyz"), "").await;
+        let (_, scheduler) = http(
+            "GET",
+            &format!("{good_api}/api/orchestration/service/scheduler"),
+            "",
+        )
+        .await;
+        (ready["cluster"]["up"] == true && scheduler["status"] == "running").then_some(())
+    })
+    .await;
+    let (_, ready) = http("GET", &format!("{good_api}/readyz"), "").await;
+    assert!(
+        joined.is_some(),
+        "the node never joined over TLS with its password: {ready}"
+    );
+    let published = eventually(SETTLE, || async {
+        let fleet = fleet_view(&good_api, "/api/orchestration/services?scope=fleet").await;
+        (fleet["services"]["good/scheduler"]["leader"] == true).then_some(())
+    })
+    .await;
+    assert!(
+        published.is_some(),
+        "the leading node never published its singleton"
+    );
+
+    let mut wrong = Orchestrator::start(&node_config("wrong", "not-the-password"));
+    let wrong_api = wrong.api().await;
+    let refused = eventually(SETTLE, || async {
+        let (_, ready) = http("GET", &format!("{wrong_api}/readyz"), "").await;
+        let error = ready["cluster"]["last_error"].as_str()?.to_owned();
+        (ready["cluster"]["up"] == false).then_some(error)
+    })
+    .await
+    .expect("the node with a wrong password never said why it is not in the fleet");
+    assert!(refused.contains("authentication failed"), "{refused}");
+    let local = fleet_view(&wrong_api, "/api/orchestration/service/local").await;
+    assert_eq!(
+        local["status"], "running",
+        "local supervision goes on without etcd"
+    );
+    assert!(wrong.stop().await.success());
+    assert!(good.stop().await.success());
+}
