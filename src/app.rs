@@ -22,6 +22,7 @@ use crate::reload::Trigger;
 use crate::signal::{Hangups, ShutdownSignals};
 use crate::supervisor::containment::Containment;
 use crate::supervisor::{ControlError, Supervisor};
+use crate::telemetry::metrics::Metrics;
 
 /// How often a slow shutdown says which services hold it up.
 const SHUTDOWN_REPORT_EVERY: Duration = Duration::from_secs(5);
@@ -136,16 +137,32 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
     );
     // The running configuration, which a reload compares a new one with.
     let running = config.clone();
-    let fleet = config.cluster.clone().map(|settings| (settings, Fence::new()));
+    // Fleet mode is set up before any service starts: a problem with it (unreadable TLS files) stops the
+    // start with nothing spawned.
+    let metrics = Metrics::new();
+    let fence = config.cluster.as_ref().map(|_| Fence::new());
+    let cluster = match (&config.cluster, &fence) {
+        (Some(settings), Some(fence)) => Some(
+            Cluster::new(
+                settings.clone(),
+                format!("http://{bound}"),
+                fence.clone(),
+                metrics.for_cluster(),
+            )
+            .map_err(AppError::Cluster)?,
+        ),
+        _ => None,
+    };
     let supervision = Supervision::start().map_err(AppError::Supervision)?;
     let supervisor = {
         // Everything the supervisor spawns, now and later from its own tasks, runs on that thread.
         let _on_supervision = supervision.runtime.enter();
         let mut builder = Supervisor::builder(config)
             .clock(clock)
+            .metrics(metrics)
             .startup_span(startup_span);
-        if let Some((_, fence)) = &fleet {
-            builder = builder.fence(fence.clone());
+        if let Some(fence) = fence {
+            builder = builder.fence(fence);
         }
         for (name, service) in in_process {
             builder = builder.in_process(name, service);
@@ -155,21 +172,14 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
     let api = Api::new(supervisor.clone(), token, browsers, clock);
     api.serve_ui(config_ui);
     api.enable_reload(source, running);
-    let cluster = match fleet {
-        Some((settings, fence)) => {
-            let metrics = supervisor.metrics().for_cluster();
-            let cluster = Cluster::new(settings, format!("http://{bound}"), fence, metrics)
-                .map_err(AppError::Cluster)?;
-            api.enable_cluster(cluster.clone());
-            tracing::info!(
-                fleet = cluster.fleet(),
-                node = cluster.node(),
-                "fleet mode: coordinating through etcd"
-            );
-            Some(cluster)
-        }
-        None => None,
-    };
+    if let Some(cluster) = &cluster {
+        api.enable_cluster(cluster.clone());
+        tracing::info!(
+            fleet = cluster.fleet(),
+            node = cluster.node(),
+            "fleet mode: coordinating through etcd"
+        );
+    }
     let stop_cluster = CancellationToken::new();
     let in_fleet = cluster
         .clone()

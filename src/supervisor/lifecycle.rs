@@ -200,13 +200,9 @@ impl Lifecycle {
         }
     }
 
-    /// Replaces the policy (a configuration reload): it applies to the next decision. Whether the service
-    /// is a singleton stays as it started (changing it takes an orchestrator restart).
+    /// Replaces the policy (a configuration reload): it applies to the next decision.
     pub fn set_policy(&mut self, policy: Policy) {
-        self.policy = Policy {
-            singleton: self.policy.singleton,
-            ..policy
-        };
+        self.policy = policy;
     }
 
     /// A fleet singleton (it runs only while this node leads its election).

@@ -110,10 +110,14 @@ impl Orchestrator {
         }
     }
 
-    /// Waits for the startup summary ("N services ready in ...").
+    /// Waits for the startup summary ("N services ready in ..."), which may have come before a line an
+    /// earlier wait was looking for (the API's address, say): the lines seen already count.
     pub async fn wait_ready(&mut self) -> Value {
-        self.wait_for("the startup summary", |f| message(f).contains(" ready in "))
-            .await
+        let summary = |f: &Value| message(f).contains(" ready in ");
+        if let Some(line) = self.seen.iter().find(|line| summary(&line["fields"])) {
+            return line["fields"].clone();
+        }
+        self.wait_for("the startup summary", summary).await
     }
 
     /// The API's base URL, from its log line.

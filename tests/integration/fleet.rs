@@ -706,3 +706,38 @@ singleton = true
     assert!(wrong.stop().await.success());
     assert!(good.stop().await.success());
 }
+
+/// Fleet mode that cannot be set up (a CA file that does not exist) stops the start before any service
+/// is spawned, and says why.
+#[tokio::test]
+async fn unusable_etcd_tls_settings_stop_the_start_with_nothing_spawned() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("{}.{}", 7000 + fastrand::u32(..1000), fastrand::u32(..1_000_000));
+    let path = dir.path().join("orchestrator.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cluster]\netcd_endpoints = [\"https://127.0.0.1:{}\"]\nca_file = \"{}\"\n\
+             [services.local]\ncommand = [\"sleep\", \"{marker}\"]\n",
+            spare_port(),
+            dir.path().join("missing-ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let output = tokio::time::timeout(
+        SETTLE,
+        Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
+            .args(["run", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .env_remove("ORCHESTRATOR_CONFIG")
+            .output(),
+    )
+    .await
+    .expect("the start fails at once")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot set up fleet mode"), "{stderr}");
+    assert!(stderr.contains("missing-ca.pem"), "{stderr}");
+    assert!(instances(&marker).is_empty(), "a service was spawned");
+}

@@ -515,12 +515,7 @@ impl Actor {
         snapshot.restart_count = lifecycle.restart_count();
         snapshot.settled = lifecycle.settled();
         snapshot.stop_requested = lifecycle.stop_requested();
-        snapshot.leader = self
-            .parts
-            .spec
-            .singleton
-            .then(|| lifecycle.leader())
-            .filter(|_| self.parts.fence.is_some());
+        snapshot.leader = lifecycle.policy_singleton().then(|| lifecycle.leader());
         let blocked_by = lifecycle.blocked_by();
         if snapshot.waiting_on.as_deref() != lifecycle.waiting_on() {
             snapshot.waiting_on = lifecycle.waiting_on().map(str::to_owned);

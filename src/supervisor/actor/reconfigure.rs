@@ -71,7 +71,8 @@ impl Actor {
             managed: launcher.is_some(),
             auto_recovery: spec.health.auto_recovery,
             max_attempts: spec.restart.max_attempts,
-            singleton: false,
+            // Fixed at start: a change of `singleton` needs an orchestrator restart.
+            singleton: self.lifecycle.policy_singleton(),
         });
         let parts = &mut self.parts;
         parts.spec = spec;
