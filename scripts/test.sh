@@ -18,7 +18,7 @@ fi
 promtool --version | head -1
 prometheus-alertmanager --version 2>&1 | head -1
 chromium --version 2>/dev/null | head -1
-etcd --version | head -1
+etcd --version | sed -n 1p  # sed reads it all: head would end etcd with SIGPIPE
 
 echo "== formatting"
 cargo fmt --check

@@ -158,8 +158,16 @@ pub(super) fn service(
         problems,
     );
 
+    let singleton_ok = !(singleton == Some(true) && matches!(command, Some(None)));
+    if !singleton_ok {
+        problems.push(
+            table.key_path("singleton"),
+            "a singleton needs a command: only a process the orchestrator starts can be run on one node and \
+             fenced (an external service is only probed, an in-process one cannot be killed)",
+        );
+    }
     let spec = (|| {
-        if !(valid && working_dir_ok && health_ok) {
+        if !(valid && working_dir_ok && health_ok && singleton_ok) {
             return None;
         }
         Some(ServiceSpec {

@@ -857,6 +857,10 @@ fn bad_cluster_settings_are_each_reported() {
         "[services.a]\ncommand = [\"true\"]\nsingleton = \"yes\"\n",
         &["services.a.singleton"],
     );
+    assert_single_problem(
+        "[services.a]\nhealth.tcp = \"127.0.0.1:1\"\nsingleton = true\n",
+        &["services.a.singleton", "a singleton needs a command"],
+    );
 }
 
 #[test]
