@@ -15,10 +15,12 @@ if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/de
   apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager chromium fonts-dejavu-core \
     etcd-server >/dev/null
 fi
-promtool --version | head -1
-prometheus-alertmanager --version 2>&1 | head -1
-chromium --version 2>/dev/null | head -1
-etcd --version | sed -n 1p  # sed reads it all: head would end etcd with SIGPIPE
+# `sed -n 1p`, not `head -1`: head exits after one line, and a tool still writing gets SIGPIPE, which
+# pipefail turns into a failed run.
+promtool --version | sed -n 1p
+prometheus-alertmanager --version 2>&1 | sed -n 1p
+chromium --version 2>/dev/null | sed -n 1p
+etcd --version | sed -n 1p
 
 echo "== formatting"
 cargo fmt --check

@@ -1,6 +1,9 @@
 //! Fleet mode (DESIGN.md section 9): many orchestrators, one per machine, coordinated through etcd.
 //!
-//! Each node holds one etcd **lease** (`cluster.lease_ttl`) and renews it every fifth of its TTL. Under it
+//! Each node holds one etcd **lease** and renews it every fifth of its TTL. The lease is granted for
+//! `cluster.lease_ttl` less a second (from 5 s up): etcd notices an expired lease up to half a second late,
+//! and the next election round is up to a quarter of a second away, so that a singleton still moves within
+//! `lease_ttl` (plus its start) of its node's death. Under the lease
 //! the node publishes what it runs, so a dead or cut-off node's keys expire by themselves:
 //!
 //! ```text
@@ -122,7 +125,7 @@ impl Cluster {
         metrics: ClusterMetrics,
     ) -> Result<Self, String> {
         // A call waits at most a fifth of the lease: a slow endpoint must not use up the lease.
-        let timeout = (settings.lease_ttl / 5).max(Duration::from_millis(500));
+        let timeout = (granted_ttl(settings.lease_ttl) / 5).max(Duration::from_millis(500));
         let etcd = Etcd::new(&settings, timeout)?;
         let reads = Etcd::new(&settings, FLEET_READ_TIMEOUT)?;
         let prefix = format!("/fog-orchestrator/{}/", settings.name);
@@ -239,7 +242,7 @@ impl Cluster {
 
     async fn tick(&self, supervisor: &Supervisor, node: &mut NodeState) {
         let inner = &self.inner;
-        let ttl = inner.settings.lease_ttl;
+        let ttl = granted_ttl(inner.settings.lease_ttl);
         self.keep_session(supervisor, node).await;
         self.sync_traffic(node);
         let Some(session) = node.session.clone() else {
@@ -263,7 +266,7 @@ impl Cluster {
     /// Grants a lease when there is none, renews it when due; moves the fences after each confirmed renewal.
     async fn keep_session(&self, supervisor: &Supervisor, node: &mut NodeState) {
         let inner = &self.inner;
-        let ttl = inner.settings.lease_ttl;
+        let ttl = granted_ttl(inner.settings.lease_ttl);
         let renew_every = ttl / 5;
         let margin = (ttl / 5).max(Duration::from_millis(500));
         match &mut node.session {
@@ -685,6 +688,17 @@ impl Inner {
     }
 }
 
+/// The TTL the lease is granted for: `lease_ttl` less the second that etcd's expiry sweep (every 500 ms)
+/// and the next election round (250 ms) may add before another node runs a singleton; a lease of less than
+/// 5 s is granted whole (etcd's own minimum is about 1.5 s).
+fn granted_ttl(lease_ttl: Duration) -> Duration {
+    if lease_ttl >= Duration::from_secs(5) {
+        lease_ttl - Duration::from_secs(1)
+    } else {
+        lease_ttl
+    }
+}
+
 /// When a fence must have killed its instance: `ttl - margin` after the confirmed renewal was sent.
 fn deadline(sent_monotonic: u64, ttl: Duration, margin: Duration) -> u64 {
     let ahead = ttl.saturating_sub(margin);
@@ -726,6 +740,13 @@ struct Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lease_leaves_room_for_etcds_sweep_and_the_election_round() {
+        assert_eq!(granted_ttl(Duration::from_secs(10)), Duration::from_secs(9));
+        assert_eq!(granted_ttl(Duration::from_secs(5)), Duration::from_secs(4));
+        assert_eq!(granted_ttl(Duration::from_secs(3)), Duration::from_secs(3));
+    }
 
     #[test]
     fn a_fence_fires_a_margin_before_the_lease_can_expire() {
