@@ -124,6 +124,9 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
             .map_err(|source| AppError::Listen { address, source })?,
     };
     let bound = listener.local_addr().unwrap_or(address);
+    // Said first: the socket accepts connections from now on (they are served once the services are under
+    // way), and whoever waits for the address need not race the services' own log lines.
+    tracing::info!(address = %bound, "API listening on http://{bound}");
 
     let clock = Clock::system();
     let (token, config_ui) = (config.api.token.clone(), config.api.ui);
@@ -204,7 +207,6 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
              (a setsid daemon can escape, and grandchildren survive a SIGKILL of the orchestrator)"
         ),
     }
-    tracing::info!(address = %bound, "API listening on http://{bound}");
 
     let signal = stop.first(&reloads).await;
     tracing::info!(%signal, "shutting down: API first, then services in reverse dependency order (signal again to kill them at once)");
