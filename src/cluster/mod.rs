@@ -295,7 +295,10 @@ impl Cluster {
                 }
             }
             Some(session) => {
-                if session.renewed.elapsed() < renew_every {
+                // Every fifth of the lease; after a failed renewal (an etcd leader election, a member lost),
+                // at every tick until one is confirmed.
+                let failing = session.confirmed < session.renewed;
+                if !failing && session.renewed.elapsed() < renew_every {
                     return;
                 }
                 let sent = Instant::now();
@@ -536,11 +539,14 @@ impl Cluster {
                     None
                 }
             };
+            // Leading, under this lease (a key of this node's name on an older lease, left by a restart, is
+            // not: it stands by until that lease expires).
+            let leading = i64::from(node.leading.contains(&name));
             inner
                 .metrics
                 .leader
                 .with_label_values(&[name.as_str()])
-                .set(i64::from(leader.as_deref() == Some(me.as_str())));
+                .set(leading);
             leaders.insert(name, leader);
         }
         inner.status_mut().leaders = leaders;
