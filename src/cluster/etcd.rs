@@ -159,16 +159,6 @@ impl Etcd {
         self.traffic.clone()
     }
 
-    /// The endpoint in use (or to be tried next).
-    pub async fn endpoint(&self) -> String {
-        let state = self.state.lock().await;
-        let index = state
-            .connection
-            .as_ref()
-            .map_or(state.next, |connection| connection.endpoint);
-        self.endpoints[index % self.endpoints.len()].authority.clone()
-    }
-
     /// Calls `path` (such as `/v3/kv/range`) with `body`; on a transport failure, once on each other
     /// endpoint.
     pub async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {

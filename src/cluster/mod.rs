@@ -169,11 +169,6 @@ impl Cluster {
             .clone()
     }
 
-    /// The etcd endpoint in use.
-    pub async fn endpoint(&self) -> String {
-        self.inner.etcd.endpoint().await
-    }
-
     /// Every node with a live lease: what it published about itself (`node`, `api`, `version`,
     /// `started`), by name.
     pub async fn members(&self) -> Result<Vec<Value>, FleetError> {
