@@ -129,7 +129,7 @@ pub struct RegistrySettings {
 }
 
 /// `[cluster]`: fleet mode through etcd (DESIGN.md section 9); absent when `etcd_endpoints` is empty.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ClusterSettings {
     /// etcd client URLs (`http://` or `https://`), tried in turn.
     pub etcd_endpoints: Vec<String>,
@@ -147,6 +147,22 @@ pub struct ClusterSettings {
     pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// etcd user name and password (etcd's auth).
     pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    /// Everything but the etcd password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("etcd_endpoints", &self.etcd_endpoints)
+            .field("name", &self.name)
+            .field("node", &self.node)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("advertise_url", &self.advertise_url)
+            .field("ca_file", &self.ca_file)
+            .field("client_identity", &self.client_identity)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a service's health is checked: at most one probe per service.

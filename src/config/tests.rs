@@ -876,3 +876,13 @@ fn cluster_and_singleton_changes_need_an_orchestrator_restart() {
     );
     assert_eq!(plan.untouched, ["a"], "the service itself is left as it runs");
 }
+
+#[test]
+fn the_etcd_password_never_shows_in_debug_output() {
+    let config = valid(
+        "[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nusername = \"fog\"\npassword = \"s3cret-pass\"\n",
+    );
+    let shown = format!("{config:?}");
+    assert!(shown.contains("\"fog\""), "{shown}");
+    assert!(!shown.contains("s3cret-pass"), "{shown}");
+}
