@@ -310,6 +310,68 @@ impl Etcd {
         }
     }
 
+    /// Watches every key under `prefix`, on a connection of its own (the first endpoint that accepts it):
+    /// the stream yields once for each batch of changes etcd reports.
+    pub async fn watch(&self, prefix: &str) -> Result<Watch, EtcdError> {
+        let token = match &self.credentials {
+            Some((name, password)) => {
+                let answer = self
+                    .call(
+                        "/v3/auth/authenticate",
+                        &json!({"name": name, "password": password}),
+                    )
+                    .await?;
+                answer["token"].as_str().map(str::to_owned)
+            }
+            None => None,
+        };
+        let body = serde_json::to_vec(&json!({"create_request": {
+            "key": encode(prefix), "range_end": encode_bytes(&prefix_end(prefix))
+        }}))
+        .unwrap_or_default();
+        let first = self.state.lock().await.next;
+        let mut last = String::new();
+        for offset in 0..self.endpoints.len() {
+            let endpoint = &self.endpoints[(first + offset) % self.endpoints.len()];
+            let mut sender = match self.connect(endpoint).await {
+                Ok(sender) => sender,
+                Err(Failure::Transport(message) | Failure::Protocol(message)) => {
+                    last = format!("{}: {message}", endpoint.authority);
+                    continue;
+                }
+                Err(Failure::Server { message, .. }) => {
+                    last = message;
+                    continue;
+                }
+            };
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri("/v3/watch")
+                .header(header::HOST, &endpoint.authority)
+                .header(header::CONTENT_TYPE, "application/json");
+            if let Some(token) = &token {
+                request = request.header(header::AUTHORIZATION, token);
+            }
+            let Ok(request) = request.body(Full::new(Bytes::from(body.clone()))) else {
+                continue;
+            };
+            match sender.send_request(request).await {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    return Ok(Watch {
+                        body: response.into_body(),
+                        buffer: Vec::new(),
+                        traffic: self.traffic.clone(),
+                    });
+                }
+                Ok(response) => {
+                    last = format!("{}: watch answered {}", endpoint.authority, response.status())
+                }
+                Err(error) => last = format!("{}: {error}", endpoint.authority),
+            }
+        }
+        Err(EtcdError::Unreachable(last))
+    }
+
     /// Grants a lease of `ttl`; its id.
     pub async fn grant(&self, ttl: Duration) -> Result<i64, EtcdError> {
         let answer = self
@@ -384,6 +446,57 @@ impl Etcd {
         )
         .await
         .map(drop)
+    }
+}
+
+/// An open watch: etcd streams one JSON message per line (the watch's creation, then batches of events).
+pub struct Watch {
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+    traffic: Arc<Traffic>,
+}
+
+impl Watch {
+    /// Waits for the next batch of changes: `Ok(())` when one came, an error when the stream ended, broke,
+    /// or etcd cancelled the watch (it must be opened again).
+    pub async fn changed(&mut self) -> Result<(), EtcdError> {
+        loop {
+            while let Some(end) = self.buffer.iter().position(|byte| *byte == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let Ok(message) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                let result = &message["result"];
+                if message.get("error").is_some() || result["canceled"] == true {
+                    let why = result["cancel_reason"]
+                        .as_str()
+                        .or_else(|| message["error"]["message"].as_str())
+                        .unwrap_or("canceled");
+                    return Err(EtcdError::Protocol(format!("watch ended: {why}")));
+                }
+                if result["events"]
+                    .as_array()
+                    .is_some_and(|events| !events.is_empty())
+                {
+                    return Ok(());
+                }
+            }
+            let frame = self
+                .body
+                .frame()
+                .await
+                .ok_or_else(|| EtcdError::Unreachable("the watch stream ended".into()))?
+                .map_err(|error| EtcdError::Unreachable(format!("the watch stream broke: {error}")))?;
+            if let Some(data) = frame.data_ref() {
+                self.traffic
+                    .received
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.buffer.extend_from_slice(data);
+                if self.buffer.len() > ANSWER_LIMIT {
+                    return Err(EtcdError::Protocol("a watch message too large".into()));
+                }
+            }
+        }
     }
 }
 

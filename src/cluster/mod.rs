@@ -2,8 +2,8 @@
 //!
 //! Each node holds one etcd **lease** and renews it every fifth of its TTL. The lease is granted for
 //! `cluster.lease_ttl` less a second (from 5 s up): etcd notices an expired lease up to half a second late,
-//! and the next election round is up to a quarter of a second away, so that a singleton still moves within
-//! `lease_ttl` (plus its start) of its node's death. Under the lease
+//! and the election round that follows takes a moment, so that a singleton still moves within `lease_ttl`
+//! (plus its start) of its node's death. Under the lease
 //! the node publishes what it runs, so a dead or cut-off node's keys expire by themselves:
 //!
 //! ```text
@@ -21,7 +21,10 @@
 //! service (not stopped on request, not failed), creates it on its own lease in a transaction that only
 //! succeeds if nobody else did. The winner starts the service; the others stand by (`pending`). The key
 //! goes when the leader's lease ends (node killed, cut off, shut down: it revokes its lease on the way out)
-//! or when the leader gives it up (its service stopped on request, or failed for good). A node whose lease
+//! or when the leader gives it up (its service stopped on request, or failed for good). Every node watches
+//! the election keys, so a key that goes is seen at once; the keys are also read when one of the node's
+//! singletons changes state, at least every fifth of the lease, and at every tick while no watch is open.
+//! A node whose lease
 //! renewal has not been confirmed for half the TTL stops its singletons at once, and each instance's
 //! [`fence`] kills it before the lease can have expired, even if the orchestrator itself is paused.
 //!
@@ -33,6 +36,7 @@ mod etcd;
 pub mod fence;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -55,8 +59,13 @@ const TICK: Duration = Duration::from_millis(250);
 const MAX_WRITES_PER_TICK: usize = 1024;
 /// Operations per transaction: etcd's default `--max-txn-ops` is 128.
 const TXN_OPS: usize = 128;
-/// How often the registry is published (services are, as soon as one changes).
+/// How often the registry is published.
 const REGISTRY_EVERY: Duration = Duration::from_secs(2);
+/// The shortest time between two publications of the services (a check changes a snapshot; building every
+/// summary at every tick would be work for nothing).
+const SERVICES_EVERY: Duration = Duration::from_secs(1);
+/// The wait before a watch that could not be opened, or ended, is opened again.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
 /// The longest a fleet-wide read may take (a whole fleet's registry is tens of megabytes at most).
 const FLEET_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -207,16 +216,63 @@ impl Cluster {
     /// [`Cluster::leave`] after the services have stopped.
     pub async fn run(self, supervisor: Supervisor, stop: CancellationToken) {
         let mut node = NodeState::default();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let watching = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(self.clone().watch_elections(
+            changed.clone(),
+            watching.clone(),
+            stop.clone(),
+        ));
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = ticker.tick() => {}
+                // An election key changed (a leader gone, say): look at once.
+                () = changed.notified() => node.elections_due = true,
             }
+            node.watching = watching.load(Ordering::Relaxed);
             self.tick(&supervisor, &mut node).await;
         }
+        let _ = watcher.await;
         self.inner.status_mut().lease = node.session.map(|session| session.lease);
+    }
+
+    /// Watches the election keys and says when one changed; while no watch is open (etcd unreachable, or it
+    /// ended one), `watching` is false and the elections are read at every tick instead.
+    async fn watch_elections(
+        self,
+        changed: Arc<tokio::sync::Notify>,
+        watching: Arc<AtomicBool>,
+        stop: CancellationToken,
+    ) {
+        let elections = format!("{}singletons/", self.inner.prefix);
+        loop {
+            let opened = tokio::select! {
+                () = stop.cancelled() => return,
+                opened = self.inner.reads.watch(&elections) => opened,
+            };
+            if let Ok(mut watch) = opened {
+                watching.store(true, Ordering::Relaxed);
+                // Whatever changed before the watch opened is read now.
+                changed.notify_one();
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        event = watch.changed() => match event {
+                            Ok(()) => changed.notify_one(),
+                            Err(_) => break,
+                        },
+                    }
+                }
+                watching.store(false, Ordering::Relaxed);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(WATCH_RETRY) => {}
+            }
+        }
     }
 
     /// Leaves the fleet (after the services stopped): revokes the lease, so this node's keys and
@@ -253,8 +309,23 @@ impl Cluster {
             self.failed(&error);
             return;
         }
-        if let Err(error) = self.elect(supervisor, node, session.lease).await {
-            self.failed(&error);
+        // The elections are read when a key changed, when one of this node's singletons changed state,
+        // while no watch is open, and at least every fifth of the lease (in case a watch missed something).
+        let signature = singleton_states(supervisor);
+        let due = node.elections_due
+            || !node.watching
+            || node.singleton_states != signature
+            || node.elected_at.is_none_or(|at| at.elapsed() >= ttl / 5);
+        if !due {
+            return;
+        }
+        match self.elect(supervisor, node, session.lease).await {
+            Ok(()) => {
+                node.elections_due = false;
+                node.singleton_states = signature;
+                node.elected_at = Some(Instant::now());
+            }
+            Err(error) => self.failed(&error),
         }
     }
 
@@ -346,7 +417,8 @@ impl Cluster {
             node.info_written = true;
         }
         let generation = supervisor.generation();
-        let services_due = node.services_generation != Some(generation);
+        let services_due = node.services_generation != Some(generation)
+            && node.services_at.is_none_or(|at| at.elapsed() >= SERVICES_EVERY);
         let registry_due = node.registry_at.is_none_or(|at| at.elapsed() >= REGISTRY_EVERY);
         if !services_due && !registry_due {
             return Ok(());
@@ -425,6 +497,7 @@ impl Cluster {
         if complete {
             if services_due {
                 node.services_generation = Some(generation);
+                node.services_at = Some(Instant::now());
             }
             if registry_due {
                 node.registry_at = Some(Instant::now());
@@ -689,8 +762,21 @@ impl Inner {
     }
 }
 
+/// Each singleton's state and whether it was stopped on request: what makes it eligible.
+fn singleton_states(supervisor: &Supervisor) -> Vec<(String, ServiceState, bool)> {
+    supervisor
+        .services()
+        .iter()
+        .filter(|handle| handle.spec().singleton)
+        .map(|handle| {
+            let snapshot = handle.snapshot();
+            (handle.name().to_owned(), snapshot.state, snapshot.stop_requested)
+        })
+        .collect()
+}
+
 /// The TTL the lease is granted for: `lease_ttl` less the second that etcd's expiry sweep (every 500 ms)
-/// and the next election round (250 ms) may add before another node runs a singleton; a lease of less than
+/// and the election round may add before another node runs a singleton; a lease of less than
 /// 5 s is granted whole (etcd's own minimum is about 1.5 s).
 fn granted_ttl(lease_ttl: Duration) -> Duration {
     if lease_ttl >= Duration::from_secs(5) {
@@ -719,8 +805,18 @@ struct NodeState {
     leading: HashSet<String>,
     /// The last leader seen of every singleton: winning after another node held it is a failover.
     last_leader: HashMap<String, String>,
-    /// The supervisor's generation whose services are published.
+    /// The supervisor's generation whose services are published, and when.
     services_generation: Option<u64>,
+    services_at: Option<Instant>,
+    /// An election key changed since the last round.
+    elections_due: bool,
+    /// A watch on the election keys is open.
+    watching: bool,
+    /// This node's singletons' states at the last round: a change (stopped, failed, started) is a reason to
+    /// look again.
+    singleton_states: Vec<(String, ServiceState, bool)>,
+    /// When the last election round was read.
+    elected_at: Option<Instant>,
     /// When the registry was last published whole.
     registry_at: Option<Instant>,
     /// When the members were last read.
