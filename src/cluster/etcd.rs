@@ -184,13 +184,9 @@ impl Etcd {
                     authenticated_again = true;
                     last = message;
                 }
-                Err(Failure::Server { code, message }) => {
+                Err(failure @ (Failure::Server { .. } | Failure::Protocol(_))) => {
                     self.traffic.failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(EtcdError::Server { code, message });
-                }
-                Err(Failure::Protocol(message)) => {
-                    self.traffic.failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(EtcdError::Protocol(message));
+                    return Err(failure.into());
                 }
                 Err(Failure::Transport(message)) => {
                     let failed = state
@@ -208,6 +204,12 @@ impl Etcd {
     }
 
     async fn exchange(&self, state: &mut State, path: &str, body: Bytes) -> Result<Value, Failure> {
+        self.ready(state).await?;
+        self.send(state, path, body).await
+    }
+
+    /// Connected, and (with credentials) holding a token.
+    async fn ready(&self, state: &mut State) -> Result<(), Failure> {
         if state.connection.as_ref().is_none_or(|c| c.sender.is_closed()) {
             let endpoint = state.next % self.endpoints.len();
             let sender = self.connect(&self.endpoints[endpoint]).await?;
@@ -224,7 +226,7 @@ impl Etcd {
                 .ok_or_else(|| Failure::Protocol("authenticate answered without a token".into()))?;
             state.token = Some(token.to_owned());
         }
-        self.send(state, path, body).await
+        Ok(())
     }
 
     async fn send(&self, state: &mut State, path: &str, body: Bytes) -> Result<Value, Failure> {
@@ -233,20 +235,10 @@ impl Etcd {
             .as_mut()
             .ok_or_else(|| Failure::Transport("not connected".into()))?;
         let endpoint = &self.endpoints[connection.endpoint];
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(header::HOST, &endpoint.authority)
-            .header(header::CONTENT_TYPE, "application/json");
-        if let Some(token) = &state.token {
-            request = request.header(header::AUTHORIZATION, token);
-        }
         self.traffic
             .sent
             .fetch_add(HEAD_BYTES + body.len() as u64, Ordering::Relaxed);
-        let request = request
-            .body(Full::new(body))
-            .map_err(|error| Failure::Protocol(error.to_string()))?;
+        let request = post(endpoint, path, state.token.as_deref(), body)?;
         connection
             .sender
             .ready()
@@ -313,23 +305,20 @@ impl Etcd {
     /// Watches every key under `prefix`, on a connection of its own (the first endpoint that accepts it):
     /// the stream yields once for each batch of changes etcd reports.
     pub async fn watch(&self, prefix: &str) -> Result<Watch, EtcdError> {
-        let token = match &self.credentials {
-            Some((name, password)) => {
-                let answer = self
-                    .call(
-                        "/v3/auth/authenticate",
-                        &json!({"name": name, "password": password}),
-                    )
-                    .await?;
-                answer["token"].as_str().map(str::to_owned)
+        // The token the node's calls hold (authenticating is costly: etcd checks the password with bcrypt).
+        let (token, first) = {
+            let mut state = self.state.lock().await;
+            if self.credentials.is_some() {
+                self.ready(&mut state).await.map_err(EtcdError::from)?;
             }
-            None => None,
+            (state.token.clone(), state.next)
         };
-        let body = serde_json::to_vec(&json!({"create_request": {
-            "key": encode(prefix), "range_end": encode_bytes(&prefix_end(prefix))
-        }}))
-        .unwrap_or_default();
-        let first = self.state.lock().await.next;
+        let body = Bytes::from(
+            serde_json::to_vec(&json!({"create_request": {
+                "key": encode(prefix), "range_end": encode_bytes(&prefix_end(prefix))
+            }}))
+            .unwrap_or_default(),
+        );
         let mut last = String::new();
         for offset in 0..self.endpoints.len() {
             let endpoint = &self.endpoints[(first + offset) % self.endpoints.len()];
@@ -344,15 +333,7 @@ impl Etcd {
                     continue;
                 }
             };
-            let mut request = Request::builder()
-                .method(Method::POST)
-                .uri("/v3/watch")
-                .header(header::HOST, &endpoint.authority)
-                .header(header::CONTENT_TYPE, "application/json");
-            if let Some(token) = &token {
-                request = request.header(header::AUTHORIZATION, token);
-            }
-            let Ok(request) = request.body(Full::new(Bytes::from(body.clone()))) else {
+            let Ok(request) = post(endpoint, "/v3/watch", token.as_deref(), body.clone()) else {
                 continue;
             };
             match sender.send_request(request).await {
@@ -517,6 +498,36 @@ enum Failure {
     Transport(String),
     Server { code: i64, message: String },
     Protocol(String),
+}
+
+impl From<Failure> for EtcdError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Transport(message) => EtcdError::Unreachable(message),
+            Failure::Server { code, message } => EtcdError::Server { code, message },
+            Failure::Protocol(message) => EtcdError::Protocol(message),
+        }
+    }
+}
+
+/// A JSON `POST` of `body` to `path` at `endpoint`, with the auth token when there is one.
+fn post(
+    endpoint: &Endpoint,
+    path: &str,
+    token: Option<&str>,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, Failure> {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::HOST, &endpoint.authority)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, token);
+    }
+    request
+        .body(Full::new(body))
+        .map_err(|error| Failure::Protocol(error.to_string()))
 }
 
 /// One write of a transaction.
