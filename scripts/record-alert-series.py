@@ -300,6 +300,31 @@ def quote(text):
     return json.dumps(text)
 
 
+def test_body(series, tests, scale):
+    """A promtool test's input series and alert tests, as YAML lines (after its `input_series:` line):
+    `tests` holds (eval time in recorded seconds, alert name, expected alerts), replayed `scale` times slower."""
+    lines = []
+    for key, tokens in series.items():
+        lines.append(f"      - series: {quote(key)}")
+        lines.append(f"        values: {quote(compress(tokens))}")
+    lines.append("    alert_rule_test:")
+    for second, name, alerts in tests:
+        lines.append(f"      - eval_time: {second * scale}s")
+        lines.append(f"        alertname: {name}")
+        if not alerts:
+            lines.append("        exp_alerts: []")
+            continue
+        lines.append("        exp_alerts:")
+        for expected in alerts:
+            lines.append("          - exp_labels:")
+            for k, v in expected["labels"].items():
+                lines.append(f"                {k}: {quote(v)}")
+            lines.append("            exp_annotations:")
+            for k, v in expected["annotations"].items():
+                lines.append(f"                {k}: {quote(v)}")
+    return lines
+
+
 def write(series, tests):
     lines = [
         "# Unit tests of alerts/orchestrator.rules.yml: promtool test rules alerts/tests/orchestrator.test.yml",
@@ -317,24 +342,7 @@ def write(series, tests):
         f"    interval: {SCALE}s",
         "    input_series:",
     ]
-    for key, tokens in series.items():
-        lines.append(f"      - series: {quote(key)}")
-        lines.append(f"        values: {quote(compress(tokens))}")
-    lines.append("    alert_rule_test:")
-    for second, name, alerts in tests:
-        lines.append(f"      - eval_time: {second * SCALE}s")
-        lines.append(f"        alertname: {name}")
-        if not alerts:
-            lines.append("        exp_alerts: []")
-            continue
-        lines.append("        exp_alerts:")
-        for expected in alerts:
-            lines.append("          - exp_labels:")
-            for k, v in expected["labels"].items():
-                lines.append(f"                {k}: {quote(v)}")
-            lines.append("            exp_annotations:")
-            for k, v in expected["annotations"].items():
-                lines.append(f"                {k}: {quote(v)}")
+    lines.extend(test_body(series, tests, SCALE))
     lines.append(HAND_WRITTEN)
     with open(OUT, "w") as f:
         f.write("\n".join(lines))

@@ -198,24 +198,7 @@ def write(series, tests):
         f"    interval: {SCALE}s",
         "    input_series:",
     ]
-    for key, tokens in series.items():
-        lines.append(f"      - series: {recorder.quote(key)}")
-        lines.append(f"        values: {recorder.quote(recorder.compress(tokens))}")
-    lines.append("    alert_rule_test:")
-    for second, name, alerts in tests:
-        lines.append(f"      - eval_time: {second * SCALE}s")
-        lines.append(f"        alertname: {name}")
-        if not alerts:
-            lines.append("        exp_alerts: []")
-            continue
-        lines.append("        exp_alerts:")
-        for expected in alerts:
-            lines.append("          - exp_labels:")
-            for k, v in expected["labels"].items():
-                lines.append(f"                {k}: {recorder.quote(v)}")
-            lines.append("            exp_annotations:")
-            for k, v in expected["annotations"].items():
-                lines.append(f"                {k}: {recorder.quote(v)}")
+    lines.extend(recorder.test_body(series, tests, SCALE))
     with open(OUT, "w") as f:
         f.write("\n".join(lines) + "\n")
 
