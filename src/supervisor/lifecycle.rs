@@ -347,12 +347,7 @@ impl Lifecycle {
             (false, S::Starting | S::Running) => {
                 // Fencing: another node may start it as soon as this node's lease is gone, so the instance
                 // stops now; running required dependents see `stop_requested` and stop too.
-                self.stop_requested = true;
-                self.restarting = false;
-                self.restart = None;
-                self.state = S::Stopping;
-                self.after_stop = AfterStop::Pending;
-                self.stop_step = StopStep::Instance;
+                self.begin_stop_on_request(AfterStop::Pending, StopStep::Instance);
                 vec![
                     Action::FailWaiters(ControlError::Standby(self.name.clone())),
                     Action::StopInstance,
@@ -542,16 +537,22 @@ impl Lifecycle {
     /// A stop on request (its own, or a required dependency's): waiting requests fail, required
     /// dependents stop first, then the instance, then `after`.
     fn stop_on_request(&mut self, after: AfterStop) -> Vec<Action> {
+        self.begin_stop_on_request(after, StopStep::Dependents);
+        vec![
+            Action::FailWaiters(ControlError::Stopped(self.name.clone())),
+            Action::AwaitDependents(Dependents::Required),
+        ]
+    }
+
+    /// Into `stopping` on request (its own, a required dependency's, or a lost fleet leadership), from
+    /// `first`: nothing restarts it meanwhile, and required dependents see `stop_requested`.
+    fn begin_stop_on_request(&mut self, after: AfterStop, first: StopStep) {
         self.stop_requested = true;
         self.restarting = false;
         self.restart = None;
         self.state = ServiceState::Stopping;
         self.after_stop = after;
-        self.stop_step = StopStep::Dependents;
-        vec![
-            Action::FailWaiters(ControlError::Stopped(self.name.clone())),
-            Action::AwaitDependents(Dependents::Required),
-        ]
+        self.stop_step = first;
     }
 
     fn dependencies(&mut self, gate: Gate, held_by: Option<String>) -> Vec<Action> {
