@@ -222,6 +222,11 @@ fn allowed(
     ok.then_some(entries)
 }
 
+/// An `http://` or `https://` URL (the scheme is all that is checked; the rest is the server's to judge).
+fn is_http_url(text: &str) -> bool {
+    text.starts_with("http://") || text.starts_with("https://")
+}
+
 /// A host name, or `.domain` for a domain and its subdomains.
 fn is_host_pattern(host: &str) -> bool {
     let name = host.strip_prefix('.').unwrap_or(host);
@@ -283,7 +288,7 @@ fn telemetry(table: &Table<'_>, problems: &mut Problems) -> Option<TelemetrySett
         });
     let otlp_endpoint = table.string("otlp_endpoint", problems);
     if let Some(endpoint) = &otlp_endpoint
-        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        && !is_http_url(endpoint)
     {
         problems.push(
             table.key_path("otlp_endpoint"),
@@ -419,7 +424,7 @@ fn cluster(table: &Table<'_>, problems: &mut Problems) -> Option<Option<ClusterS
     });
     let advertise_url = table.string("advertise_url", problems);
     if let Some(url) = &advertise_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
+        && !is_http_url(url)
     {
         problems.push(
             table.key_path("advertise_url"),
