@@ -424,11 +424,12 @@ impl Cluster {
             return Ok(());
         }
         // What is not due keeps its last published value.
+        let (services, registry) = (format!("{base}services/"), format!("{base}registry/"));
         let mut current: HashMap<String, Vec<u8>> = node
             .published
             .iter()
             .filter(|(key, _)| {
-                let service = key.starts_with(&format!("{base}services/"));
+                let service = key.starts_with(&services);
                 (service && !services_due) || (!service && !registry_due)
             })
             .map(|(key, value)| (key.clone(), value.clone()))
@@ -437,7 +438,7 @@ impl Cluster {
             let mut summary = crate::api::service_summary(handle, &handle.snapshot());
             summary["node"] = json!(inner.settings.node);
             current.insert(
-                format!("{base}services/{}", handle.name()),
+                format!("{services}{}", handle.name()),
                 summary.to_string().into_bytes(),
             );
         }
@@ -457,7 +458,7 @@ impl Cluster {
                     fields.insert("node".into(), json!(inner.settings.node));
                 }
                 current.insert(
-                    format!("{base}registry/{}", entry.name),
+                    format!("{registry}{}", entry.name),
                     value.to_string().into_bytes(),
                 );
             }
