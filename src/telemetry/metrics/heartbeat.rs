@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::Format;
 use super::service::{escape, header, number, series_start};
+use super::{Format, changed};
 
 /// The heartbeat series of one registry entry.
 #[derive(Debug)]
@@ -40,6 +40,7 @@ impl Heartbeats {
             timeouts: AtomicU64::new(0),
         });
         entries.insert(name.to_owned(), entry.clone());
+        changed();
         entry
     }
 
@@ -55,17 +56,21 @@ impl Heartbeats {
         entry
             .last_received
             .store(unix_seconds.to_bits(), Ordering::Relaxed);
+        changed();
     }
 
     /// `name` went from alive to dead.
     pub(super) fn timed_out(&self, name: &str) {
         self.entry(name).timeouts.fetch_add(1, Ordering::Relaxed);
+        changed();
     }
 
     /// Forgets `name`'s series.
     pub(super) fn remove(&self, name: &str) {
         let mut entries = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        entries.remove(name);
+        if entries.remove(name).is_some() {
+            changed();
+        }
     }
 
     /// Writes the three families, entries in name order.

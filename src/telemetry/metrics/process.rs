@@ -1,6 +1,6 @@
 //! The standard `process_*` metrics of the orchestrator itself (the names and help texts every Prometheus
-//! client library uses), read on each scrape from one `/proc/self/stat`, the `/proc/self/fd` listing and
-//! `getrlimit`: the prometheus crate's collector also re-read `/proc/self/limits` and `/proc/self/status`
+//! client library uses), read on each scrape from `/proc/self/stat` (one read of a descriptor kept open),
+//! a `stat` of `/proc/self/fd` and `getrlimit`: the prometheus crate's collector also re-read `/proc/self/limits` and `/proc/self/status`
 //! and parsed them through a general procfs layer on every scrape.
 
 use std::sync::LazyLock;
@@ -82,15 +82,14 @@ pub(super) fn write(text: &mut String, format: Format) {
             stat.threads,
         );
     }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        // The listing's own descriptor is one of them; the crate's collector counted it too.
+    if let Some(fds) = open_fds() {
         family(
             text,
             format,
             "process_open_fds",
             "Number of open file descriptors.",
             "gauge",
-            fds.count() as f64,
+            fds as f64,
         );
     }
     let mut limit = libc::rlimit {
@@ -144,9 +143,26 @@ struct Stat {
     rss: f64,
 }
 
+/// The number of open descriptors: the size `stat` gives `/proc/self/fd` (Linux 6.2 and later: one system
+/// call), else the length of its listing, less the listing's own descriptor.
+fn open_fds() -> Option<u64> {
+    let size = std::fs::metadata("/proc/self/fd").ok()?.len();
+    if size > 0 {
+        return Some(size);
+    }
+    let listed = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(listed.saturating_sub(1))
+}
+
+/// `/proc/self/stat`, read at offset 0 of a descriptor kept open (the kernel writes it anew on each read;
+/// opening it is most of the cost).
 fn read_stat() -> Option<Stat> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    parse_stat(&stat)
+    use std::os::unix::fs::FileExt;
+    static FILE: LazyLock<Option<std::fs::File>> =
+        LazyLock::new(|| std::fs::File::open("/proc/self/stat").ok());
+    let mut buffer = [0u8; 1024];
+    let length = FILE.as_ref()?.read_at(&mut buffer, 0).ok()?;
+    parse_stat(std::str::from_utf8(&buffer[..length]).ok()?)
 }
 
 /// Fields after the command name, which is in parentheses and may itself hold spaces and parentheses.
@@ -180,6 +196,19 @@ mod tests {
         assert_eq!(parsed.starttime, 123456.0);
         assert_eq!(parsed.vsize, 1048576.0);
         assert_eq!(parsed.rss, 300.0);
+    }
+
+    #[test]
+    fn open_descriptors_are_counted() {
+        let held: Vec<std::fs::File> = (0..64)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        // Other tests' threads open and close descriptors meanwhile: a range, not one number.
+        let counted = open_fds().unwrap();
+        let listed = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        assert!(counted >= 64 + 3, "{counted} open while 64 are held");
+        assert!(counted <= listed + 64, "{counted} open, {listed} listed");
+        drop(held);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use super::{CHECK_BUCKETS, Format, NAMESPACE};
+use super::{CHECK_BUCKETS, Format, NAMESPACE, changed};
 use crate::clock::unix_seconds;
 use crate::health::{FailureReason, HealthStatus};
 use crate::status::{RestartReason, ServiceState};
@@ -26,14 +26,24 @@ impl AtomicF64 {
         f64::from_bits(self.0.load(Ordering::Relaxed))
     }
 
+    /// Sets the value; counts a change when it is one.
     fn set(&self, value: f64) {
-        self.0.store(value.to_bits(), Ordering::Relaxed);
+        if self.0.swap(value.to_bits(), Ordering::Relaxed) != value.to_bits() {
+            changed();
+        }
     }
 
     fn add(&self, value: f64) {
         let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
             Some((f64::from_bits(bits) + value).to_bits())
         });
+    }
+}
+
+/// Stores `value`; counts a change when it is one.
+fn store_u8(atomic: &AtomicU8, value: u8) {
+    if atomic.swap(value, Ordering::Relaxed) != value {
+        changed();
     }
 }
 
@@ -91,18 +101,20 @@ impl ServiceMetrics {
     /// The lifecycle state (every state exported, 1 for the current).
     pub fn set_state(&self, state: ServiceState) {
         let index = ServiceState::ALL.iter().position(|s| *s == state).unwrap_or(0);
-        self.0.state.store(index as u8, Ordering::Relaxed);
+        store_u8(&self.0.state, index as u8);
     }
 
     /// The health status (every status exported, 1 for the current).
     pub fn set_health(&self, status: HealthStatus) {
         let index = HealthStatus::ALL.iter().position(|s| *s == status).unwrap_or(0);
-        self.0.health.store(index as u8, Ordering::Relaxed);
+        store_u8(&self.0.health, index as u8);
     }
 
     /// Up: running and not unhealthy.
     pub fn set_up(&self, up: bool) {
-        self.0.up.store(up, Ordering::Relaxed);
+        if self.0.up.swap(up, Ordering::Relaxed) != up {
+            changed();
+        }
     }
 
     /// One health check.
@@ -121,6 +133,7 @@ impl ServiceMetrics {
             series.failures[position].fetch_add(1, Ordering::Relaxed);
         }
         self.set_consecutive_failures(consecutive_failures);
+        changed();
     }
 
     /// The service went down without a probe saying so (its process exited, a start failed or timed
@@ -132,13 +145,15 @@ impl ServiceMetrics {
             series.failures[position].fetch_add(1, Ordering::Relaxed);
         }
         self.set_consecutive_failures(consecutive_failures);
+        changed();
     }
 
     /// The consecutive failure count changed outside a check (down, reset).
     pub fn set_consecutive_failures(&self, failures: u32) {
-        self.0
-            .consecutive_failures
-            .store(u64::from(failures), Ordering::Relaxed);
+        let failures = u64::from(failures);
+        if self.0.consecutive_failures.swap(failures, Ordering::Relaxed) != failures {
+            changed();
+        }
     }
 
     /// A restart began at `at`, traced in `trace_id` when traces are exported.
@@ -154,6 +169,7 @@ impl ServiceMetrics {
             }
         }
         self.0.last_restart.set(unix_seconds(at));
+        changed();
     }
 
     /// The check that took `took` at `at` was traced in `trace_id`: the exemplar of its bucket.
@@ -168,6 +184,7 @@ impl ServiceMetrics {
             value: seconds,
             timestamp: unix_seconds(at),
         });
+        changed();
     }
 
     fn exemplars(&self) -> std::sync::MutexGuard<'_, Exemplars> {
@@ -191,17 +208,20 @@ impl ServiceMetrics {
         };
         self.0.last_exit_code.store(code, Ordering::Relaxed);
         self.0.last_exit_signal.store(signal, Ordering::Relaxed);
+        changed();
     }
 
     /// The instance did not stop within the shutdown timeout (or the stop was forced): SIGKILL.
     pub fn killed(&self) {
         self.0.kills.fetch_add(1, Ordering::Relaxed);
+        changed();
     }
 
     /// The health status went from `from` to `to`.
     pub fn health_changed(&self, _from: HealthStatus, to: HealthStatus) {
         if let Some(position) = HealthStatus::ALL.iter().position(|s| *s == to) {
             self.0.transitions[position].fetch_add(1, Ordering::Relaxed);
+            changed();
         }
     }
 
@@ -218,11 +238,14 @@ impl ServiceMetrics {
     /// `lines` of the service's output were dropped by its rate limit.
     pub fn output_dropped(&self, lines: u64) {
         self.0.output_dropped.fetch_add(lines, Ordering::Relaxed);
+        changed();
     }
 
     /// A required dependency is down (or not).
     pub fn set_blocked(&self, blocked: bool) {
-        self.0.blocked.store(blocked, Ordering::Relaxed);
+        if self.0.blocked.swap(blocked, Ordering::Relaxed) != blocked {
+            changed();
+        }
     }
 }
 
@@ -249,10 +272,23 @@ pub(super) fn header(text: &mut String, format: Format, name: &str, help: &str, 
         Format::OpenMetrics if kind == "counter" => name.strip_suffix("_total").unwrap_or(name),
         _ => name,
     };
-    let _ = writeln!(
-        text,
-        "# HELP {NAMESPACE}_{family} {help}\n# TYPE {NAMESPACE}_{family} {kind}"
-    );
+    for part in [
+        "# HELP ",
+        NAMESPACE,
+        "_",
+        family,
+        " ",
+        help,
+        "\n# TYPE ",
+        NAMESPACE,
+        "_",
+        family,
+        " ",
+        kind,
+        "\n",
+    ] {
+        text.push_str(part);
+    }
 }
 
 /// One family with one series per service.
