@@ -8,8 +8,9 @@
 //!
 //! Per-service values are plain atomics ([`ServiceMetrics`]) written straight into the text exposition,
 //! one family at a time, and so are the registry's heartbeat series and the dependency edges; their text
-//! is kept from one scrape to the next while none of them changes ([`CHANGES`]). The rest (build info, API
-//! traffic, reloads, the fleet) are prometheus-crate metrics in a registry, gathered and encoded by the
+//! is kept from one scrape to the next while none of them changes ([`CHANGES`]). The API's traffic is
+//! written straight too, on every scrape. The rest (build info, reloads, events, the fleet, and what an
+//! embedding program registers) are prometheus-crate metrics in a registry, gathered and encoded by the
 //! crate on every scrape, and `process_*` is read from `/proc` on every scrape. With a prometheus-crate
 //! child per per-service series (55 per service), 1,000 services cost about 25 MiB and a scrape took about
 //! 40 ms to build.
@@ -21,10 +22,10 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+mod api;
 pub mod cluster;
 mod heartbeat;
 mod process;
@@ -121,10 +122,6 @@ const REVISION: &str = match option_env!("FOG_REVISION") {
 pub(crate) const CHECK_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-/// API latency buckets: 100 µs to 5 s.
-const API_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
-];
 
 /// Options for one metric. Every name, help text and label set in this file is a constant, so building a
 /// metric cannot fail at run time (each test that starts a supervisor builds them all); hence `expect`.
@@ -142,9 +139,8 @@ pub struct Metrics {
     dependency_info: Mutex<String>,
     ready: IntGauge,
     initialized: IntGauge,
-    api_requests: IntCounterVec,
+    api: api::ApiTraffic,
     api_refused: IntCounter,
-    api_duration: HistogramVec,
     reloads: IntCounterVec,
     last_reload_success: Gauge,
     last_reload_successful: IntGauge,
@@ -351,27 +347,13 @@ impl Metrics {
                 IntGauge::with_opts(opts("initialized", "1 once the startup sequence has finished."))
                     .expect("valid metric"),
             ),
-            api_requests: counters(
-                "api_requests_total",
-                "REST API requests, by route template, method and status code.",
-                &["route", "method", "code"],
-            ),
+            api: api::ApiTraffic::default(),
             api_refused: register(
                 &registry,
                 IntCounter::with_opts(opts(
                     "api_connections_refused_total",
                     "Connections refused at the API's connection limit.",
                 ))
-                .expect("valid metric"),
-            ),
-            api_duration: register(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new("api_request_duration_seconds", "REST API request latency.")
-                        .namespace(NAMESPACE)
-                        .buckets(API_BUCKETS.to_vec()),
-                    &["route", "method"],
-                )
                 .expect("valid metric"),
             ),
             reloads: counters(
@@ -575,12 +557,7 @@ impl Metrics {
 
     /// One API request.
     pub fn api_request(&self, route: &str, method: &str, code: u16, took: Duration) {
-        self.api_requests
-            .with_label_values(&[route, method, &code.to_string()])
-            .inc();
-        self.api_duration
-            .with_label_values(&[route, method])
-            .observe(took.as_secs_f64());
+        self.api.request(route, method, code, took);
     }
 
     /// One connection refused at the API's connection limit.
@@ -594,6 +571,7 @@ impl Metrics {
         let mut text = String::with_capacity(written.len() + 16 * 1024);
         text.push_str(&written);
         drop(written);
+        self.api.write(&mut text, format);
         let families = self.registry.gather();
         match format {
             Format::Text => {
