@@ -41,7 +41,8 @@ struct Trust {
     client_identity: Option<(PathBuf, PathBuf)>,
 }
 
-/// What a probe sends to and asks of: parsed once per check from the probe's URL.
+/// What a probe sends to and asks of, parsed from the probe's URL once per service and probe (the prober
+/// keeps it).
 #[derive(Debug)]
 pub struct Target {
     /// The host named by the URL.

@@ -5,6 +5,7 @@
 //! hangs is dropped there (an exec probe's process is killed on drop).
 
 use std::process::Stdio;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::net::TcpStream;
@@ -38,6 +39,9 @@ pub struct NetworkProber {
     client: Client,
     /// One HTTP/2 channel per gRPC address, made on first use and kept (it reconnects by itself).
     grpc: std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
+    /// Each service's HTTP target, parsed from its probe at the first check and again when the probe
+    /// changes (a reload), not at every check.
+    targets: std::sync::Mutex<std::collections::HashMap<String, (HttpProbe, Arc<Target>)>>,
 }
 
 #[async_trait]
@@ -56,6 +60,10 @@ impl Prober for NetworkProber {
 
     fn forget(&self, service: &str) {
         self.client.forget(service);
+        self.targets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(service);
     }
 }
 
@@ -64,7 +72,7 @@ impl NetworkProber {
     /// what its `traceparent` names: the probed service's server span joins the check's trace.
     async fn http(&self, service: &str, probe: &HttpProbe) -> ProbeOutcome {
         let url = probe.url.as_str();
-        let target = match Target::parse(probe) {
+        let target = match self.target(service, probe) {
             Ok(target) => target,
             Err(error) => return ProbeOutcome::fail(FailureReason::Error, error),
         };
@@ -103,6 +111,22 @@ impl NetworkProber {
             span.record("otel.status_code", "ERROR");
         }
         outcome
+    }
+
+    /// `service`'s target for `probe`.
+    fn target(&self, service: &str, probe: &HttpProbe) -> Result<Arc<Target>, String> {
+        let mut targets = self
+            .targets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((parsed, target)) = targets.get(service)
+            && parsed == probe
+        {
+            return Ok(target.clone());
+        }
+        let target = Arc::new(Target::parse(probe)?);
+        targets.insert(service.to_owned(), (probe.clone(), target.clone()));
+        Ok(target)
     }
 
     async fn http_request(&self, service: &str, probe: &HttpProbe, target: &Target) -> ProbeOutcome {

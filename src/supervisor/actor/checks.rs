@@ -62,10 +62,16 @@ impl Actor {
                     heartbeat_outcome(last, limit)
                 })
             }
-            Some(probe) => {
-                let prober = self.parts.prober.clone();
-                let (name, probe) = (self.name().to_owned(), probe.clone());
-                Box::pin(async move { prober.probe(&name, &probe).await })
+            Some(_) => {
+                // The spec is shared, not copied: a check clones no name and no probe.
+                let (prober, spec) = (self.parts.prober.clone(), self.parts.spec.clone());
+                Box::pin(async move {
+                    match &spec.probe {
+                        Some(probe) => prober.probe(&spec.name, probe).await,
+                        // Not reached: this is the spec just matched, and a spec does not change.
+                        None => ProbeOutcome::pass("no probe configured"),
+                    }
+                })
             }
             None => match self.instance.as_ref().and_then(Instance::health_source) {
                 Some(service) => Box::pin(async move { in_process_health(service).await }),
