@@ -77,3 +77,18 @@ pub mod supervisor;
 pub mod telemetry;
 
 pub use embed::Orchestrator;
+
+/// glibc's malloc gives large blocks back to the kernel as soon as they are freed (a `/metrics` body of
+/// 4 MB is mmapped and unmapped on every scrape, page by page faulted in again; heaps are trimmed with
+/// `madvise` after each response). Keep blocks up to 32 MiB in the heap and trim only past 64 MiB free:
+/// the resident size stays at the working set's high-water mark instead of rising and falling on every
+/// request (BENCHMARKS.md, "REST API"). Call first in `main`, before any thread starts; the binary does,
+/// and so does a program that embeds the orchestrator and serves `/metrics` of many services.
+pub fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}

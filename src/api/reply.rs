@@ -26,6 +26,8 @@ pub struct ReplyBody(Contents);
 #[derive(Debug)]
 enum Contents {
     Whole(Full<Bytes>),
+    /// Chunks sent one after the other, with their total length known.
+    Parts(std::collections::VecDeque<Bytes>),
     Stream(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
@@ -33,6 +35,13 @@ impl ReplyBody {
     /// A body of these bytes.
     pub fn whole(bytes: Bytes) -> Self {
         Self(Contents::Whole(Full::new(bytes)))
+    }
+
+    /// A body of these chunks, one after the other (none copied into one buffer).
+    pub fn parts(parts: impl IntoIterator<Item = Bytes>) -> Self {
+        Self(Contents::Parts(
+            parts.into_iter().filter(|part| !part.is_empty()).collect(),
+        ))
     }
 
     /// A body streamed from `chunks`, sent as they come; it ends when the sender is dropped. The sender
@@ -52,6 +61,9 @@ impl Body for ReplyBody {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         match &mut self.get_mut().0 {
             Contents::Whole(whole) => std::pin::Pin::new(whole).poll_frame(cx),
+            Contents::Parts(parts) => {
+                std::task::Poll::Ready(parts.pop_front().map(|part| Ok(hyper::body::Frame::data(part))))
+            }
             Contents::Stream(chunks) => chunks
                 .poll_recv(cx)
                 .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes)))),
@@ -61,6 +73,7 @@ impl Body for ReplyBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Contents::Whole(whole) => whole.is_end_stream(),
+            Contents::Parts(parts) => parts.is_empty(),
             Contents::Stream(_) => false,
         }
     }
@@ -68,6 +81,9 @@ impl Body for ReplyBody {
     fn size_hint(&self) -> hyper::body::SizeHint {
         match &self.0 {
             Contents::Whole(whole) => whole.size_hint(),
+            Contents::Parts(parts) => {
+                hyper::body::SizeHint::with_exact(parts.iter().map(|part| part.len() as u64).sum())
+            }
             Contents::Stream(_) => hyper::body::SizeHint::default(),
         }
     }
@@ -178,7 +194,12 @@ pub fn json_reply(status: StatusCode, body: &impl Serialize) -> Reply {
 
 /// A response with a body of `content_type`.
 pub fn bytes_reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
-    let mut reply = Response::new(ReplyBody::whole(body));
+    body_reply(status, content_type, ReplyBody::whole(body))
+}
+
+/// A response with `body`, of `content_type`.
+pub fn body_reply(status: StatusCode, content_type: &'static str, body: ReplyBody) -> Reply {
+    let mut reply = Response::new(body);
     *reply.status_mut() = status;
     reply
         .headers_mut()

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::Api;
-use super::reply::{ApiError, Reply, bytes_reply, json_reply};
+use super::reply::{ApiError, Reply, ReplyBody, body_reply, bytes_reply, json_reply};
 use super::routes::Endpoint;
 use crate::clock::rfc3339;
 use crate::health::{CheckResult, HealthStatus};
@@ -463,21 +463,25 @@ impl Api {
                 .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
         };
         let format = Format::negotiate(header(hyper::header::ACCEPT));
-        let text = self.state.supervisor.metrics().render(format);
+        let exposition = self.state.supervisor.metrics().exposition(format);
         let gzip = header(hyper::header::ACCEPT_ENCODING).is_some_and(accepts_gzip);
-        let body = if gzip { gzip_bytes(text.as_bytes()) } else { None };
-        let compressed = body.is_some();
-        let mut reply = bytes_reply(
-            StatusCode::OK,
-            format.content_type(),
-            body.map_or_else(|| Bytes::from(text), Bytes::from),
-        );
+        let parts = [exposition.kept.as_bytes(), exposition.fresh.as_bytes()];
+        let compressed = if gzip { gzip_parts(&parts) } else { None };
+        let gzipped = compressed.is_some();
+        let body = match compressed {
+            Some(compressed) => ReplyBody::whole(Bytes::from(compressed)),
+            None => ReplyBody::parts([
+                Bytes::from_owner(Shared(exposition.kept)),
+                Bytes::from(exposition.fresh),
+            ]),
+        };
+        let mut reply = body_reply(StatusCode::OK, format.content_type(), body);
         let reply_headers = reply.headers_mut();
         reply_headers.insert(
             hyper::header::VARY,
             hyper::header::HeaderValue::from_static("Accept, Accept-Encoding"),
         );
-        if compressed {
+        if gzipped {
             reply_headers.insert(
                 hyper::header::CONTENT_ENCODING,
                 hyper::header::HeaderValue::from_static("gzip"),
@@ -672,12 +676,24 @@ fn accepts_gzip(accept: &str) -> bool {
 }
 
 /// `bytes` gzip-compressed (fast level: a scrape is latency-bound), or `None` if compression failed.
-fn gzip_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
+fn gzip_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
     use std::io::Write as _;
+    let length: usize = parts.iter().map(|part| part.len()).sum();
     let mut encoder =
-        flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::fast());
-    encoder.write_all(bytes).ok()?;
+        flate2::write::GzEncoder::new(Vec::with_capacity(length / 4), flate2::Compression::fast());
+    for part in parts {
+        encoder.write_all(part).ok()?;
+    }
     encoder.finish().ok()
+}
+
+/// A text shared with other responses, as the bytes of a body.
+struct Shared(Arc<String>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 #[cfg(test)]
@@ -692,7 +708,7 @@ mod tests {
         for no in ["identity", "deflate", "gzip;q=0", "br, gzip;q=0"] {
             assert!(!accepts_gzip(no), "{no}");
         }
-        let compressed = gzip_bytes(b"orchestrator_up 1\n").unwrap();
+        let compressed = gzip_parts(&[b"orchestrator_", b"up 1\n"]).unwrap();
         let mut decoder = flate2::read::GzDecoder::new(&compressed[..]);
         let mut text = String::new();
         std::io::Read::read_to_string(&mut decoder, &mut text).unwrap();

@@ -49,7 +49,7 @@ pub const NAMESPACE: &str = "orchestrator";
 static CHANGES: AtomicU64 = AtomicU64::new(0);
 
 /// The text of the series written straight, and the count of changes it includes.
-type Written = (u64, Arc<str>);
+type Written = (u64, Arc<String>);
 
 /// The largest text of the series written straight that is kept for the next scrape.
 const KEPT_LIMIT: usize = 8 << 20;
@@ -150,6 +150,28 @@ pub struct Metrics {
     /// The series written straight, as the last scrape in each format wrote them, with the count of
     /// changes they include (indexed by [`Format::index`]).
     written: Mutex<[Option<Written>; 2]>,
+}
+
+/// An exposition: the text of the series written straight, shared with every scrape until one of them
+/// changes, then the rest, written for this scrape.
+#[derive(Debug, Clone)]
+pub struct Exposition {
+    /// The per-service series, heartbeats and dependency edges.
+    pub kept: Arc<String>,
+    /// API traffic, the gathered families and `process_*` (and `# EOF` in OpenMetrics).
+    pub fresh: String,
+}
+
+impl Exposition {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.kept.len() + self.fresh.len()
+    }
+
+    /// Whether it is empty (never: `process_*` at least).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The event stream's metrics.
@@ -565,12 +587,20 @@ impl Metrics {
         self.api_refused.inc();
     }
 
-    /// The exposition of every metric in `format`.
+    /// The exposition of every metric in `format`, as one text.
     pub fn render(&self, format: Format) -> String {
-        let written = self.written(format);
-        let mut text = String::with_capacity(written.len() + 16 * 1024);
-        text.push_str(&written);
-        drop(written);
+        let exposition = self.exposition(format);
+        let mut text = String::with_capacity(exposition.len());
+        text.push_str(&exposition.kept);
+        text.push_str(&exposition.fresh);
+        text
+    }
+
+    /// The exposition of every metric in `format`, in its two parts (a response sends them one after the
+    /// other, without copying the first: 4 MB for 1,000 services).
+    pub fn exposition(&self, format: Format) -> Exposition {
+        let kept = self.written(format);
+        let mut text = String::with_capacity(16 * 1024);
         self.api.write(&mut text, format);
         let families = self.registry.gather();
         match format {
@@ -593,12 +623,12 @@ impl Metrics {
                 text.push_str("# EOF\n");
             }
         }
-        text
+        Exposition { kept, fresh: text }
     }
 
     /// The series written straight (per service, heartbeats, dependency edges): the last scrape's text when
     /// none changed since, else written anew. Concurrent scrapes wait for one writer.
-    fn written(&self, format: Format) -> Arc<str> {
+    fn written(&self, format: Format) -> Arc<String> {
         let mut kept = self
             .written
             .lock()
@@ -613,7 +643,9 @@ impl Metrics {
             .services
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut text = String::with_capacity(2048 + services.len() * 3000);
+        // Room for the last text and some growth: a 4 MB text grown by doubling is copied several times.
+        let last = kept[format.index()].as_ref().map_or(0, |(_, text)| text.len());
+        let mut text = String::with_capacity((last + last / 8).max(2048 + services.len() * 4500));
         write_services(&mut text, format, &services);
         drop(services);
         self.heartbeats.heartbeats.write(&mut text, format);
@@ -623,7 +655,7 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
-        let text: Arc<str> = text.into();
+        let text = Arc::new(text);
         // A registry of 100,000 entries writes some 20 MB, and its heartbeats change it all the time.
         kept[format.index()] = (text.len() <= KEPT_LIMIT).then(|| (changes, text.clone()));
         text
