@@ -352,7 +352,8 @@ pub(super) fn series_start(text: &mut String, name: &str, service: &str) {
 
 /// Writes a sample value: whole numbers as integers (most of them: counters, 0/1 gauges), others as floats.
 pub(super) fn number(text: &mut String, value: f64) {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
+    // Whole: the same after a round trip through an integer (cheaper than `fract`, a libm call).
+    if value.abs() < 1e15 && (value as i64) as f64 == value {
         text.push_str(itoa::Buffer::new().format(value as i64));
         text.push('\n');
     } else {
