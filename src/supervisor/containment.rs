@@ -116,15 +116,25 @@ pub(crate) fn helper_ready() -> bool {
 /// service's own command. The orchestrator itself never forks: `posix_spawn` shares its memory with the
 /// child until the exec (no page tables copied, no copy-on-write faults afterwards, however large the
 /// orchestrator has grown), which is what makes launching a thousand services and a restart cheap.
-pub(super) fn helper(containment: Containment) -> (std::path::PathBuf, [String; 3]) {
+///
+/// A `standby` helper does everything but the exec (the namespace, its init and the service's process are
+/// there), then waits for one line on its stdin: the start's `TRACEPARENT` (or an empty line), and execs;
+/// stdin closed without a line, it exits. A restart without delay uses one made in advance, so it waits
+/// for the exec of the service's program alone.
+pub(super) fn helper(containment: Containment, standby: bool) -> (std::path::PathBuf, [String; 3]) {
     let parent = std::process::id();
     let mode = match containment {
         Containment::PidNamespace => "pid-namespace",
         Containment::ProcessGroup => "process-group",
     };
+    let mode = if standby {
+        format!("{mode},{STANDBY}")
+    } else {
+        mode.to_owned()
+    };
     (
         format!("/proc/{parent}/exe").into(),
-        [HELPER.to_owned(), parent.to_string(), mode.to_owned()],
+        [HELPER.to_owned(), parent.to_string(), mode],
     )
 }
 
@@ -156,14 +166,57 @@ fn run_helper(args: &[std::ffi::OsString]) -> ! {
             fail("the orchestrator exited while starting the service".into());
         }
     }
-    if mode.to_str() == Some("pid-namespace") {
+    let mode = mode.to_string_lossy();
+    let mut words = mode.split(',');
+    if words.next() == Some("pid-namespace") {
         // SAFETY: this process is single-threaded (nothing started a thread yet); see `enter_pid_namespace`.
         if let Err(error) = unsafe { enter_pid_namespace() } {
             fail(format!("cannot create the service's PID namespace: {error}"));
         }
     }
-    let error = std::process::Command::new(program).args(&args[3..]).exec();
+    let mut command = std::process::Command::new(program);
+    command.args(&args[3..]);
+    if words.any(|word| word == STANDBY) {
+        // A standby: everything is ready but the exec, which waits for the orchestrator's word on stdin.
+        match wait_for_start() {
+            Some(traceparent) if traceparent.is_empty() => command.env_remove("TRACEPARENT"),
+            Some(traceparent) => command.env("TRACEPARENT", traceparent),
+            // Discarded unused: the orchestrator closed the pipe.
+            None => std::process::exit(0),
+        };
+        // SAFETY: open and dup2 only replace this process's stdin with /dev/null, as services get it.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            if null < 0 || libc::dup2(null, 0) < 0 {
+                fail(format!("cannot open /dev/null: {}", io::Error::last_os_error()));
+            }
+            if null > 0 {
+                libc::close(null);
+            }
+        }
+    }
+    let error = command.exec();
     fail(format!("cannot start {}: {error}", program.to_string_lossy()))
+}
+
+/// The mode word that makes the helper a standby ([`helper`]).
+const STANDBY: &str = "standby";
+
+/// A standby's wait: the line the orchestrator writes on stdin to start the service (the start's
+/// `TRACEPARENT`, or nothing), or `None` when stdin closes without one.
+fn wait_for_start() -> Option<String> {
+    use std::io::Read as _;
+    let mut line = Vec::with_capacity(64);
+    let mut byte = [0u8];
+    loop {
+        match io::stdin().lock().read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => return Some(String::from_utf8_lossy(&line).into_owned()),
+            Ok(1) if line.len() < 256 => line.push(byte[0]),
+            Ok(1) => {}
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            _ => return None,
+        }
+    }
 }
 
 /// The fallback when this binary is not its own helper: `process` forks the orchestrator and, in the child

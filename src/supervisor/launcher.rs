@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -129,6 +130,10 @@ impl Instance {
 pub trait Launcher: Send + Sync + 'static {
     /// Starts one instance of `spec`.
     async fn launch(&self, spec: &ServiceSpec) -> Result<Instance, LaunchError>;
+
+    /// The service `name` stopped for good (stopped, failed, removed): anything kept ready for its next
+    /// start can go.
+    fn forget(&self, _name: &str) {}
 }
 
 /// A service that runs inside the orchestrator's process, registered from Rust code.
@@ -198,15 +203,35 @@ impl Control for InProcessControl {
 }
 
 /// Spawns services as child processes, each contained as well as the kernel allows ([`Containment`]).
+///
+/// A service restarted without delay (`restart.initial_delay = "0s"`) gets a **standby** after its first
+/// restart: the next instance, spawned in advance up to the exec of its program (the spawn helper, its PID
+/// namespace and init; see [`containment::helper`]), so the next restart only has to tell it to exec. It is
+/// made on the supervision thread after the restart, used if the service's spec is still the same, and
+/// killed when the service stops for good ([`Launcher::forget`]) or the orchestrator exits.
 #[derive(Debug, Clone)]
 pub struct ProcessLauncher {
     containment: Containment,
+    /// Per service restarted without delay: its standby, once made (the key exists from its first launch).
+    standbys: Arc<std::sync::Mutex<std::collections::HashMap<String, Option<Standby>>>>,
+}
+
+/// How long after a restart its next standby is made.
+const STANDBY_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// An instance spawned in advance, waiting for the word to exec (on its stdin).
+#[derive(Debug)]
+struct Standby {
+    /// What it was made for: used only for the same spec.
+    spec: ServiceSpec,
+    child: tokio::process::Child,
 }
 
 impl Default for ProcessLauncher {
     fn default() -> Self {
         Self {
             containment: Containment::detect(),
+            standbys: Arc::default(),
         }
     }
 }
@@ -214,11 +239,12 @@ impl Default for ProcessLauncher {
 #[async_trait]
 impl Launcher for ProcessLauncher {
     async fn launch(&self, spec: &ServiceSpec) -> Result<Instance, LaunchError> {
-        let Some(command) = &spec.command else {
-            return Err(LaunchError(format!("service {:?} has no command", spec.name)));
-        };
-        let command = expand(command)?;
-        let (program, args) = command
+        let command = expand(
+            spec.command
+                .as_deref()
+                .ok_or_else(|| LaunchError(format!("service {:?} has no command", spec.name)))?,
+        )?;
+        let (program, _) = command
             .split_first()
             .ok_or_else(|| LaunchError("empty command".into()))?;
         // Found here, so a command that cannot run is a failed start now, not a crash of the helper later.
@@ -231,9 +257,40 @@ impl Launcher for ProcessLauncher {
                 dir.display()
             )));
         }
+        let child = match self.take_standby(spec).await {
+            Some(child) => child,
+            None => self.spawn(spec, &command, false)?,
+        };
+        if self.keeps_standby(spec) {
+            self.prepare_standby(spec, command);
+        }
+        Ok(started(child))
+    }
+
+    fn forget(&self, name: &str) {
+        // Dropping the standby's child kills it (`kill_on_drop`): its init, and with it the namespace.
+        let mut standbys = self
+            .standbys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        standbys.remove(name);
+    }
+}
+
+impl ProcessLauncher {
+    /// Spawns `command` for `spec` (as a standby, waiting for the word to exec, when `standby`).
+    fn spawn(
+        &self,
+        spec: &ServiceSpec,
+        command: &[String],
+        standby: bool,
+    ) -> Result<tokio::process::Child, LaunchError> {
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| LaunchError("empty command".into()))?;
         let pid_namespace = self.containment == Containment::PidNamespace;
         let mut process = if containment::helper_ready() {
-            let (helper, helper_args) = containment::helper(self.containment);
+            let (helper, helper_args) = containment::helper(self.containment, standby);
             let mut process = Command::new(helper);
             process.args(helper_args).arg(program);
             process
@@ -242,49 +299,123 @@ impl Launcher for ProcessLauncher {
             containment::in_forked_child(&mut process, pid_namespace);
             process
         };
-        // The `start service` span this launch runs in, for the child's own spans (W3C TRACEPARENT);
-        // never an inherited one that says nothing about this start. The service's own env still wins.
-        match crate::telemetry::trace::traceparent() {
-            Some(traceparent) => process.env("TRACEPARENT", traceparent),
-            None => process.env_remove("TRACEPARENT"),
-        };
+        if standby {
+            // The word to exec comes on stdin, with the start's TRACEPARENT; killed if never used.
+            process.stdin(Stdio::piped()).kill_on_drop(true);
+        } else {
+            // The `start service` span this launch runs in, for the child's own spans (W3C TRACEPARENT);
+            // never an inherited one that says nothing about this start. The service's own env still wins.
+            match crate::telemetry::trace::traceparent() {
+                Some(traceparent) => process.env("TRACEPARENT", traceparent),
+                None => process.env_remove("TRACEPARENT"),
+            };
+            process.stdin(Stdio::null());
+        }
         process
             .args(args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
         if let Some(dir) = &spec.working_dir {
             process.current_dir(dir);
         }
-        let mut child = process
+        process
             .spawn()
-            .map_err(|error| LaunchError(format!("cannot start {program}: {error}")))?;
-        let pid = child.id();
-        let output = match (child.stdout.take(), child.stderr.take()) {
-            (Some(stdout), Some(stderr)) => Some(Output { stdout, stderr }),
-            _ => None,
-        };
-        let (sender, exit) = watch::channel(None);
-        tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(status) => match (status.code(), status.signal()) {
-                    (Some(code), _) => Exit::Code(code),
-                    (None, Some(signal)) => Exit::Signal(signal),
-                    (None, None) => Exit::Error(format!("unknown exit status {status}")),
-                },
-                Err(error) => Exit::Error(format!("cannot wait for the process: {error}")),
-            };
-            let _ = sender.send(Some(status));
-        });
-        let control = ProcessGroup {
-            pid: pid.unwrap_or(0),
-        };
-        let mut instance = Instance::new(pid, exit, Box::new(control));
-        instance.output = output;
-        Ok(instance)
+            .map_err(|error| LaunchError(format!("cannot start {program}: {error}")))
     }
+
+    /// Whether `spec` is restarted without delay and was launched before (its standby's slot exists).
+    /// Registers this launch as its first otherwise.
+    fn keeps_standby(&self, spec: &ServiceSpec) -> bool {
+        if !spec.restart.initial_delay.is_zero() || !containment::helper_ready() {
+            return false;
+        }
+        let mut standbys = self
+            .standbys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if standbys.contains_key(spec.name.as_str()) {
+            return true;
+        }
+        standbys.insert(spec.name.to_string(), None);
+        false
+    }
+
+    /// `spec`'s standby, told to exec now, if it has one made for this very spec and still alive; a stale
+    /// one is dropped (and so killed).
+    async fn take_standby(&self, spec: &ServiceSpec) -> Option<tokio::process::Child> {
+        let mut standby = {
+            let mut standbys = self
+                .standbys
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            standbys.get_mut(spec.name.as_str())?.take()?
+        };
+        if standby.spec != *spec || !matches!(standby.child.try_wait(), Ok(None)) {
+            return None;
+        }
+        let mut stdin = standby.child.stdin.take()?;
+        // The start's TRACEPARENT (or an empty line): one short line into an empty pipe.
+        let line = format!("{}\n", crate::telemetry::trace::traceparent().unwrap_or_default());
+        stdin.write_all(line.as_bytes()).await.ok()?;
+        drop(stdin);
+        Some(standby.child)
+    }
+
+    /// Makes `spec`'s next standby, on a task of its own (after this launch, on the same thread: the
+    /// parent-death signal follows the thread that spawned). Dropped if the service was forgotten
+    /// meanwhile.
+    fn prepare_standby(&self, spec: &ServiceSpec, command: Vec<String>) {
+        let (launcher, spec) = (self.clone(), spec.clone());
+        tokio::spawn(async move {
+            // Not while the instance just told to exec starts: it comes first for the CPU.
+            tokio::time::sleep(STANDBY_AFTER).await;
+            let child = match launcher.spawn(&spec, &command, true) {
+                Ok(child) => child,
+                Err(error) => {
+                    tracing::debug!(service = %spec.name, %error, "no standby");
+                    return;
+                }
+            };
+            let mut standbys = launcher
+                .standbys
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(slot) = standbys.get_mut(spec.name.as_str())
+                && slot.is_none()
+            {
+                *slot = Some(Standby { spec, child });
+            }
+        });
+    }
+}
+
+/// The instance of a spawned child: its output, a task that reaps it, and its process group to signal.
+fn started(mut child: tokio::process::Child) -> Instance {
+    let pid = child.id();
+    let output = match (child.stdout.take(), child.stderr.take()) {
+        (Some(stdout), Some(stderr)) => Some(Output { stdout, stderr }),
+        _ => None,
+    };
+    let (sender, exit) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => Exit::Code(code),
+                (None, Some(signal)) => Exit::Signal(signal),
+                (None, None) => Exit::Error(format!("unknown exit status {status}")),
+            },
+            Err(error) => Exit::Error(format!("cannot wait for the process: {error}")),
+        };
+        let _ = sender.send(Some(status));
+    });
+    let control = ProcessGroup {
+        pid: pid.unwrap_or(0),
+    };
+    let mut instance = Instance::new(pid, exit, Box::new(control));
+    instance.output = output;
+    instance
 }
 
 /// `${ORCHESTRATOR_EXE}` → the running binary, in every element of the command.

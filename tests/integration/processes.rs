@@ -435,3 +435,96 @@ async fn the_spawn_helper_reports_what_cannot_start_and_runs_relative_commands_f
     assert!(detail["pid"].as_u64().is_some());
     assert!(orchestrator.stop().await.success());
 }
+
+/// The command line of process `pid`, its arguments joined by spaces (empty once it is gone).
+fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|line| String::from_utf8_lossy(&line).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The standby children of `parent`: spawn helpers waiting for the word to exec.
+fn standbys(parent: u32) -> Vec<u32> {
+    child_pids(parent)
+        .into_iter()
+        .filter(|pid| command_line(*pid).contains(",standby "))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_without_delay_starts_from_a_standby_made_in_advance_which_goes_with_the_service() {
+    let mut orchestrator = Orchestrator::start(
+        r#"
+[services.worker]
+command = ["sleep", "3600"]
+
+[services.worker.restart]
+initial_delay = "0s"
+"#,
+    );
+    let api = orchestrator.api().await;
+    let ready = orchestrator
+        .wait_for("worker ready", |f| is_ready_line(f, "worker"))
+        .await;
+    let first = ready["pid"].as_u64().unwrap() as u32;
+    let parent = orchestrator.pid();
+    // The first start makes no standby: a service that never restarts keeps no process idle.
+    assert_eq!(standbys(parent), Vec::<u32>::new());
+
+    signal(first, libc::SIGKILL);
+    let again = orchestrator
+        .wait_for("worker ready again", |f| {
+            is_ready_line(f, "worker") && f["pid"].as_u64() != Some(u64::from(first))
+        })
+        .await;
+    let second = again["pid"].as_u64().unwrap() as u32;
+    let standby = crate::deploy::eventually("a standby", LIMIT, async || {
+        standbys(parent).into_iter().find(|pid| *pid != second)
+    })
+    .await;
+
+    signal(second, libc::SIGKILL);
+    let third = orchestrator
+        .wait_for("worker ready a third time", |f| {
+            is_ready_line(f, "worker") && f["pid"].as_u64() != Some(u64::from(second))
+        })
+        .await;
+    assert_eq!(
+        third["pid"].as_u64(),
+        Some(u64::from(standby)),
+        "the restart used the standby"
+    );
+    let (status, services) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(services["services"]["worker"]["pid"].as_u64(), Some(u64::from(standby)));
+    assert_eq!(services["services"]["worker"]["restart_count"], 2);
+    // It runs the service's command now (itself, or under its init in its PID namespace).
+    crate::deploy::eventually("the command run by the standby", LIMIT, async || {
+        let mut tree = vec![standby];
+        let mut next = 0;
+        while let Some(pid) = tree.get(next).copied() {
+            tree.extend(child_pids(pid));
+            next += 1;
+        }
+        tree.iter()
+            .any(|pid| command_line(*pid) == "sleep 3600 ")
+            .then_some(())
+    })
+    .await;
+
+    // Stopped for good: the next standby (made after that restart) goes too, and nothing is left behind.
+    let next = crate::deploy::eventually("the next standby", LIMIT, async || {
+        standbys(parent).into_iter().find(|pid| *pid != standby)
+    })
+    .await;
+    let (status, _) = http("POST", &format!("{api}/api/orchestration/stop/worker"), "").await;
+    assert_eq!(status, 200);
+    timeout(LIMIT, exited(next))
+        .await
+        .expect("the standby is killed when the service stops");
+    crate::deploy::eventually("no children left", LIMIT, async || {
+        children_of(parent).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+}

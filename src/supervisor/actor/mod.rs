@@ -321,6 +321,14 @@ impl Actor {
             // No checks until it runs again: a connection kept for them would only idle.
             self.parts.prober.forget(self.name());
         }
+        if matches!(
+            to,
+            ServiceState::Stopping | ServiceState::Stopped | ServiceState::Failed
+        ) && let Some(launcher) = &self.parts.launcher
+        {
+            // Not restarted next: a process kept ready for a restart would only idle.
+            launcher.forget(self.name());
+        }
         if to != ServiceState::Starting {
             self.startup_deadline = None;
         }
