@@ -496,7 +496,10 @@ initial_delay = "0s"
     );
     let (status, services) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
     assert_eq!(status, 200);
-    assert_eq!(services["services"]["worker"]["pid"].as_u64(), Some(u64::from(standby)));
+    assert_eq!(
+        services["services"]["worker"]["pid"].as_u64(),
+        Some(u64::from(standby))
+    );
     assert_eq!(services["services"]["worker"]["restart_count"], 2);
     // It runs the service's command now (itself, or under its init in its PID namespace).
     crate::deploy::eventually("the command run by the standby", LIMIT, async || {
