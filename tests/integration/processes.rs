@@ -451,17 +451,17 @@ fn standbys(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_restart_without_delay_starts_from_a_standby_made_in_advance_which_goes_with_the_service() {
-    let mut orchestrator = Orchestrator::start(
-        r#"
+const ZERO_DELAY: &str = r#"
 [services.worker]
 command = ["sleep", "3600"]
 
 [services.worker.restart]
 initial_delay = "0s"
-"#,
-    );
+"#;
+
+#[tokio::test]
+async fn a_restart_without_delay_starts_from_a_standby_made_in_advance_which_goes_with_the_service() {
+    let mut orchestrator = Orchestrator::start(ZERO_DELAY);
     let api = orchestrator.api().await;
     let ready = orchestrator
         .wait_for("worker ready", |f| is_ready_line(f, "worker"))
@@ -529,5 +529,53 @@ initial_delay = "0s"
         children_of(parent).is_empty().then_some(())
     })
     .await;
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_standby_made_before_a_reload_changed_the_service_is_not_used() {
+    let mut orchestrator = Orchestrator::start(ZERO_DELAY);
+    let api = orchestrator.api().await;
+    let ready = orchestrator
+        .wait_for("worker ready", |f| is_ready_line(f, "worker"))
+        .await;
+    let first = ready["pid"].as_u64().unwrap() as u32;
+    let parent = orchestrator.pid();
+    signal(first, libc::SIGKILL);
+    let again = orchestrator
+        .wait_for("worker ready again", |f| {
+            is_ready_line(f, "worker") && f["pid"].as_u64() != Some(u64::from(first))
+        })
+        .await;
+    let second = again["pid"].as_u64().unwrap() as u32;
+    let stale = crate::deploy::eventually("a standby", LIMIT, async || {
+        standbys(parent).into_iter().find(|pid| *pid != second)
+    })
+    .await;
+
+    // A live key: the service keeps its process, and its spec is no longer the standby's.
+    std::fs::write(
+        orchestrator.config_path(),
+        format!("{ZERO_DELAY}max_attempts = 7\n"),
+    )
+    .unwrap();
+    let (status, answer) = http("POST", &format!("{api}/api/orchestration/reload"), "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["applied"][0]["action"], "updated", "{answer}");
+
+    signal(second, libc::SIGKILL);
+    let third = orchestrator
+        .wait_for("worker ready a third time", |f| {
+            is_ready_line(f, "worker") && f["pid"].as_u64() != Some(u64::from(second))
+        })
+        .await;
+    assert_ne!(
+        third["pid"].as_u64(),
+        Some(u64::from(stale)),
+        "the stale standby was used"
+    );
+    timeout(LIMIT, exited(stale))
+        .await
+        .expect("the stale standby is killed");
     assert_eq!(orchestrator.stop().await.code(), Some(0));
 }
