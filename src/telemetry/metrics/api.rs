@@ -37,7 +37,7 @@ pub(super) struct ApiTraffic(RwLock<BTreeMap<String, BTreeMap<String, Arc<Route>
 impl ApiTraffic {
     /// One request to `route` with `method`, answered with `code` after `took`.
     pub(super) fn request(&self, route: &str, method: &str, code: u16, took: Duration) {
-        let series = self.route(route, method);
+        let series = self.route(route, method_label(method));
         *series
             .codes
             .lock()
@@ -139,6 +139,15 @@ impl ApiTraffic {
     }
 }
 
+/// The `method` label of a request: its method when HTTP defines it, else `other` (a client can send any
+/// token as a method; each would be a new series).
+fn method_label(method: &str) -> &str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    if KNOWN.contains(&method) { method } else { "other" }
+}
+
 /// `orchestrator_<name>{method="…",route="…"` (the caller closes the label set).
 fn labels(text: &mut String, name: &str, method: &str, route: &str) {
     for part in [
@@ -214,6 +223,28 @@ mod tests {
         traffic.write(&mut open, Format::OpenMetrics);
         assert!(open.contains("# TYPE orchestrator_api_requests counter\n"));
         assert!(open.contains("\norchestrator_api_requests_total{code=\"200\""));
+    }
+
+    #[test]
+    fn methods_http_does_not_define_share_one_series() {
+        let traffic = ApiTraffic::default();
+        for method in ["BREW", "PROPFIND", "X-ANYTHING", "get"] {
+            traffic.request("unmatched", method, 405, Duration::from_micros(50));
+        }
+        traffic.request("unmatched", "DELETE", 405, Duration::from_micros(50));
+        let mut text = String::new();
+        traffic.write(&mut text, Format::Text);
+        let requests: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("orchestrator_api_requests_total{"))
+            .collect();
+        assert_eq!(
+            requests,
+            [
+                "orchestrator_api_requests_total{code=\"405\",method=\"DELETE\",route=\"unmatched\"} 1",
+                "orchestrator_api_requests_total{code=\"405\",method=\"other\",route=\"unmatched\"} 4",
+            ]
+        );
     }
 
     #[test]
