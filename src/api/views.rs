@@ -675,7 +675,8 @@ fn accepts_gzip(accept: &str) -> bool {
     })
 }
 
-/// `bytes` gzip-compressed (fast level: a scrape is latency-bound), or `None` if compression failed.
+/// `parts`, one after the other, gzip-compressed (fast level: a scrape is latency-bound), or `None` if
+/// compression failed.
 fn gzip_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
     use std::io::Write as _;
     let length: usize = parts.iter().map(|part| part.len()).sum();

@@ -1,7 +1,8 @@
 //! The standard `process_*` metrics of the orchestrator itself (the names and help texts every Prometheus
 //! client library uses), read on each scrape from `/proc/self/stat` (one read of a descriptor kept open),
-//! a `stat` of `/proc/self/fd` and `getrlimit`: the prometheus crate's collector also re-read `/proc/self/limits` and `/proc/self/status`
-//! and parsed them through a general procfs layer on every scrape.
+//! a `stat` of `/proc/self/fd` and `getrlimit`: the prometheus crate's collector also re-read
+//! `/proc/self/limits` and `/proc/self/status` and parsed them through a general procfs layer on every
+//! scrape.
 
 use std::sync::LazyLock;
 
