@@ -459,41 +459,46 @@ command = ["sleep", "3600"]
 initial_delay = "0s"
 "#;
 
-#[tokio::test]
-async fn a_restart_without_delay_starts_from_a_standby_made_in_advance_which_goes_with_the_service() {
+/// The orchestrator running [`ZERO_DELAY`], its API, and the pid of the worker's first instance.
+async fn zero_delay_worker() -> (Orchestrator, String, u32) {
     let mut orchestrator = Orchestrator::start(ZERO_DELAY);
     let api = orchestrator.api().await;
     let ready = orchestrator
         .wait_for("worker ready", |f| is_ready_line(f, "worker"))
         .await;
-    let first = ready["pid"].as_u64().unwrap() as u32;
+    (orchestrator, api, ready["pid"].as_u64().unwrap() as u32)
+}
+
+/// SIGKILLs the worker's instance `pid` and returns its replacement's pid, once that is ready.
+async fn replaced(orchestrator: &mut Orchestrator, pid: u32) -> u32 {
+    signal(pid, libc::SIGKILL);
+    let ready = orchestrator
+        .wait_for("the worker ready again", |f| {
+            is_ready_line(f, "worker") && f["pid"].as_u64() != Some(u64::from(pid))
+        })
+        .await;
+    ready["pid"].as_u64().unwrap() as u32
+}
+
+/// A standby child of `parent` other than `besides`, once there is one.
+async fn a_standby_besides(parent: u32, besides: u32) -> u32 {
+    crate::deploy::eventually("a standby", LIMIT, async || {
+        standbys(parent).into_iter().find(|pid| *pid != besides)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_restart_without_delay_starts_from_a_standby_made_in_advance_which_goes_with_the_service() {
+    let (mut orchestrator, api, first) = zero_delay_worker().await;
     let parent = orchestrator.pid();
     // The first start makes no standby: a service that never restarts keeps no process idle.
     assert_eq!(standbys(parent), Vec::<u32>::new());
 
-    signal(first, libc::SIGKILL);
-    let again = orchestrator
-        .wait_for("worker ready again", |f| {
-            is_ready_line(f, "worker") && f["pid"].as_u64() != Some(u64::from(first))
-        })
-        .await;
-    let second = again["pid"].as_u64().unwrap() as u32;
-    let standby = crate::deploy::eventually("a standby", LIMIT, async || {
-        standbys(parent).into_iter().find(|pid| *pid != second)
-    })
-    .await;
-
-    signal(second, libc::SIGKILL);
-    let third = orchestrator
-        .wait_for("worker ready a third time", |f| {
-            is_ready_line(f, "worker") && f["pid"].as_u64() != Some(u64::from(second))
-        })
-        .await;
-    assert_eq!(
-        third["pid"].as_u64(),
-        Some(u64::from(standby)),
-        "the restart used the standby"
-    );
+    let second = replaced(&mut orchestrator, first).await;
+    let standby = a_standby_besides(parent, second).await;
+    let third = replaced(&mut orchestrator, second).await;
+    assert_eq!(third, standby, "the restart used the standby");
     let (status, services) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -516,10 +521,7 @@ async fn a_restart_without_delay_starts_from_a_standby_made_in_advance_which_goe
     .await;
 
     // Stopped for good: the next standby (made after that restart) goes too, and nothing is left behind.
-    let next = crate::deploy::eventually("the next standby", LIMIT, async || {
-        standbys(parent).into_iter().find(|pid| *pid != standby)
-    })
-    .await;
+    let next = a_standby_besides(parent, standby).await;
     let (status, _) = http("POST", &format!("{api}/api/orchestration/stop/worker"), "").await;
     assert_eq!(status, 200);
     timeout(LIMIT, exited(next))
@@ -534,24 +536,10 @@ async fn a_restart_without_delay_starts_from_a_standby_made_in_advance_which_goe
 
 #[tokio::test]
 async fn a_standby_made_before_a_reload_changed_the_service_is_not_used() {
-    let mut orchestrator = Orchestrator::start(ZERO_DELAY);
-    let api = orchestrator.api().await;
-    let ready = orchestrator
-        .wait_for("worker ready", |f| is_ready_line(f, "worker"))
-        .await;
-    let first = ready["pid"].as_u64().unwrap() as u32;
+    let (mut orchestrator, api, first) = zero_delay_worker().await;
     let parent = orchestrator.pid();
-    signal(first, libc::SIGKILL);
-    let again = orchestrator
-        .wait_for("worker ready again", |f| {
-            is_ready_line(f, "worker") && f["pid"].as_u64() != Some(u64::from(first))
-        })
-        .await;
-    let second = again["pid"].as_u64().unwrap() as u32;
-    let stale = crate::deploy::eventually("a standby", LIMIT, async || {
-        standbys(parent).into_iter().find(|pid| *pid != second)
-    })
-    .await;
+    let second = replaced(&mut orchestrator, first).await;
+    let stale = a_standby_besides(parent, second).await;
 
     // A live key: the service keeps its process, and its spec is no longer the standby's.
     std::fs::write(
@@ -563,17 +551,8 @@ async fn a_standby_made_before_a_reload_changed_the_service_is_not_used() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["applied"][0]["action"], "updated", "{answer}");
 
-    signal(second, libc::SIGKILL);
-    let third = orchestrator
-        .wait_for("worker ready a third time", |f| {
-            is_ready_line(f, "worker") && f["pid"].as_u64() != Some(u64::from(second))
-        })
-        .await;
-    assert_ne!(
-        third["pid"].as_u64(),
-        Some(u64::from(stale)),
-        "the stale standby was used"
-    );
+    let third = replaced(&mut orchestrator, second).await;
+    assert_ne!(third, stale, "the stale standby was used");
     timeout(LIMIT, exited(stale))
         .await
         .expect("the stale standby is killed");
