@@ -208,8 +208,9 @@ fn wait_for_start() -> Option<String> {
     use std::io::Read as _;
     let mut line = Vec::with_capacity(64);
     let mut byte = [0u8];
+    let mut stdin = io::stdin().lock();
     loop {
-        match io::stdin().lock().read(&mut byte) {
+        match stdin.read(&mut byte) {
             Ok(1) if byte[0] == b'\n' => return Some(String::from_utf8_lossy(&line).into_owned()),
             Ok(1) if line.len() < 256 => line.push(byte[0]),
             Ok(1) => {}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::Format;
 use super::NAMESPACE;
-use super::service::{header, number};
+use super::service::{escape, header, number};
 
 /// API latency buckets: 100 µs to 5 s.
 const BUCKETS: [f64; 13] = [
@@ -169,10 +169,6 @@ fn bucket_labels() -> &'static [String] {
     static LABELS: std::sync::LazyLock<Vec<String>> =
         std::sync::LazyLock::new(|| BUCKETS.iter().map(f64::to_string).collect());
     &LABELS
-}
-
-fn escape(value: &str) -> String {
-    super::service::escape(value)
 }
 
 #[cfg(test)]
