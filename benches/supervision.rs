@@ -390,33 +390,31 @@ async fn metrics(services: usize) {
     let renders = if services < 100 { 2000 } else { 50 };
     let format = fog_orchestrator::telemetry::metrics::Format::Text;
     let registry = metrics.for_registry();
+    // `work` timed `count` times, after `before` each time (untimed), sorted.
+    let timed = |count: usize, before: &dyn Fn(), work: &dyn Fn()| {
+        let mut times: Vec<Duration> = (0..count)
+            .map(|_| {
+                before();
+                let start = Instant::now();
+                work();
+                start.elapsed()
+            })
+            .collect();
+        times.sort_unstable();
+        times
+    };
+    let scrape = || drop(std::hint::black_box(metrics.exposition(format)));
     // After a change (a heartbeat), as a scrape every 15 s finds it: every series written anew.
-    let mut changed: Vec<Duration> = (0..renders)
-        .map(|_| {
-            registry.heartbeat("s0", std::time::SystemTime::now());
-            let start = Instant::now();
-            std::hint::black_box(metrics.exposition(format));
-            start.elapsed()
-        })
-        .collect();
-    changed.sort_unstable();
-    // Nothing changed since the last scrape: the text of the series written straight is copied.
-    let mut unchanged: Vec<Duration> = (0..renders)
-        .map(|_| {
-            let start = Instant::now();
-            std::hint::black_box(metrics.exposition(format));
-            start.elapsed()
-        })
-        .collect();
-    unchanged.sort_unstable();
-    let mut gathers: Vec<Duration> = (0..20)
-        .map(|_| {
-            let start = Instant::now();
-            std::hint::black_box(metrics.registry().gather());
-            start.elapsed()
-        })
-        .collect();
-    gathers.sort_unstable();
+    let changed = timed(
+        renders,
+        &|| registry.heartbeat("s0", std::time::SystemTime::now()),
+        &scrape,
+    );
+    // Nothing changed since the last scrape: the text of the series written straight is reused.
+    let unchanged = timed(renders, &|| {}, &scrape);
+    let gathers = timed(20, &|| {}, &|| {
+        drop(std::hint::black_box(metrics.registry().gather()))
+    });
     println!(
         "metrics  of which gather: median {:.2} ms",
         percentile(&gathers, 0.5).as_secs_f64() * 1e3
