@@ -24,9 +24,17 @@ etcd --version | sed -n 1p
 
 echo "== formatting"
 cargo fmt --check
+# The spawn helper is a program of its own that build.rs compiles, outside cargo's module tree.
+rustfmt --edition 2024 --check spawner/main.rs
 
 echo "== lints"
 cargo clippy --all-targets --locked -- -D warnings
+# The spawn helper, with the flags build.rs builds it with.
+spawner_dir=$(mktemp -d)
+clippy-driver --edition=2024 --crate-type=bin -C panic=abort -C relocation-model=static \
+  -C target-feature=+crt-static -C link-arg=-nostartfiles -C link-arg=-nostdlib -D warnings \
+  -o "$spawner_dir/fog-spawn" spawner/main.rs
+rm -rf "$spawner_dir"
 
 echo "== tests"
 log=$(mktemp)

@@ -90,9 +90,10 @@ pub const HELPER: &str = "__contain";
 static HELPER_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Call first in `main`: when this process was started as the spawn helper it becomes the service (never
-/// returns); otherwise it marks the binary as able to serve as its own helper, and services are started
-/// with `posix_spawn` through it. A program that embeds the orchestrator without calling this starts its
-/// services by forking itself instead (correct, and slower when the program is large).
+/// returns); otherwise it marks the binary as able to serve as its own helper, where the embedded one
+/// ([`spawner`]) is missing or cannot run. A program that embeds the orchestrator without calling this
+/// and without the embedded helper starts its services by forking itself instead (correct, and slower
+/// when the program is large).
 pub fn helper_entry() {
     let mut args = std::env::args_os().skip(1);
     match args.next() {
@@ -111,18 +112,25 @@ pub(crate) fn helper_ready() -> bool {
     HELPER_READY.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// How a service is started: `posix_spawn` of this binary as the helper (`/proc/<pid>/exe`: the image
-/// that runs now, even after a package upgrade replaced the file), with these arguments before the
-/// service's own command. The orchestrator itself never forks: `posix_spawn` shares its memory with the
-/// child until the exec (no page tables copied, no copy-on-write faults afterwards, however large the
-/// orchestrator has grown), which is what makes launching a thousand services and a restart cheap.
+/// How a service is started: `posix_spawn` of a spawn helper, with these arguments before the service's own
+/// command, or `None` when there is no helper (the launcher then forks the orchestrator). The helper is
+/// the embedded `fog-spawn` ([`spawner`]) where there is one, else this binary (`/proc/<pid>/exe`: the
+/// image that runs now, even after a package upgrade replaced the file) when [`helper_entry`] ran. The
+/// orchestrator itself never forks: `posix_spawn` shares its memory with the child until the exec (no page
+/// tables copied, no copy-on-write faults afterwards, however large the orchestrator has grown), which is
+/// what makes launching a thousand services and a restart cheap.
 ///
 /// A `standby` helper does everything but the exec (the namespace, its init and the service's process are
 /// there), then waits for one line on its stdin: the start's `TRACEPARENT` (or an empty line), and execs;
 /// stdin closed without a line, it exits. A restart without delay uses one made in advance, so it waits
 /// for the exec of the service's program alone.
-pub(super) fn helper(containment: Containment, standby: bool) -> (std::path::PathBuf, [String; 3]) {
+pub(super) fn helper(containment: Containment, standby: bool) -> Option<(std::path::PathBuf, [String; 3])> {
     let parent = std::process::id();
+    let program = match spawner() {
+        Some(spawner) => spawner.to_owned(),
+        None if helper_ready() => format!("/proc/{parent}/exe").into(),
+        None => return None,
+    };
     let mode = match containment {
         Containment::PidNamespace => "pid-namespace",
         Containment::ProcessGroup => "process-group",
@@ -132,10 +140,85 @@ pub(super) fn helper(containment: Containment, standby: bool) -> (std::path::Pat
     } else {
         mode.to_owned()
     };
-    (
-        format!("/proc/{parent}/exe").into(),
-        [HELPER.to_owned(), parent.to_string(), mode],
-    )
+    Some((program, [HELPER.to_owned(), parent.to_string(), mode]))
+}
+
+/// Whether services are started through a spawn helper ([`helper`]) rather than a fork of the orchestrator.
+pub(super) fn helper_available() -> bool {
+    spawner().is_some() || helper_ready()
+}
+
+/// `spawner/main.rs`, built by `build.rs`: the spawn helper as a static program without libc, whose exec,
+/// forks and exits cost tens of microseconds where this binary's cost milliseconds (its loading,
+/// relocations and glibc's start-up). x86_64 Linux only.
+#[cfg(fog_spawner)]
+const SPAWNER: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/fog-spawn")));
+#[cfg(not(fog_spawner))]
+const SPAWNER: Option<&[u8]> = None;
+
+/// The embedded spawn helper, written once to a sealed memfd and run from there (`/proc/<pid>/fd/<fd>`):
+/// no file on disk, and always the one built with this orchestrator. `None` where there is none, or where
+/// the kernel will not run it from memory (`vm.memfd_noexec`, a security module); that is logged once,
+/// and this binary serves as the helper instead.
+pub(crate) fn spawner() -> Option<&'static std::path::Path> {
+    static LOADED: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let image = SPAWNER?;
+            load_spawner(image)
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "the embedded spawn helper cannot run; services are started through the orchestrator's own binary")
+                })
+                .ok()
+        })
+        .as_deref()
+}
+
+fn load_spawner(image: &[u8]) -> io::Result<std::path::PathBuf> {
+    use std::io::Write as _;
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    const MFD_EXEC: libc::c_uint = 0x10;
+    let create = |flags: libc::c_uint| {
+        // SAFETY: a NUL-terminated name; the result is a new descriptor or -1.
+        unsafe { libc::memfd_create(c"fog-spawn".as_ptr(), flags) }
+    };
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // MFD_EXEC says so explicitly since Linux 6.3; before, it is unknown (EINVAL) and memfds are executable.
+    let mut fd = create(flags | MFD_EXEC);
+    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        fd = create(flags);
+    }
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just created and owned by nothing else.
+    let mut writable = unsafe { std::fs::File::from_raw_fd(fd) };
+    writable.write_all(image)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on a descriptor this function owns.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // A descriptor open for writing would make every exec of it fail (ETXTBSY): keep a read-only one.
+    let readable = std::fs::File::open(format!("/proc/self/fd/{fd}"))?;
+    drop(writable);
+    let path = std::path::PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        readable.as_raw_fd()
+    ));
+    // Run once without arguments, it must say it needs them and exit with 127.
+    let trial = std::process::Command::new(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if trial.code() != Some(127) {
+        return Err(io::Error::other(format!("a trial run ended with {trial}")));
+    }
+    // Kept open for the life of the process: services are started from it.
+    std::mem::forget(readable);
+    Ok(path)
 }
 
 /// The spawn helper, in the new process (`fog-orchestrator __contain PARENT MODE PROGRAM [ARGS...]`):
@@ -403,5 +486,115 @@ unsafe fn run_shim(init: libc::pid_t, status_read: libc::c_int) -> ! {
         libc::sigprocmask(libc::SIG_UNBLOCK, &only, std::ptr::null_mut());
         libc::kill(libc::getpid(), signal);
         libc::_exit(128 + signal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::{Command, Output, Stdio};
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn the_spawn_helper_is_embedded_and_runs_from_memory() {
+        let spawner = spawner().expect("the embedded spawn helper runs here");
+        assert!(spawner.starts_with(format!("/proc/{}/fd/", std::process::id())));
+    }
+
+    /// Runs `command` through the embedded spawn helper in `mode`, writing `input` to its stdin.
+    fn through_spawner(mode: &str, command: &[&str], input: Option<&str>) -> Output {
+        let (program, arguments) = helper(Containment::ProcessGroup, false).expect("a spawn helper");
+        let mut process = Command::new(program);
+        process
+            .args(&arguments[..2])
+            .arg(mode)
+            .args(command)
+            .env("TRACEPARENT", "inherited")
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = process.spawn().expect("the helper starts");
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    /// The modes the kernel lets this process use.
+    fn modes() -> Vec<&'static str> {
+        match Containment::detect() {
+            Containment::PidNamespace => vec!["process-group", "pid-namespace"],
+            Containment::ProcessGroup => vec!["process-group"],
+        }
+    }
+
+    #[test]
+    fn the_helper_ends_as_the_service_did() {
+        for mode in modes() {
+            let exited = through_spawner(mode, &["sh", "-c", "echo out; echo err >&2; exit 3"], None);
+            assert_eq!(exited.status.code(), Some(3), "{mode}");
+            assert_eq!(text(&exited.stdout), "out\n", "{mode}");
+            assert_eq!(text(&exited.stderr), "err\n", "{mode}");
+            let killed = through_spawner(mode, &["sh", "-c", "kill -TERM $$"], None);
+            assert_eq!(killed.status.signal(), Some(libc::SIGTERM), "{mode}");
+        }
+        if modes().contains(&"pid-namespace") {
+            let inside = through_spawner("pid-namespace", &["sh", "-c", "echo $$"], None);
+            assert_eq!(
+                text(&inside.stdout),
+                "2\n",
+                "the service is PID 2 of its namespace"
+            );
+        }
+    }
+
+    #[test]
+    fn the_helper_looks_programs_up_as_execvp_does_and_says_what_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("no-shebang");
+        std::fs::write(&script, "echo ran with \"$1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for mode in modes() {
+            let ran = through_spawner(mode, &[script.to_str().unwrap(), "one"], None);
+            assert_eq!(
+                text(&ran.stdout),
+                "ran with one\n",
+                "{mode}: a script without #! runs in sh"
+            );
+            let missing = through_spawner(mode, &["no-such-program-anywhere"], None);
+            assert_eq!(missing.status.code(), Some(127), "{mode}");
+            assert_eq!(
+                text(&missing.stderr),
+                "fog-orchestrator: cannot start no-such-program-anywhere: No such file or directory (os error 2)\n"
+            );
+        }
+    }
+
+    #[test]
+    fn a_standby_execs_on_its_word_with_that_traceparent_and_leaves_quietly_without_one() {
+        let print = ["sh", "-c", "echo \"${TRACEPARENT-unset}\"; cat"];
+        for mode in modes() {
+            let standby = format!("{mode},{STANDBY}");
+            let started = through_spawner(&standby, &print, Some("00-trace-span-01\nnot for the service\n"));
+            assert!(started.status.success(), "{mode}");
+            // The word's TRACEPARENT replaces the inherited one; stdin is /dev/null afterwards.
+            assert_eq!(text(&started.stdout), "00-trace-span-01\n", "{mode}");
+            let untraced = through_spawner(&standby, &print, Some("\n"));
+            assert_eq!(text(&untraced.stdout), "unset\n", "{mode}");
+            let discarded = through_spawner(&standby, &print, Some(""));
+            assert_eq!(discarded.status.code(), Some(0), "{mode}");
+            assert_eq!(text(&discarded.stdout), "", "{mode}: never started");
+        }
     }
 }

@@ -289,15 +289,17 @@ impl ProcessLauncher {
             .split_first()
             .ok_or_else(|| LaunchError("empty command".into()))?;
         let pid_namespace = self.containment == Containment::PidNamespace;
-        let mut process = if containment::helper_ready() {
-            let (helper, helper_args) = containment::helper(self.containment, standby);
-            let mut process = Command::new(helper);
-            process.args(helper_args).arg(program);
-            process
-        } else {
-            let mut process = Command::new(program);
-            containment::in_forked_child(&mut process, pid_namespace);
-            process
+        let mut process = match containment::helper(self.containment, standby) {
+            Some((helper, helper_args)) => {
+                let mut process = Command::new(helper);
+                process.args(helper_args).arg(program);
+                process
+            }
+            None => {
+                let mut process = Command::new(program);
+                containment::in_forked_child(&mut process, pid_namespace);
+                process
+            }
         };
         if standby {
             // The word to exec comes on stdin, with the start's TRACEPARENT; killed if never used.
@@ -328,7 +330,7 @@ impl ProcessLauncher {
     /// Whether `spec` is restarted without delay and was launched before (its standby's slot exists).
     /// Registers this launch as its first otherwise.
     fn keeps_standby(&self, spec: &ServiceSpec) -> bool {
-        if !spec.restart.initial_delay.is_zero() || !containment::helper_ready() {
+        if !spec.restart.initial_delay.is_zero() || !containment::helper_available() {
             return false;
         }
         let mut standbys = self
