@@ -20,10 +20,13 @@
 //! then ends the same way the service did (same exit code, or same signal). SIGKILL of the group kills the
 //! shim and the init at once, and with the init the whole namespace. If the orchestrator dies, the shim
 //! dies (parent-death signal), the init dies (its own parent-death signal), and the namespace with it.
-//! The orchestrator never forks: it starts the orchestrator's own binary as a small helper with
-//! `posix_spawn` ([`helper`]), and the helper sets the parent-death signal, creates the namespace, forks the
-//! init and the service (cheap: the helper is a fresh, small process) and execs the service's program. The
-//! shim and the init are the helper running a loop of async-signal-safe system calls.
+//! The orchestrator never forks: it starts a small helper with `posix_spawn` ([`helper`]), and the helper
+//! sets the parent-death signal, creates the namespace, forks the init and the service (cheap: the helper
+//! is a fresh, small process) and execs the service's program. The shim and the init are the helper
+//! running a loop of async-signal-safe system calls. The helper is `fog-spawn` ([`spawner`]: a static
+//! program without libc, embedded in the binary) where it can run, else the orchestrator's own binary
+//! ([`helper_entry`], this module's `run_helper`), which behaves the same and costs milliseconds more per
+//! start.
 //!
 //! Elsewhere the fallback is the process group: SIGTERM and SIGKILL reach every process that stayed in
 //! it, but a `setsid` daemon escapes, and grandchildren survive a SIGKILL of the orchestrator. The active
