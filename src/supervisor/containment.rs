@@ -494,110 +494,115 @@ unsafe fn run_shim(init: libc::pid_t, status_read: libc::c_int) -> ! {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::io::Write as _;
-    use std::os::unix::process::ExitStatusExt as _;
-    use std::process::{Command, Output, Stdio};
-
     #[test]
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     fn the_spawn_helper_is_embedded_and_runs_from_memory() {
-        let spawner = spawner().expect("the embedded spawn helper runs here");
+        let spawner = super::spawner().expect("the embedded spawn helper runs here");
         assert!(spawner.starts_with(format!("/proc/{}/fd/", std::process::id())));
     }
 
-    /// Runs `command` through the embedded spawn helper in `mode`, writing `input` to its stdin.
-    fn through_spawner(mode: &str, command: &[&str], input: Option<&str>) -> Output {
-        let (program, arguments) = helper(Containment::ProcessGroup, false).expect("a spawn helper");
-        let mut process = Command::new(program);
-        process
-            .args(&arguments[..2])
-            .arg(mode)
-            .args(command)
-            .env("TRACEPARENT", "inherited")
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = process.spawn().expect("the helper starts");
-        if let Some(input) = input {
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(input.as_bytes()).unwrap();
-        }
-        child.wait_with_output().unwrap()
-    }
+    /// `fog-spawn` itself, run as real processes.
+    #[cfg(fog_spawner)]
+    mod fog_spawn {
+        use super::super::*;
+        use std::io::Write as _;
+        use std::os::unix::process::ExitStatusExt as _;
+        use std::process::{Command, Output, Stdio};
 
-    fn text(bytes: &[u8]) -> String {
-        String::from_utf8_lossy(bytes).into_owned()
-    }
-
-    /// The modes the kernel lets this process use.
-    fn modes() -> Vec<&'static str> {
-        match Containment::detect() {
-            Containment::PidNamespace => vec!["process-group", "pid-namespace"],
-            Containment::ProcessGroup => vec!["process-group"],
+        /// Runs `command` through the embedded spawn helper in `mode`, writing `input` to its stdin.
+        fn through_spawner(mode: &str, command: &[&str], input: Option<&str>) -> Output {
+            let (program, arguments) = helper(Containment::ProcessGroup, false).expect("a spawn helper");
+            let mut process = Command::new(program);
+            process
+                .args(&arguments[..2])
+                .arg(mode)
+                .args(command)
+                .env("TRACEPARENT", "inherited")
+                .stdin(if input.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = process.spawn().expect("the helper starts");
+            if let Some(input) = input {
+                let mut stdin = child.stdin.take().unwrap();
+                stdin.write_all(input.as_bytes()).unwrap();
+            }
+            child.wait_with_output().unwrap()
         }
-    }
 
-    #[test]
-    fn the_helper_ends_as_the_service_did() {
-        for mode in modes() {
-            let exited = through_spawner(mode, &["sh", "-c", "echo out; echo err >&2; exit 3"], None);
-            assert_eq!(exited.status.code(), Some(3), "{mode}");
-            assert_eq!(text(&exited.stdout), "out\n", "{mode}");
-            assert_eq!(text(&exited.stderr), "err\n", "{mode}");
-            let killed = through_spawner(mode, &["sh", "-c", "kill -TERM $$"], None);
-            assert_eq!(killed.status.signal(), Some(libc::SIGTERM), "{mode}");
+        fn text(bytes: &[u8]) -> String {
+            String::from_utf8_lossy(bytes).into_owned()
         }
-        if modes().contains(&"pid-namespace") {
-            let inside = through_spawner("pid-namespace", &["sh", "-c", "echo $$"], None);
-            assert_eq!(
-                text(&inside.stdout),
-                "2\n",
-                "the service is PID 2 of its namespace"
-            );
-        }
-    }
 
-    #[test]
-    fn the_helper_looks_programs_up_as_execvp_does_and_says_what_cannot_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("no-shebang");
-        std::fs::write(&script, "echo ran with \"$1\"\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        for mode in modes() {
-            let ran = through_spawner(mode, &[script.to_str().unwrap(), "one"], None);
-            assert_eq!(
-                text(&ran.stdout),
-                "ran with one\n",
-                "{mode}: a script without #! runs in sh"
-            );
-            let missing = through_spawner(mode, &["no-such-program-anywhere"], None);
-            assert_eq!(missing.status.code(), Some(127), "{mode}");
-            assert_eq!(
-                text(&missing.stderr),
-                "fog-orchestrator: cannot start no-such-program-anywhere: No such file or directory (os error 2)\n"
-            );
+        /// The modes the kernel lets this process use.
+        fn modes() -> Vec<&'static str> {
+            match Containment::detect() {
+                Containment::PidNamespace => vec!["process-group", "pid-namespace"],
+                Containment::ProcessGroup => vec!["process-group"],
+            }
         }
-    }
 
-    #[test]
-    fn a_standby_execs_on_its_word_with_that_traceparent_and_leaves_quietly_without_one() {
-        let print = ["sh", "-c", "echo \"${TRACEPARENT-unset}\"; cat"];
-        for mode in modes() {
-            let standby = format!("{mode},{STANDBY}");
-            let started = through_spawner(&standby, &print, Some("00-trace-span-01\nnot for the service\n"));
-            assert!(started.status.success(), "{mode}");
-            // The word's TRACEPARENT replaces the inherited one; stdin is /dev/null afterwards.
-            assert_eq!(text(&started.stdout), "00-trace-span-01\n", "{mode}");
-            let untraced = through_spawner(&standby, &print, Some("\n"));
-            assert_eq!(text(&untraced.stdout), "unset\n", "{mode}");
-            let discarded = through_spawner(&standby, &print, Some(""));
-            assert_eq!(discarded.status.code(), Some(0), "{mode}");
-            assert_eq!(text(&discarded.stdout), "", "{mode}: never started");
+        #[test]
+        fn the_helper_ends_as_the_service_did() {
+            for mode in modes() {
+                let exited = through_spawner(mode, &["sh", "-c", "echo out; echo err >&2; exit 3"], None);
+                assert_eq!(exited.status.code(), Some(3), "{mode}");
+                assert_eq!(text(&exited.stdout), "out\n", "{mode}");
+                assert_eq!(text(&exited.stderr), "err\n", "{mode}");
+                let killed = through_spawner(mode, &["sh", "-c", "kill -TERM $$"], None);
+                assert_eq!(killed.status.signal(), Some(libc::SIGTERM), "{mode}");
+            }
+            if modes().contains(&"pid-namespace") {
+                let inside = through_spawner("pid-namespace", &["sh", "-c", "echo $$"], None);
+                assert_eq!(
+                    text(&inside.stdout),
+                    "2\n",
+                    "the service is PID 2 of its namespace"
+                );
+            }
+        }
+
+        #[test]
+        fn the_helper_looks_programs_up_as_execvp_does_and_says_what_cannot_start() {
+            let dir = tempfile::tempdir().unwrap();
+            let script = dir.path().join("no-shebang");
+            std::fs::write(&script, "echo ran with \"$1\"\n").unwrap();
+            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            for mode in modes() {
+                let ran = through_spawner(mode, &[script.to_str().unwrap(), "one"], None);
+                assert_eq!(
+                    text(&ran.stdout),
+                    "ran with one\n",
+                    "{mode}: a script without #! runs in sh"
+                );
+                let missing = through_spawner(mode, &["no-such-program-anywhere"], None);
+                assert_eq!(missing.status.code(), Some(127), "{mode}");
+                assert_eq!(
+                    text(&missing.stderr),
+                    "fog-orchestrator: cannot start no-such-program-anywhere: No such file or directory (os error 2)\n"
+                );
+            }
+        }
+
+        #[test]
+        fn a_standby_execs_on_its_word_with_that_traceparent_and_leaves_quietly_without_one() {
+            let print = ["sh", "-c", "echo \"${TRACEPARENT-unset}\"; cat"];
+            for mode in modes() {
+                let standby = format!("{mode},{STANDBY}");
+                let started =
+                    through_spawner(&standby, &print, Some("00-trace-span-01\nnot for the service\n"));
+                assert!(started.status.success(), "{mode}");
+                // The word's TRACEPARENT replaces the inherited one; stdin is /dev/null afterwards.
+                assert_eq!(text(&started.stdout), "00-trace-span-01\n", "{mode}");
+                let untraced = through_spawner(&standby, &print, Some("\n"));
+                assert_eq!(text(&untraced.stdout), "unset\n", "{mode}");
+                let discarded = through_spawner(&standby, &print, Some(""));
+                assert_eq!(discarded.status.code(), Some(0), "{mode}");
+                assert_eq!(text(&discarded.stdout), "", "{mode}: never started");
+            }
         }
     }
 }
