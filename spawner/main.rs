@@ -41,6 +41,7 @@ mod sys {
     pub const WRITE: usize = 1;
     pub const CLOSE: usize = 3;
     pub const MMAP: usize = 9;
+    pub const RT_SIGACTION: usize = 13;
     pub const RT_SIGPROCMASK: usize = 14;
     pub const DUP2: usize = 33;
     pub const GETPID: usize = 39;
@@ -76,6 +77,8 @@ mod sys {
     pub const SIG_SETMASK: usize = 2;
     pub const WNOHANG: usize = 1;
     pub const SIGKILL: usize = 9;
+    pub const SIGSTOP: usize = 19;
+    pub const CLOSE_RANGE_CLOEXEC: usize = 4;
     /// The signals the namespace's init passes on to every process of the namespace.
     pub const FORWARDED: [usize; 6] = [15, 2, 1, 3, 10, 12];
 
@@ -268,6 +271,8 @@ unsafe fn run(start: &Start) -> ! {
             fail(&[b"cannot create the service's PID namespace"], Some(error));
         }
     }
+    // Before a standby's wait, so that its word to start is followed by the exec alone.
+    clean_start();
     let standby = words.any(|word| word == b"standby");
     // SAFETY: the environment is the kernel's NULL-terminated array.
     let mut environment = unsafe { Environment::new(start.envp, standby) };
@@ -277,6 +282,24 @@ unsafe fn run(start: &Start) -> ! {
     }
     // SAFETY: argv[4..] is the service's command line, NULL-terminated.
     unsafe { exec(start, program, environment.pointers) }
+}
+
+/// As `clean_start` in `src/supervisor/containment.rs`: every signal back to its default action (an
+/// ignored one would stay ignored across the exec), and every descriptor from 3 up closed at the exec (the
+/// orchestrator's are already; this closes what it inherited itself).
+fn clean_start() {
+    // struct sigaction as the kernel takes it, all zero: SIG_DFL, no flags, an empty mask.
+    let default = [0usize; 4];
+    for signal in 1..=64 {
+        if signal != sys::SIGKILL && signal != sys::SIGSTOP {
+            // SAFETY: changes this process's own disposition; the kernel reads 32 bytes from a local.
+            unsafe {
+                sys::call(sys::RT_SIGACTION, [signal, default.as_ptr() as usize, 0, 8, 0, 0]);
+            }
+        }
+    }
+    // SAFETY: marks this process's own descriptors close-on-exec.
+    unsafe { sys::call3(sys::CLOSE_RANGE, 3, u32::MAX as usize, sys::CLOSE_RANGE_CLOEXEC) };
 }
 
 /// The environment the service gets: as inherited, except that a standby's `TRACEPARENT` is the one the

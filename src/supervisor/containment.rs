@@ -281,6 +281,8 @@ fn run_helper(args: &[std::ffi::OsString]) -> ! {
             }
         }
     }
+    // SAFETY: this process is single-threaded and about to exec.
+    unsafe { clean_start() };
     let error = command.exec();
     fail(format!("cannot start {}: {error}", program.to_string_lossy()))
 }
@@ -325,8 +327,44 @@ pub(super) fn in_forked_child(process: &mut tokio::process::Command, pid_namespa
             if pid_namespace {
                 enter_pid_namespace()?;
             }
+            clean_start();
             Ok(())
         });
+    }
+}
+
+/// What the service's process does before its exec, whichever way it was started: every signal back to its
+/// default action (an ignored one stays ignored across exec: the orchestrator ignores SIGPIPE, and may
+/// have been started with SIGQUIT or SIGINT ignored, as background jobs of a shell are), and every
+/// descriptor from 3 up closed at the exec (the orchestrator's are already; this closes what it inherited
+/// itself, such as a CI runner's pipes, which a service would otherwise hold open).
+///
+/// # Safety
+/// Call only in the service's process, single-threaded, before its exec; async-signal-safe.
+unsafe fn clean_start() {
+    // SAFETY: rt_sigaction and close_range only change this process's own dispositions and descriptors.
+    unsafe {
+        // The kernel's struct sigaction, all zero (SIG_DFL, no flags, an empty mask), through the system
+        // call: glibc's sigaction refuses the two signals it reserves (32 and 33), which can be ignored too.
+        let default = [0u64; 4];
+        for signal in 1..=64 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    default.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
+        // Marked, not closed: std's spawn reports a failed exec through a descriptor of its own.
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        );
     }
 }
 
@@ -583,6 +621,40 @@ mod tests {
                 assert_eq!(
                     text(&missing.stderr),
                     "fog-orchestrator: cannot start no-such-program-anywhere: No such file or directory (os error 2)\n"
+                );
+            }
+        }
+
+        #[test]
+        fn the_service_starts_with_default_signals_and_no_inherited_descriptors() {
+            use std::os::unix::process::CommandExt as _;
+            for mode in modes() {
+                let (program, arguments) = helper(Containment::ProcessGroup, false).unwrap();
+                let mut process = Command::new(program);
+                process
+                    .args(&arguments[..2])
+                    .args([
+                        mode,
+                        "sh",
+                        "-c",
+                        "ls /proc/self/fd; grep SigIgn /proc/self/status",
+                    ])
+                    .stdout(Stdio::piped());
+                // As an orchestrator started in the background by a shell, with a descriptor it inherited.
+                // SAFETY: signal and dup2 are async-signal-safe; they change the child's own state.
+                unsafe {
+                    process.pre_exec(|| {
+                        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                        libc::signal(libc::SIGINT, libc::SIG_IGN);
+                        libc::dup2(1, 7);
+                        Ok(())
+                    });
+                }
+                let output = process.output().unwrap();
+                assert_eq!(
+                    text(&output.stdout),
+                    "0\n1\n2\n3\nSigIgn:\t0000000000000000\n",
+                    "{mode}: only stdin, stdout, stderr (and ls's own directory); nothing ignored"
                 );
             }
         }

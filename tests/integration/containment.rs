@@ -258,3 +258,52 @@ async fn output_can_go_to_a_rotated_file_of_its_own() {
         "nothing of it in the orchestrator's log"
     );
 }
+
+/// The orchestrator's own binary is the spawn helper where the embedded `fog-spawn` cannot run (other
+/// architectures, `vm.memfd_noexec`): run here as such, it behaves as `fog-spawn` does (whose own tests are
+/// in the library).
+#[test]
+fn the_binary_as_its_own_spawn_helper_ends_as_the_service_did_and_starts_it_clean() {
+    use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+    let modes: &[&str] = match Containment::detect() {
+        Containment::PidNamespace => &["process-group", "pid-namespace"],
+        Containment::ProcessGroup => &["process-group"],
+    };
+    let helper = |mode: &str, script: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"));
+        command
+            .args([
+                "__contain",
+                &std::process::id().to_string(),
+                mode,
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdout(std::process::Stdio::piped());
+        // As an orchestrator started in the background by a shell, with a descriptor it inherited.
+        // SAFETY: signal and dup2 are async-signal-safe; they change the child's own state.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                libc::dup2(1, 7);
+                Ok(())
+            });
+        }
+        command.output().unwrap()
+    };
+    for mode in modes {
+        assert_eq!(helper(mode, "exit 3").status.code(), Some(3), "{mode}");
+        assert_eq!(
+            helper(mode, "kill -TERM $$").status.signal(),
+            Some(libc::SIGTERM),
+            "{mode}"
+        );
+        let clean = helper(mode, "ls /proc/self/fd; grep SigIgn /proc/self/status");
+        assert_eq!(
+            String::from_utf8_lossy(&clean.stdout),
+            "0\n1\n2\n3\nSigIgn:\t0000000000000000\n",
+            "{mode}: only stdin, stdout, stderr (and ls's own directory); nothing ignored"
+        );
+    }
+}
