@@ -539,6 +539,45 @@ mod tests {
         assert!(spawner.starts_with(format!("/proc/{}/fd/", std::process::id())));
     }
 
+    /// The fallback where there is no helper at all: the orchestrator forks, and the child contains itself.
+    #[tokio::test]
+    async fn a_forked_service_is_contained_and_starts_clean() {
+        let modes: &[bool] = match super::Containment::detect() {
+            super::Containment::PidNamespace => &[false, true],
+            super::Containment::ProcessGroup => &[false],
+        };
+        for &pid_namespace in modes {
+            let mut command = tokio::process::Command::new("sh");
+            command
+                .args([
+                    "-c",
+                    "ls /proc/self/fd; grep SigIgn /proc/self/status; echo $$; exit 3",
+                ])
+                .stdout(std::process::Stdio::piped());
+            // As an orchestrator started in the background by a shell, with a descriptor it inherited.
+            // SAFETY: signal and dup2 are async-signal-safe; they change the child's own state.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                    libc::dup2(1, 7);
+                    Ok(())
+                });
+            }
+            super::in_forked_child(&mut command, pid_namespace);
+            let output = command.output().await.unwrap();
+            assert_eq!(output.status.code(), Some(3), "namespace: {pid_namespace}");
+            let text = String::from_utf8_lossy(&output.stdout);
+            let (clean, pid) = text
+                .split_once("0000000000000000\n")
+                .unwrap_or_else(|| panic!("a signal ignored: {text}"));
+            assert_eq!(
+                clean, "0\n1\n2\n3\nSigIgn:\t",
+                "only stdin, stdout, stderr and ls's own"
+            );
+            assert_eq!(pid == "2\n", pid_namespace, "PID 2 of its own namespace: {pid}");
+        }
+    }
+
     /// `fog-spawn` itself, run as real processes.
     #[cfg(fog_spawner)]
     mod fog_spawn {
