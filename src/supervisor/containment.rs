@@ -539,6 +539,19 @@ mod tests {
         assert!(spawner.starts_with(format!("/proc/{}/fd/", std::process::id())));
     }
 
+    /// For `pre_exec`: the process starts as an orchestrator started in the background by a shell does,
+    /// with SIGQUIT ignored, and with a descriptor it inherited (7). Async-signal-safe: signal and dup2.
+    fn as_a_background_job() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+        || {
+            // SAFETY: both change this (forked) process's own state.
+            unsafe {
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                libc::dup2(1, 7);
+            }
+            Ok(())
+        }
+    }
+
     /// The fallback where there is no helper at all: the orchestrator forks, and the child contains itself.
     #[tokio::test]
     async fn a_forked_service_is_contained_and_starts_clean() {
@@ -554,15 +567,8 @@ mod tests {
                     "ls /proc/self/fd; grep SigIgn /proc/self/status; echo $$; exit 3",
                 ])
                 .stdout(std::process::Stdio::piped());
-            // As an orchestrator started in the background by a shell, with a descriptor it inherited.
-            // SAFETY: signal and dup2 are async-signal-safe; they change the child's own state.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-                    libc::dup2(1, 7);
-                    Ok(())
-                });
-            }
+            // SAFETY: the closure is async-signal-safe (see `as_a_background_job`).
+            unsafe { command.pre_exec(as_a_background_job()) };
             super::in_forked_child(&mut command, pid_namespace);
             let output = command.output().await.unwrap();
             assert_eq!(output.status.code(), Some(3), "namespace: {pid_namespace}");
@@ -679,16 +685,8 @@ mod tests {
                         "ls /proc/self/fd; grep SigIgn /proc/self/status",
                     ])
                     .stdout(Stdio::piped());
-                // As an orchestrator started in the background by a shell, with a descriptor it inherited.
-                // SAFETY: signal and dup2 are async-signal-safe; they change the child's own state.
-                unsafe {
-                    process.pre_exec(|| {
-                        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-                        libc::signal(libc::SIGINT, libc::SIG_IGN);
-                        libc::dup2(1, 7);
-                        Ok(())
-                    });
-                }
+                // SAFETY: the closure is async-signal-safe (see `as_a_background_job`).
+                unsafe { process.pre_exec(super::as_a_background_job()) };
                 let output = process.output().unwrap();
                 assert_eq!(
                     text(&output.stdout),
