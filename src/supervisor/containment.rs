@@ -592,10 +592,14 @@ mod tests {
         use std::os::unix::process::ExitStatusExt as _;
         use std::process::{Command, Output, Stdio};
 
-        /// Runs `command` through the embedded spawn helper in `mode`, writing `input` to its stdin.
+        /// Runs `command` through the embedded spawn helper in `mode`, started as a shell's background job
+        /// ([`super::as_a_background_job`]), writing `input` to its stdin.
         fn through_spawner(mode: &str, command: &[&str], input: Option<&str>) -> Output {
+            use std::os::unix::process::CommandExt as _;
             let (program, arguments) = helper(Containment::ProcessGroup, false).expect("a spawn helper");
             let mut process = Command::new(program);
+            // SAFETY: the closure is async-signal-safe (see `as_a_background_job`).
+            unsafe { process.pre_exec(super::as_a_background_job()) };
             process
                 .args(&arguments[..2])
                 .arg(mode)
@@ -672,22 +676,12 @@ mod tests {
 
         #[test]
         fn the_service_starts_with_default_signals_and_no_inherited_descriptors() {
-            use std::os::unix::process::CommandExt as _;
             for mode in modes() {
-                let (program, arguments) = helper(Containment::ProcessGroup, false).unwrap();
-                let mut process = Command::new(program);
-                process
-                    .args(&arguments[..2])
-                    .args([
-                        mode,
-                        "sh",
-                        "-c",
-                        "ls /proc/self/fd; grep SigIgn /proc/self/status",
-                    ])
-                    .stdout(Stdio::piped());
-                // SAFETY: the closure is async-signal-safe (see `as_a_background_job`).
-                unsafe { process.pre_exec(super::as_a_background_job()) };
-                let output = process.output().unwrap();
+                let output = through_spawner(
+                    mode,
+                    &["sh", "-c", "ls /proc/self/fd; grep SigIgn /proc/self/status"],
+                    None,
+                );
                 assert_eq!(
                     text(&output.stdout),
                     "0\n1\n2\n3\nSigIgn:\t0000000000000000\n",

@@ -269,15 +269,18 @@ impl Launcher for ProcessLauncher {
 
     fn forget(&self, name: &str) {
         // Dropping the standby's child kills it (`kill_on_drop`): its init, and with it the namespace.
-        let mut standbys = self
-            .standbys
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        standbys.remove(name);
+        self.standbys().remove(name);
     }
 }
 
 impl ProcessLauncher {
+    /// The standbys, locked (a panic elsewhere while holding them leaves them usable).
+    fn standbys(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Option<Standby>>> {
+        self.standbys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Spawns `command` for `spec` (as a standby, waiting for the word to exec, when `standby`).
     fn spawn(
         &self,
@@ -333,10 +336,7 @@ impl ProcessLauncher {
         if !spec.restart.initial_delay.is_zero() || !containment::helper_available() {
             return false;
         }
-        let mut standbys = self
-            .standbys
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut standbys = self.standbys();
         if standbys.contains_key(spec.name.as_str()) {
             return true;
         }
@@ -347,13 +347,7 @@ impl ProcessLauncher {
     /// `spec`'s standby, told to exec now, if it has one made for this very spec and still alive; a stale
     /// one is dropped (and so killed).
     async fn take_standby(&self, spec: &ServiceSpec) -> Option<tokio::process::Child> {
-        let mut standby = {
-            let mut standbys = self
-                .standbys
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            standbys.get_mut(spec.name.as_str())?.take()?
-        };
+        let mut standby = self.standbys().get_mut(spec.name.as_str())?.take()?;
         if standby.spec != *spec || !matches!(standby.child.try_wait(), Ok(None)) {
             return None;
         }
@@ -380,11 +374,7 @@ impl ProcessLauncher {
                     return;
                 }
             };
-            let mut standbys = launcher
-                .standbys
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(slot) = standbys.get_mut(spec.name.as_str())
+            if let Some(slot) = launcher.standbys().get_mut(spec.name.as_str())
                 && slot.is_none()
             {
                 *slot = Some(Standby { spec, child });
