@@ -229,9 +229,7 @@ impl Client {
         if let Some(mut stream) = self.take(service, target) {
             match exchange(&mut stream, &request).await {
                 Ok((response, reusable)) => {
-                    if reusable {
-                        self.keep(service, &target.address, stream);
-                    }
+                    self.keep_or_reset(service, &target.address, stream, reusable);
                     return Ok(response);
                 }
                 // The server closed the kept connection before (or as) this request went out: an ordinary
@@ -243,9 +241,7 @@ impl Client {
         let mut stream = self.connect(target).await?;
         match exchange(&mut stream, &request).await {
             Ok((response, reusable)) => {
-                if reusable {
-                    self.keep(service, &target.address, stream);
-                }
+                self.keep_or_reset(service, &target.address, stream, reusable);
                 Ok(response)
             }
             Err(Exchange::Unanswered(error)) => Err(Failure::Io(error)),
@@ -285,6 +281,20 @@ impl Client {
         let kept = idle.get_mut(service)?.take()?;
         let same = kept.address == target.address && kept.stream.is_tls() == target.tls.is_some();
         (same && kept.since.elapsed() < IDLE_LIMIT).then_some(kept.stream)
+    }
+
+    /// After a whole response: keeps the connection for the next check if it may carry another, else drops
+    /// it. A server that does not keep connections has already closed its side (it said `Connection:
+    /// close`, or ended the body by closing), and a plain one is dropped with a reset instead of a FIN, as
+    /// kubelet and HAProxy close their probes' connections: the server's socket goes at once instead of
+    /// waiting a minute in TIME_WAIT for every check, and neither kernel exchanges the closing handshake.
+    fn keep_or_reset(&self, service: &str, address: &str, stream: Connection, reusable: bool) {
+        if reusable {
+            self.keep(service, address, stream);
+        } else if let Connection::Plain(stream) = &stream {
+            // Should the option not take, the connection closes the ordinary way.
+            let _ = stream.set_zero_linger();
+        }
     }
 
     fn keep(&self, service: &str, address: &str, stream: Connection) {

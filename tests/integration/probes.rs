@@ -182,6 +182,25 @@ async fn http_opens_a_new_connection_when_the_target_closes_each() {
 }
 
 #[tokio::test]
+async fn http_resets_a_connection_the_server_is_closing_instead_of_closing_it_in_turn() {
+    // A server that says `connection: close` is closing its side: the probe drops the connection with a
+    // reset, so the server's socket does not wait in TIME_WAIT. A FIN would read here as an end (Ok(0)).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buffer = vec![0u8; 4096];
+        stream.read(&mut buffer).await.unwrap();
+        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+        stream.write_all(response).await.unwrap();
+        stream.read(&mut buffer).await.map_err(|error| error.kind())
+    });
+    let outcome = NetworkProber::default().probe("web", &Probe::http(url)).await;
+    assert!(outcome.passed, "{outcome:?}");
+    assert_eq!(server.await.unwrap(), Err(std::io::ErrorKind::ConnectionReset));
+}
+
+#[tokio::test]
 async fn http_retries_once_when_a_kept_connection_was_closed_meanwhile() {
     // Keeps the connection open (no `connection: close`) but closes it after the response: the next
     // check finds its kept connection closed and must not fail for that.
