@@ -3,7 +3,13 @@
 //!
 //! ```text
 //! fog-spawn __contain PARENT MODE PROGRAM [ARGS...]
+//! fog-spawn __serve PARENT
 //! ```
+//!
+//! The second form is the spawn server: one long-lived process that starts each service with a clone of
+//! itself (a few pages) instead of the orchestrator's `posix_spawn`, whose cost grows with the
+//! orchestrator's descriptors (three per service) and which holds the calling thread until the exec. See
+//! [`serve`] for its requests.
 //!
 //! It exists for speed. Exec'ing the orchestrator's own binary costs its dynamic loading, relocations and
 //! glibc's start-up (CPU feature detection with `cpuid`, which traps to the hypervisor on virtual machines)
@@ -57,9 +63,15 @@ mod sys {
     pub const UNSHARE: usize = 272;
     pub const PIPE2: usize = 293;
     pub const CLOSE_RANGE: usize = 436;
+    pub const RECVMSG: usize = 47;
+    pub const CLONE: usize = 56;
+    pub const CHDIR: usize = 80;
+    pub const SETPGID: usize = 109;
 
     pub const ENOENT: isize = 2;
     pub const EINTR: isize = 4;
+    pub const E2BIG: isize = 7;
+    pub const EINVAL: isize = 22;
     pub const ENOEXEC: isize = 8;
     pub const EACCES: isize = 13;
     pub const ENODEV: isize = 19;
@@ -79,6 +91,13 @@ mod sys {
     pub const SIGKILL: usize = 9;
     pub const SIGSTOP: usize = 19;
     pub const CLOSE_RANGE_CLOEXEC: usize = 4;
+    pub const CLONE_PARENT: usize = 0x8000;
+    pub const SIGCHLD: usize = 17;
+    pub const MSG_TRUNC: i32 = 0x20;
+    pub const MSG_CTRUNC: i32 = 0x08;
+    pub const MSG_CMSG_CLOEXEC: usize = 0x4000_0000;
+    pub const SOL_SOCKET: u64 = 1;
+    pub const SCM_RIGHTS: u64 = 1;
     /// The signals the namespace's init passes on to every process of the namespace.
     pub const FORWARDED: [usize; 6] = [15, 2, 1, 3, 10, 12];
 
@@ -232,26 +251,25 @@ extern "C" fn entry(stack: *const usize) -> ! {
         }
     };
     // SAFETY: a single-threaded process with its arguments as the kernel gave them.
-    unsafe { run(&start) }
+    unsafe {
+        match start.arg(1) {
+            Some(mode) if bytes(mode) == b"__serve" => serve(&start),
+            _ => run(&start),
+        }
+    }
 }
 
-/// `__contain PARENT MODE PROGRAM [ARGS...]`: see the module documentation.
-///
-/// # Safety
-/// `start` must describe this process's own arguments and environment.
-unsafe fn run(start: &Start) -> ! {
-    let (Some(parent), Some(mode), Some(program)) = (start.arg(2), start.arg(3), start.arg(4)) else {
-        fail(
-            &[b"the spawn helper needs __contain PARENT MODE PROGRAM [ARGS...]"],
-            None,
-        );
-    };
-    // SAFETY: the arguments are NUL-terminated strings that live as long as the process.
-    let (parent, mode, program) = unsafe { (bytes(parent), bytes(mode), bytes(program)) };
-    let parent = parent.iter().try_fold(0usize, |pid, digit| {
-        digit
-            .is_ascii_digit()
-            .then(|| pid * 10 + usize::from(digit - b'0'))
+/// Dies with the orchestrator (`PARENT`, this process's parent): the parent-death signal, and a check that
+/// the parent did not die before it was set.
+fn bind_to_parent(parent: Option<CStr>) {
+    // SAFETY: the argument is a NUL-terminated string that lives as long as the process.
+    let parent = parent.map(|parent| unsafe { bytes(parent) });
+    let parent = parent.and_then(|parent| {
+        parent.iter().try_fold(0usize, |pid, digit| {
+            digit
+                .is_ascii_digit()
+                .then(|| pid * 10 + usize::from(digit - b'0'))
+        })
     });
     // SAFETY: prctl and getppid only read and set this process's own attributes.
     unsafe {
@@ -264,6 +282,22 @@ unsafe fn run(start: &Start) -> ! {
             fail(&[b"the orchestrator exited while starting the service"], None);
         }
     }
+}
+
+/// `__contain PARENT MODE PROGRAM [ARGS...]`: see the module documentation.
+///
+/// # Safety
+/// `start` must describe this process's own arguments and environment.
+unsafe fn run(start: &Start) -> ! {
+    let (Some(mode), Some(program)) = (start.arg(3), start.arg(4)) else {
+        fail(
+            &[b"the spawn helper needs __contain PARENT MODE PROGRAM [ARGS...]"],
+            None,
+        );
+    };
+    // SAFETY: the arguments are NUL-terminated strings that live as long as the process.
+    let (mode, program) = unsafe { (bytes(mode), bytes(program)) };
+    bind_to_parent(start.arg(2));
     let mut words = mode.split(|byte| *byte == b',');
     if words.next() == Some(b"pid-namespace") {
         // SAFETY: this process is single-threaded.
@@ -282,6 +316,242 @@ unsafe fn run(start: &Start) -> ! {
     }
     // SAFETY: argv[4..] is the service's command line, NULL-terminated.
     unsafe { exec(start, program, environment.pointers) }
+}
+
+/// The largest request the spawn server takes (command line, environment and working directory).
+const REQUEST_LIMIT: usize = 256 * 1024;
+/// The most arguments, and the most environment variables, a request may carry.
+const ENTRIES: usize = 16 * 1024;
+
+/// The request being served; a clone starts with its own copy.
+static mut REQUEST: [u8; REQUEST_LIMIT] = [0; REQUEST_LIMIT];
+/// The request's arguments, NULL-terminated, as `__contain` takes them from the kernel.
+static mut ARGV: [CStr; ENTRIES + 1] = [core::ptr::null(); ENTRIES + 1];
+/// The request's environment, NULL-terminated.
+static mut ENVP: [CStr; ENTRIES + 1] = [core::ptr::null(); ENTRIES + 1];
+/// The server's arguments' memory: where a clone writes its command line.
+static mut TITLE: (*mut u8, usize) = (core::ptr::null_mut(), 0);
+
+#[repr(C)]
+struct IoVec {
+    base: *mut u8,
+    len: usize,
+}
+
+#[repr(C)]
+struct MessageHeader {
+    name: usize,
+    name_len: u32,
+    iov: *mut IoVec,
+    iov_len: usize,
+    control: *mut u64,
+    control_len: usize,
+    flags: i32,
+}
+
+/// `__serve PARENT`: the spawn server, on a `SOCK_SEQPACKET` socket as stdin. Each request is one message:
+///
+/// ```text
+/// u32 argc, u32 envc (little-endian), then NUL-terminated strings: the working directory (empty: this
+/// process's), argc arguments (`__contain PARENT MODE PROGRAM [ARGS...]`), envc `NAME=value` variables
+/// ```
+///
+/// with three descriptors (`SCM_RIGHTS`): the service's stdin, stdout and stderr. The server clones itself
+/// with `CLONE_PARENT`, so the new process is the orchestrator's child (it waits for it, signals its
+/// process group, and gets its exit as before); the clone takes the descriptors as 0, 1 and 2, becomes
+/// the leader of a process group of its own, changes to the working directory, and continues as
+/// `__contain` does (the same shim, init and service). The answer is one `i32`: the new process's PID, or
+/// `-errno`. The server exits when the orchestrator closes the socket, or dies.
+///
+/// # Safety
+/// Single-threaded, with stdin the socket described above.
+unsafe fn serve(start: &Start) -> ! {
+    bind_to_parent(start.arg(2));
+    // The arguments' memory, which /proc/PID/cmdline shows: the orchestrator passes a blank fourth
+    // argument to make room for each clone's own command line (see `served`), cleared here for this one.
+    if let (Some(first), Some(last)) = (start.arg(0), start.arg(start.argc - 1)) {
+        // SAFETY: the kernel lays the arguments out one after the other, each NUL-terminated.
+        unsafe {
+            let end = last.add(length(last) + 1);
+            let blank = start.arg(3).unwrap_or(end);
+            memset(blank as *mut u8, 0, end as usize - blank as usize);
+            TITLE = (first as *mut u8, end as usize - first as usize);
+        }
+    }
+    // SAFETY: names this process.
+    unsafe { sys::call3(sys::PRCTL, sys::PR_SET_NAME, c"fog-spawner".as_ptr() as usize, 0) };
+    loop {
+        let mut control = [0u64; 8];
+        let mut iov = IoVec {
+            base: core::ptr::addr_of_mut!(REQUEST).cast(),
+            len: REQUEST_LIMIT,
+        };
+        let mut header = MessageHeader {
+            name: 0,
+            name_len: 0,
+            iov: &mut iov,
+            iov_len: 1,
+            control: control.as_mut_ptr(),
+            control_len: core::mem::size_of_val(&control),
+            flags: 0,
+        };
+        // SAFETY: receives into the static buffer and the local control buffer the header points to.
+        let received = unsafe {
+            sys::call3(
+                sys::RECVMSG,
+                0,
+                &mut header as *mut MessageHeader as usize,
+                sys::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if received == -sys::EINTR {
+            continue;
+        }
+        if received <= 0 {
+            // The orchestrator closed its end (or the socket broke): nothing more will come.
+            sys::exit(0);
+        }
+        // One control message at most: the descriptors.
+        let mut fds = [-1i32; 3];
+        let mut count = 0;
+        if header.control_len >= 16 && control[1] == sys::SOL_SOCKET | (sys::SCM_RIGHTS << 32) {
+            let length = (control[0] as usize).min(header.control_len);
+            for index in 0..(length.saturating_sub(16) / 4) {
+                let fd = (control[2 + index / 2] >> (32 * (index % 2))) as u32 as i32;
+                if count < fds.len() {
+                    fds[count] = fd;
+                } else {
+                    // SAFETY: closes a descriptor just received and owned by nothing else.
+                    unsafe { sys::call3(sys::CLOSE, fd as usize, 0, 0) };
+                }
+                count += 1;
+            }
+        }
+        let truncated = header.flags & (sys::MSG_TRUNC | sys::MSG_CTRUNC) != 0;
+        let answer = if count != fds.len() || truncated {
+            -sys::EINVAL
+        } else {
+            // SAFETY: the request is the first `received` bytes of the static buffer.
+            match unsafe { parse(received as usize) } {
+                // SAFETY: this process is single-threaded; the clone continues in `served`.
+                Ok((directory, argc)) => {
+                    match unsafe { sys::call(sys::CLONE, [sys::CLONE_PARENT | sys::SIGCHLD, 0, 0, 0, 0, 0]) }
+                    {
+                        // SAFETY: the new process, with the request parsed into ARGV and ENVP.
+                        0 => unsafe { served(fds, directory, argc) },
+                        pid => pid,
+                    }
+                }
+                Err(error) => -error,
+            }
+        };
+        for fd in fds.into_iter().filter(|fd| *fd >= 0) {
+            // SAFETY: closes the descriptors received for this request (the clone has its own).
+            unsafe { sys::call3(sys::CLOSE, fd as usize, 0, 0) };
+        }
+        let answer = answer as i32;
+        // SAFETY: writes four bytes from a local to the socket.
+        unsafe { sys::call3(sys::WRITE, 0, &answer as *const i32 as usize, 4) };
+    }
+}
+
+/// Fills ARGV and ENVP from the request in the first `length` bytes of REQUEST: its working directory
+/// and argument count, or the errno of what is wrong with it.
+///
+/// # Safety
+/// Single-threaded: the only user of the statics.
+unsafe fn parse(length: usize) -> Result<(CStr, usize), isize> {
+    // SAFETY: the caller's; the first `length` bytes were written by the kernel.
+    let (request, argv, envp) = unsafe {
+        (
+            core::slice::from_raw_parts_mut(core::ptr::addr_of_mut!(REQUEST).cast::<u8>(), length),
+            &mut *core::ptr::addr_of_mut!(ARGV),
+            &mut *core::ptr::addr_of_mut!(ENVP),
+        )
+    };
+    if length < 8 {
+        return Err(sys::EINVAL);
+    }
+    let count = |at: usize| {
+        u32::from_le_bytes([request[at], request[at + 1], request[at + 2], request[at + 3]]) as usize
+    };
+    let (argc, envc) = (count(0), count(4));
+    if argc < 5 {
+        return Err(sys::EINVAL);
+    }
+    if argc > ENTRIES || envc > ENTRIES {
+        return Err(sys::E2BIG);
+    }
+    let mut at = 8;
+    let mut next = || -> Result<CStr, isize> {
+        let end = request[at..]
+            .iter()
+            .position(|byte| *byte == 0)
+            .ok_or(sys::EINVAL)?;
+        let text = request[at..].as_ptr();
+        at += end + 1;
+        Ok(text)
+    };
+    let directory = next()?;
+    for slot in argv.iter_mut().take(argc) {
+        *slot = next()?;
+    }
+    argv[argc] = core::ptr::null();
+    for slot in envp.iter_mut().take(envc) {
+        *slot = next()?;
+    }
+    envp[envc] = core::ptr::null();
+    Ok((directory, argc))
+}
+
+/// The clone of a request: takes its descriptors as stdin, stdout and stderr, leads a process group of its
+/// own, changes to its working directory, and continues as `__contain`.
+///
+/// # Safety
+/// In the new single-threaded process, with ARGV and ENVP filled by [`parse`].
+unsafe fn served(fds: [i32; 3], directory: CStr, argc: usize) -> ! {
+    // SAFETY: system calls on this process's own descriptors and attributes, NUL-terminated paths.
+    unsafe {
+        for (target, fd) in fds.into_iter().enumerate() {
+            let error = sys::call3(sys::DUP2, fd as usize, target, 0);
+            if error < 0 {
+                fail(&[b"cannot pass the service its standard streams"], Some(-error));
+            }
+        }
+        sys::call3(sys::SETPGID, 0, 0, 0);
+        // Its command line in ps and /proc, as if the helper had been exec'd with these arguments (as far
+        // as they fit; the service's own process execs and shows its own).
+        let (title, room) = *core::ptr::addr_of!(TITLE);
+        if room > 0 {
+            memset(title, 0, room);
+            let argv: *const CStr = core::ptr::addr_of!(ARGV).cast();
+            let mut at = 0;
+            for index in 0..argc {
+                let argument = bytes(*argv.add(index));
+                let fits = argument.len().min(room.saturating_sub(at + 1));
+                memcpy(title.add(at), argument.as_ptr(), fits);
+                at += fits + 1;
+                if at >= room {
+                    break;
+                }
+            }
+        }
+        if *directory != 0 {
+            let error = sys::call3(sys::CHDIR, directory as usize, 0, 0);
+            if error < 0 {
+                fail(
+                    &[b"cannot change to the working directory ", bytes(directory)],
+                    Some(-error),
+                );
+            }
+        }
+        let start = Start {
+            argc,
+            argv: core::ptr::addr_of_mut!(ARGV).cast(),
+            envp: core::ptr::addr_of!(ENVP).cast(),
+        };
+        run(&start)
+    }
 }
 
 /// As `clean_start` in `src/supervisor/containment.rs`: every signal back to its default action (an

@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
 use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::containment::{self, Containment};
 use super::output::Output;
+use super::spawn_server::{self, Served};
 use super::state::Exit;
 use crate::config::ServiceSpec;
 use crate::health::ProbeOutcome;
@@ -224,7 +226,75 @@ const STANDBY_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 struct Standby {
     /// What it was made for: used only for the same spec.
     spec: ServiceSpec,
-    child: tokio::process::Child,
+    child: Process,
+}
+
+/// A spawned child: started by the spawn server, or `posix_spawn`ed here (through tokio).
+#[derive(Debug)]
+enum Process {
+    Served(Served),
+    Spawned(tokio::process::Child),
+}
+
+impl Process {
+    fn id(&self) -> Option<u32> {
+        match self {
+            Process::Served(served) => Some(served.id()),
+            Process::Spawned(child) => child.id(),
+        }
+    }
+
+    /// Whether it has not exited yet.
+    fn running(&mut self) -> bool {
+        match self {
+            Process::Served(served) => matches!(served.try_wait(), Ok(None)),
+            Process::Spawned(child) => matches!(child.try_wait(), Ok(None)),
+        }
+    }
+
+    /// Its stdin, when it is a pipe.
+    fn take_stdin(&mut self) -> Option<pipe::Sender> {
+        match self {
+            Process::Served(served) => served.stdin.take(),
+            Process::Spawned(child) => {
+                pipe::Sender::from_owned_fd(child.stdin.take()?.into_owned_fd().ok()?).ok()
+            }
+        }
+    }
+
+    /// Its stdout and stderr pipes.
+    fn take_output(&mut self) -> Option<Output> {
+        let (stdout, stderr) = match self {
+            Process::Served(served) => (served.stdout.take()?, served.stderr.take()?),
+            Process::Spawned(child) => {
+                let stdout = child.stdout.take()?.into_owned_fd().ok()?;
+                let stderr = child.stderr.take()?.into_owned_fd().ok()?;
+                (
+                    pipe::Receiver::from_owned_fd(stdout).ok()?,
+                    pipe::Receiver::from_owned_fd(stderr).ok()?,
+                )
+            }
+        };
+        Some(Output { stdout, stderr })
+    }
+
+    /// Waits for its exit, and reaps it.
+    async fn wait(&mut self) -> Exit {
+        let waited = match self {
+            Process::Served(served) => served.wait().await,
+            Process::Spawned(child) => {
+                child
+                    .wait()
+                    .await
+                    .map(|status| match (status.code(), status.signal()) {
+                        (Some(code), _) => Exit::Code(code),
+                        (None, Some(signal)) => Exit::Signal(signal),
+                        (None, None) => Exit::Error(format!("unknown exit status {status}")),
+                    })
+            }
+        };
+        waited.unwrap_or_else(|error| Exit::Error(format!("cannot wait for the process: {error}")))
+    }
 }
 
 impl Default for ProcessLauncher {
@@ -281,16 +351,17 @@ impl ProcessLauncher {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Spawns `command` for `spec` (as a standby, waiting for the word to exec, when `standby`).
-    fn spawn(
-        &self,
-        spec: &ServiceSpec,
-        command: &[String],
-        standby: bool,
-    ) -> Result<tokio::process::Child, LaunchError> {
+    /// Spawns `command` for `spec` (as a standby, waiting for the word to exec, when `standby`): through
+    /// the spawn server when there is one, else with `posix_spawn` of the helper (or a fork).
+    fn spawn(&self, spec: &ServiceSpec, command: &[String], standby: bool) -> Result<Process, LaunchError> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| LaunchError("empty command".into()))?;
+        if let Some(served) = self.serve(spec, command, standby) {
+            return served
+                .map(Process::Served)
+                .map_err(|error| LaunchError(format!("cannot start {program}: {error}")));
+        }
         let pid_namespace = self.containment == Containment::PidNamespace;
         let mut process = match containment::helper(self.containment, standby) {
             Some((helper, helper_args)) => {
@@ -327,7 +398,53 @@ impl ProcessLauncher {
         }
         process
             .spawn()
+            .map(Process::Spawned)
             .map_err(|error| LaunchError(format!("cannot start {program}: {error}")))
+    }
+
+    /// [`Self::spawn`] through the spawn server, with what `posix_spawn` would have given the helper: the
+    /// same arguments, the orchestrator's environment with the service's on top (and the start's
+    /// `TRACEPARENT`), the working directory. `None` when the server cannot take it.
+    fn serve(
+        &self,
+        spec: &ServiceSpec,
+        command: &[String],
+        standby: bool,
+    ) -> Option<std::io::Result<Served>> {
+        let helper = containment::spawner()?;
+        let (_, helper_args) = containment::helper(self.containment, standby)?;
+        let argv = std::iter::once(helper.as_os_str())
+            .chain(helper_args.iter().map(std::ffi::OsStr::new))
+            .chain(command.iter().map(std::ffi::OsStr::new))
+            .collect();
+        let mut env: std::collections::BTreeMap<std::ffi::OsString, std::ffi::OsString> =
+            std::env::vars_os().collect();
+        if !standby {
+            match crate::telemetry::trace::traceparent() {
+                Some(traceparent) => env.insert("TRACEPARENT".into(), traceparent.into()),
+                None => env.remove(std::ffi::OsStr::new("TRACEPARENT")),
+            };
+        }
+        env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+        let env = env
+            .into_iter()
+            .map(|(mut name, value)| {
+                name.push("=");
+                name.push(value);
+                name
+            })
+            .collect();
+        let directory = match &spec.working_dir {
+            Some(dir) => Some(std::path::absolute(dir).ok()?),
+            None => None,
+        };
+        let request = spawn_server::Request {
+            argv,
+            env,
+            directory: directory.as_deref(),
+            standby,
+        };
+        spawn_server::spawn(helper, &request)
     }
 
     /// Whether `spec` is restarted without delay and was launched before (its standby's slot exists).
@@ -346,12 +463,12 @@ impl ProcessLauncher {
 
     /// `spec`'s standby, told to exec now, if it has one made for this very spec and still alive; a stale
     /// one is dropped (and so killed).
-    async fn take_standby(&self, spec: &ServiceSpec) -> Option<tokio::process::Child> {
+    async fn take_standby(&self, spec: &ServiceSpec) -> Option<Process> {
         let mut standby = self.standbys().get_mut(spec.name.as_str())?.take()?;
-        if standby.spec != *spec || !matches!(standby.child.try_wait(), Ok(None)) {
+        if standby.spec != *spec || !standby.child.running() {
             return None;
         }
-        let mut stdin = standby.child.stdin.take()?;
+        let mut stdin = standby.child.take_stdin()?;
         // The start's TRACEPARENT (or an empty line): one short line into an empty pipe.
         let line = format!("{}\n", crate::telemetry::trace::traceparent().unwrap_or_default());
         stdin.write_all(line.as_bytes()).await.ok()?;
@@ -384,22 +501,12 @@ impl ProcessLauncher {
 }
 
 /// The instance of a spawned child: its output, a task that reaps it, and its process group to signal.
-fn started(mut child: tokio::process::Child) -> Instance {
+fn started(mut child: Process) -> Instance {
     let pid = child.id();
-    let output = match (child.stdout.take(), child.stderr.take()) {
-        (Some(stdout), Some(stderr)) => Some(Output { stdout, stderr }),
-        _ => None,
-    };
+    let output = child.take_output();
     let (sender, exit) = watch::channel(None);
     tokio::spawn(async move {
-        let status = match child.wait().await {
-            Ok(status) => match (status.code(), status.signal()) {
-                (Some(code), _) => Exit::Code(code),
-                (None, Some(signal)) => Exit::Signal(signal),
-                (None, None) => Exit::Error(format!("unknown exit status {status}")),
-            },
-            Err(error) => Exit::Error(format!("cannot wait for the process: {error}")),
-        };
+        let status = child.wait().await;
         let _ = sender.send(Some(status));
     });
     let control = ProcessGroup {

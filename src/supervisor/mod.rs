@@ -20,6 +20,7 @@ pub mod launcher;
 pub mod lifecycle;
 pub mod output;
 mod reload;
+mod spawn_server;
 pub mod state;
 
 use std::collections::HashMap;

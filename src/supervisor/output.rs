@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::process::{ChildStderr, ChildStdout};
+use tokio::net::unix::pipe;
 use tokio::time::Instant;
 
 use crate::config::OutputSettings;
@@ -26,9 +26,9 @@ const CHUNK: usize = 64 * 1024;
 /// The output pipes of a child process.
 pub struct Output {
     /// Its standard output.
-    pub stdout: ChildStdout,
+    pub stdout: pipe::Receiver,
     /// Its standard error.
-    pub stderr: ChildStderr,
+    pub stderr: pipe::Receiver,
 }
 
 /// Starts forwarding `output` of `service` as `settings` say; the tasks end when the pipes close.

@@ -42,8 +42,26 @@ fn child_pids(parent: u32) -> Vec<u32> {
     children_of(parent).into_iter().map(|(pid, _)| pid).collect()
 }
 
-/// Direct children of `parent` with their state letter (R, S, Z, ...), from /proc.
+/// Direct children of `parent` with their state letter (R, S, Z, ...), from /proc: the services' processes
+/// (not the orchestrator's spawn server, [`spawn_server_of`]).
 fn children_of(parent: u32) -> Vec<(u32, char)> {
+    all_children_of(parent)
+        .into_iter()
+        .filter(|(pid, _, name)| !(name == "fog-spawner" && command_line(*pid).contains("__serve")))
+        .map(|(pid, state, _)| (pid, state))
+        .collect()
+}
+
+/// The orchestrator's spawn server, once it started a service (x86_64 Linux: see `spawner/main.rs`).
+fn spawn_server_of(parent: u32) -> Option<u32> {
+    all_children_of(parent)
+        .into_iter()
+        .find(|(pid, _, name)| name == "fog-spawner" && command_line(*pid).contains("__serve"))
+        .map(|(pid, _, _)| pid)
+}
+
+/// Direct children of `parent` with their state letter and command name, from /proc.
+fn all_children_of(parent: u32) -> Vec<(u32, char, String)> {
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -53,12 +71,13 @@ fn children_of(parent: u32) -> Vec<(u32, char)> {
             continue;
         };
         // The command name may contain spaces; the fields after its closing parenthesis are fixed.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        let Some((head, rest)) = stat.rsplit_once(')') else {
             continue;
         };
+        let name = head.split_once('(').map_or("", |(_, name)| name);
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
-            children.push((pid, fields[0].chars().next().unwrap_or('?')));
+            children.push((pid, fields[0].chars().next().unwrap_or('?'), name.to_owned()));
         }
     }
     children
@@ -153,8 +172,10 @@ async fn no_child_survives_a_sigkill_of_the_orchestrator() {
     let mut orchestrator = Orchestrator::start(&fog_config());
     let summary = orchestrator.wait_ready().await;
     assert!(message(&summary).starts_with("10 services ready"), "{summary}");
-    let children: HashSet<u32> = child_pids(orchestrator.pid()).into_iter().collect();
+    let mut children: HashSet<u32> = child_pids(orchestrator.pid()).into_iter().collect();
     assert_eq!(children.len(), 10);
+    // The spawn server goes too, where there is one.
+    children.extend(spawn_server_of(orchestrator.pid()));
 
     orchestrator.child.start_kill().unwrap();
     orchestrator.child.wait().await.unwrap();
@@ -532,6 +553,33 @@ async fn a_restart_without_delay_starts_from_a_standby_made_in_advance_which_goe
     })
     .await;
     assert_eq!(orchestrator.stop().await.code(), Some(0));
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[tokio::test]
+async fn services_start_through_one_spawn_server_and_one_killed_is_replaced_at_the_next_start() {
+    let (mut orchestrator, _, first) = zero_delay_worker().await;
+    let parent = orchestrator.pid();
+    let server = spawn_server_of(parent).expect("a spawn server started the worker");
+    // The worker's process is a clone of the server, yet the orchestrator's own child, and shows the
+    // helper's command line (or, exec'd already, the service's).
+    assert!(child_pids(parent).contains(&first));
+    assert!(
+        command_line(first).contains("sleep 3600"),
+        "{:?}",
+        command_line(first)
+    );
+
+    signal(server, libc::SIGKILL);
+    timeout(LIMIT, exited(server)).await.expect("the server died");
+    let second = replaced(&mut orchestrator, first).await;
+    let again = spawn_server_of(parent).expect("another spawn server");
+    assert_ne!(again, server);
+    assert!(child_pids(parent).contains(&second));
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+    timeout(LIMIT, exited(again))
+        .await
+        .expect("the server ends with the orchestrator");
 }
 
 #[tokio::test]
