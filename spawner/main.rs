@@ -254,7 +254,7 @@ extern "C" fn entry(stack: *const usize) -> ! {
     unsafe {
         match start.arg(1) {
             Some(mode) if bytes(mode) == b"__serve" => serve(&start),
-            _ => run(&start),
+            _ => run(&start, false),
         }
     }
 }
@@ -288,7 +288,9 @@ fn bind_to_parent(parent: Option<CStr>) {
 ///
 /// # Safety
 /// `start` must describe this process's own arguments and environment.
-unsafe fn run(start: &Start) -> ! {
+/// `clean_signals`: this process's signals are at their default actions already (a clone of the spawn
+/// server, which reset them once), so only its descriptors need cleaning.
+unsafe fn run(start: &Start, clean_signals: bool) -> ! {
     let (Some(mode), Some(program)) = (start.arg(3), start.arg(4)) else {
         fail(
             &[b"the spawn helper needs __contain PARENT MODE PROGRAM [ARGS...]"],
@@ -306,7 +308,10 @@ unsafe fn run(start: &Start) -> ! {
         }
     }
     // Before a standby's wait, so that its word to start is followed by the exec alone.
-    clean_start();
+    if !clean_signals {
+        default_signals();
+    }
+    close_inherited();
     let standby = words.any(|word| word == b"standby");
     // SAFETY: the environment is the kernel's NULL-terminated array.
     let mut environment = unsafe { Environment::new(start.envp, standby) };
@@ -380,6 +385,16 @@ unsafe fn serve(start: &Start) -> ! {
     }
     // SAFETY: names this process.
     unsafe { sys::call3(sys::PRCTL, sys::PR_SET_NAME, c"fog-spawner".as_ptr() as usize, 0) };
+    // Once for every clone, which inherits the default actions and the empty signal mask.
+    default_signals();
+    let nothing: u64 = 0;
+    // SAFETY: sets this process's own signal mask from a local.
+    unsafe {
+        sys::call(
+            sys::RT_SIGPROCMASK,
+            [sys::SIG_SETMASK, &nothing as *const u64 as usize, 0, 8, 0, 0],
+        )
+    };
     loop {
         let mut control = [0u64; 8];
         let mut iov = IoVec {
@@ -550,14 +565,13 @@ unsafe fn served(fds: [i32; 3], directory: CStr, argc: usize) -> ! {
             argv: core::ptr::addr_of_mut!(ARGV).cast(),
             envp: core::ptr::addr_of!(ENVP).cast(),
         };
-        run(&start)
+        run(&start, true)
     }
 }
 
-/// As `clean_start` in `src/supervisor/containment.rs`: every signal back to its default action (an
-/// ignored one would stay ignored across the exec), and every descriptor from 3 up closed at the exec (the
-/// orchestrator's are already; this closes what it inherited itself).
-fn clean_start() {
+/// As `clean_start` in `src/supervisor/containment.rs`, in two parts: every signal back to its default
+/// action (an ignored one would stay ignored across the exec) ...
+fn default_signals() {
     // struct sigaction as the kernel takes it, all zero: SIG_DFL, no flags, an empty mask.
     let default = [0usize; 4];
     for signal in 1..=64 {
@@ -568,6 +582,11 @@ fn clean_start() {
             }
         }
     }
+}
+
+/// ... and every descriptor from 3 up closed at the exec (the orchestrator's are already; this closes what
+/// it inherited itself).
+fn close_inherited() {
     // SAFETY: marks this process's own descriptors close-on-exec.
     unsafe { sys::call3(sys::CLOSE_RANGE, 3, u32::MAX as usize, sys::CLOSE_RANGE_CLOEXEC) };
 }

@@ -513,6 +513,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_served_process_starts_with_no_signal_ignored_or_blocked() {
+        let mut served = serve(
+            &["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"],
+            &["PATH=/usr/bin:/bin"],
+            None,
+            false,
+        );
+        assert_eq!(
+            read_all(served.stdout.take()).await,
+            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+        );
+        assert_eq!(served.wait().await.unwrap(), Exit::Code(0));
+    }
+
+    #[tokio::test]
     async fn a_served_process_leads_its_own_group_and_passes_its_signal_on() {
         let mut served = serve(&["sleep", "60"], &["PATH=/usr/bin:/bin"], None, false);
         let pid = served.id() as libc::pid_t;
