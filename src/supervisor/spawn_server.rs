@@ -320,17 +320,20 @@ impl Served {
         // the group right after this returns must find it. After the child's exec it is refused, and done.
         // SAFETY: setpgid on our own child.
         unsafe { libc::setpgid(pid, pid) };
-        // SAFETY: pidfd_open takes a PID and flags; the result is a new descriptor or -1. The child is ours
-        // and not yet waited for, so the PID cannot have been reused.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if pidfd < 0 {
-            let error = io::Error::last_os_error();
+        // What cannot be watched is not left running: killed and reaped at once.
+        let abandon = |error: io::Error| {
             // SAFETY: kills and reaps our own child, which nothing else will.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
                 libc::waitpid(pid, std::ptr::null_mut(), 0);
             }
-            return Err(error);
+            error
+        };
+        // SAFETY: pidfd_open takes a PID and flags; the result is a new descriptor or -1. The child is ours
+        // and not yet waited for, so the PID cannot have been reused.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if pidfd < 0 {
+            return Err(abandon(io::Error::last_os_error()));
         }
         // SAFETY: the descriptor just created, owned by nothing else; an OwnedFd keeps it open and the same
         // for as long as the AsyncFd holds it.
@@ -339,16 +342,23 @@ impl Served {
                 OwnedFd::from_raw_fd(pidfd as RawFd),
                 tokio::io::Interest::READABLE,
             )
-        }?;
-        Ok(Self {
+        }
+        .map_err(|error| abandon(error.into()))?;
+        // Killed if dropped until it is all set up.
+        let mut served = Self {
             pid: pid as u32,
             pidfd: Some(pidfd),
             exit: None,
-            stdin: stdin.map(pipe::Sender::from_owned_fd).transpose()?,
-            stdout: Some(pipe::Receiver::from_owned_fd(stdout)?),
-            stderr: Some(pipe::Receiver::from_owned_fd(stderr)?),
-            kill_on_drop,
-        })
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            kill_on_drop: true,
+        };
+        served.stdin = stdin.map(pipe::Sender::from_owned_fd).transpose()?;
+        served.stdout = Some(pipe::Receiver::from_owned_fd(stdout)?);
+        served.stderr = Some(pipe::Receiver::from_owned_fd(stderr)?);
+        served.kill_on_drop = kill_on_drop;
+        Ok(served)
     }
 
     pub fn id(&self) -> u32 {
