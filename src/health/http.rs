@@ -51,6 +51,8 @@ pub struct Target {
     pub port: u16,
     /// `host:port` to connect to.
     address: String,
+    /// The same, when the host is an IP address (no name to resolve).
+    literal: Option<std::net::SocketAddr>,
     /// For `https`: the name the server's certificate must carry, and how it is trusted.
     tls: Option<(ServerName<'static>, Trust)>,
     /// The request, whole, but for its `traceparent` line.
@@ -102,6 +104,7 @@ impl Target {
         Ok(Self {
             host: host.to_owned(),
             port,
+            literal: address.parse().ok(),
             address,
             tls,
             head,
@@ -238,14 +241,29 @@ impl Client {
                 Err(Exchange::Failed(failure)) => return Err(failure),
             }
         }
-        let mut stream = self.connect(target).await?;
-        match exchange(&mut stream, &request).await {
+        let (mut stream, sent) = self.connect_sending(target, &request).await?;
+        match exchange(&mut stream, &request[sent..]).await {
             Ok((response, reusable)) => {
                 self.keep_or_reset(service, &target.address, stream, reusable);
                 Ok(response)
             }
             Err(Exchange::Unanswered(error)) => Err(Failure::Io(error)),
             Err(Exchange::Failed(failure)) => Err(failure),
+        }
+    }
+
+    /// A new connection to `target`, and how much of `request` already went out on it: a plain one to an IP
+    /// address is sent the request straight after `connect` (on loopback and other fast paths the
+    /// handshake is over by then), which spares the check a wake-up for the connection's readiness.
+    async fn connect_sending(&self, target: &Target, request: &[u8]) -> Result<(Connection, usize), Failure> {
+        match target.literal {
+            Some(address) if target.tls.is_none() => {
+                let (stream, sent) = connect_and_send(address, request)
+                    .await
+                    .map_err(Failure::Connect)?;
+                Ok((Connection::Plain(stream), sent))
+            }
+            _ => Ok((self.connect(target).await?, 0)),
         }
     }
 
@@ -317,6 +335,94 @@ impl Client {
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         idle.remove(service);
     }
+}
+
+/// Connects to `address` and sends as much of `request` as the socket takes at once (nothing while the
+/// handshake is still under way); then, if nothing went, waits for the connection as `TcpStream::connect`
+/// does. Errors are the connection's.
+async fn connect_and_send(address: std::net::SocketAddr, request: &[u8]) -> io::Result<(TcpStream, usize)> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let (storage, length) = socket_address(address);
+    let family = match address {
+        std::net::SocketAddr::V4(_) => libc::AF_INET,
+        std::net::SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: socket takes constants and returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor just created, owned by nothing else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: connects our socket to an address that `length` bytes of `storage` hold.
+    if unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), length) } < 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(error);
+        }
+    }
+    // SAFETY: sends from a live slice on our socket; MSG_NOSIGNAL: a reset is an error, not SIGPIPE.
+    let sent = unsafe { libc::send(fd, request.as_ptr().cast(), request.len(), libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        // The connection's own error (refused, unreachable), which `send` reports and clears; EAGAIN while
+        // the handshake is still under way.
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::WouldBlock {
+            return Err(error);
+        }
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    if sent > 0 {
+        return Ok((stream, sent as usize));
+    }
+    // Not connected yet: wait until it is, and say why it failed if it did.
+    stream.writable().await?;
+    if let Some(error) = stream.take_error()? {
+        return Err(error);
+    }
+    Ok((stream, 0))
+}
+
+/// `address` as the kernel takes it, and its length.
+fn socket_address(address: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all zeros is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let length = match address {
+        std::net::SocketAddr::V4(v4) => {
+            let inet = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), inet) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let inet6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), inet6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, length as libc::socklen_t)
 }
 
 /// The crypto of every TLS connection: rustls with *ring*.
@@ -454,9 +560,12 @@ enum Exchange {
     Failed(Failure),
 }
 
-/// Writes `request` and reads one response; also says whether the connection may carry another.
+/// Writes `request` (what of it did not go out with the connection) and reads one response; also says
+/// whether the connection may carry another.
 async fn exchange(stream: &mut Connection, request: &[u8]) -> Result<(Response, bool), Exchange> {
-    stream.write_all(request).await.map_err(Exchange::Unanswered)?;
+    if !request.is_empty() {
+        stream.write_all(request).await.map_err(Exchange::Unanswered)?;
+    }
     let mut buffer = Vec::with_capacity(1024);
     if read_some(stream, &mut buffer)
         .await
@@ -674,4 +783,57 @@ async fn read_some(stream: &mut Connection, buffer: &mut Vec<u8>) -> io::Result<
         buffer.reserve(buffer.capacity().max(1024));
     }
     stream.read_buf(buffer).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future as _;
+    use std::os::fd::AsRawFd as _;
+
+    use super::*;
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_new_connection_carries_the_request_at_once_when_the_handshake_is_over() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (_, sent) = connect_and_send(listener.local_addr().unwrap(), REQUEST)
+            .await
+            .unwrap();
+        assert_eq!(sent, REQUEST.len());
+        let (mut accepted, _) = listener.accept().unwrap();
+        let mut received = vec![0; REQUEST.len()];
+        std::io::Read::read_exact(&mut accepted, &mut received).unwrap();
+        assert_eq!(received, REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_still_in_its_handshake_is_waited_for_and_sends_nothing_yet() {
+        // A listener whose backlog is full drops the SYN: the connection is under way when the request
+        // would go. Once a place frees, the SYN's retransmission (a second later) gets through.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen on our own socket, with the smallest backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let address = listener.local_addr().unwrap();
+        let _filler = std::net::TcpStream::connect(address).unwrap();
+        let mut connecting = Box::pin(connect_and_send(address, REQUEST));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(connecting.as_mut().poll(cx).is_pending())).await;
+        assert!(polled, "the handshake cannot be over with the backlog full");
+        let _ = listener.accept().unwrap();
+        let (_, sent) = connecting.await.unwrap();
+        assert_eq!(
+            sent, 0,
+            "the request waits for the exchange, which writes it whole"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_the_connections_error() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let error = connect_and_send(closed, REQUEST).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+    }
 }
