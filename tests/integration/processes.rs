@@ -583,6 +583,48 @@ async fn services_start_through_one_spawn_server_and_one_killed_is_replaced_at_t
 }
 
 #[tokio::test]
+async fn a_service_too_large_for_the_spawn_server_starts_through_posix_spawn_all_the_same() {
+    // 300 KiB of environment does not fit in one request to the spawn server: the launcher spawns the
+    // helper itself, with the same output, exit and restart. (Three variables: execve refuses one over
+    // 128 KiB.)
+    let part = "x".repeat(100 * 1024);
+    let mut orchestrator = Orchestrator::start(&format!(
+        "[services.big]\ncommand = [\"sh\", \"-c\", \"echo ${{#A}} ${{#B}} ${{#C}} bytes; exec sleep 3600\"]\n\
+         env = {{ A = \"{part}\", B = \"{part}\", C = \"{part}\" }}\n\
+         [services.big.restart]\ninitial_delay = \"0s\"\n"
+    ));
+    let printed = orchestrator
+        .wait_for("its output", |f| message(f) == "102400 102400 102400 bytes")
+        .await;
+    assert_eq!(printed["stream"], "stdout", "{printed}");
+    // Ready before or after its output.
+    let seen = orchestrator
+        .seen
+        .iter()
+        .find(|l| is_ready_line(&l["fields"], "big"))
+        .map(|l| l["fields"].clone());
+    let ready = match seen {
+        Some(ready) => ready,
+        None => {
+            orchestrator
+                .wait_for("big ready", |f| is_ready_line(f, "big"))
+                .await
+        }
+    };
+    let first = ready["pid"].as_u64().unwrap() as u32;
+    signal(first, libc::SIGKILL);
+    let again = orchestrator
+        .wait_for("big ready again", |f| {
+            is_ready_line(f, "big") && f["pid"].as_u64() != Some(u64::from(first))
+        })
+        .await;
+    assert!(child_pids(orchestrator.pid()).contains(&(again["pid"].as_u64().unwrap() as u32)));
+    // Both starts went around the spawn server, which was never needed.
+    assert_eq!(spawn_server_of(orchestrator.pid()), None);
+    assert!(orchestrator.stop().await.success());
+}
+
+#[tokio::test]
 async fn a_standby_made_before_a_reload_changed_the_service_is_not_used() {
     let (mut orchestrator, api, first) = zero_delay_worker().await;
     let parent = orchestrator.pid();
