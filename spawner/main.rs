@@ -284,12 +284,12 @@ fn bind_to_parent(parent: Option<CStr>) {
     }
 }
 
-/// `__contain PARENT MODE PROGRAM [ARGS...]`: see the module documentation.
+/// `__contain PARENT MODE PROGRAM [ARGS...]`: see the module documentation. With `clean_signals`, this
+/// process's signals are at their default actions already (a clone of the spawn server, which reset them
+/// once), so only its descriptors need cleaning.
 ///
 /// # Safety
 /// `start` must describe this process's own arguments and environment.
-/// `clean_signals`: this process's signals are at their default actions already (a clone of the spawn
-/// server, which reset them once), so only its descriptors need cleaning.
 unsafe fn run(start: &Start, clean_signals: bool) -> ! {
     let (Some(mode), Some(program)) = (start.arg(3), start.arg(4)) else {
         fail(
