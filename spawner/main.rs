@@ -444,29 +444,79 @@ unsafe fn serve(start: &Start) -> ! {
         }
         let truncated = header.flags & (sys::MSG_TRUNC | sys::MSG_CTRUNC) != 0;
         let answer = if count != fds.len() || truncated {
-            -sys::EINVAL
+            Err(sys::EINVAL)
         } else {
             // SAFETY: the request is the first `received` bytes of the static buffer.
             match unsafe { parse(received as usize) } {
                 // SAFETY: this process is single-threaded; the clone continues in `served`.
-                Ok((directory, argc)) => {
-                    match unsafe { sys::call(sys::CLONE, [sys::CLONE_PARENT | sys::SIGCHLD, 0, 0, 0, 0, 0]) }
-                    {
-                        // SAFETY: the new process, with the request parsed into ARGV and ENVP.
-                        0 => unsafe { served(fds, directory, argc) },
-                        pid => pid,
-                    }
-                }
-                Err(error) => -error,
+                Ok((directory, argc)) => unsafe { clone(fds, directory, argc) },
+                Err(error) => Err(error),
             }
         };
         for fd in fds.into_iter().filter(|fd| *fd >= 0) {
             // SAFETY: closes the descriptors received for this request (the clone has its own).
             unsafe { sys::call3(sys::CLOSE, fd as usize, 0, 0) };
         }
-        let answer = answer as i32;
+        let (answer, go) = match answer {
+            Ok((pid, go)) => (pid as i32, Some(go)),
+            Err(error) => (-error as i32, None),
+        };
         // SAFETY: writes four bytes from a local to the socket.
         unsafe { sys::call3(sys::WRITE, 0, &answer as *const i32 as usize, 4) };
+        if let Some(go) = go {
+            // Answered: the clone may go on (had this process died before answering, the clone would
+            // have found the pipe closed and ended, unknown to the orchestrator and doing nothing).
+            // SAFETY: writes one byte from a static to our pipe, then closes it.
+            unsafe {
+                sys::call3(sys::WRITE, go, b"!".as_ptr() as usize, 1);
+                sys::call3(sys::CLOSE, go, 0, 0);
+            }
+        }
+    }
+}
+
+/// Clones this process for a request: the clone's PID and the pipe that tells it to go on, or an errno.
+///
+/// # Safety
+/// Single-threaded, with ARGV and ENVP filled by [`parse`].
+unsafe fn clone(fds: [i32; 3], directory: CStr, argc: usize) -> Result<(isize, usize), isize> {
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into a local.
+    let piped = unsafe { sys::call3(sys::PIPE2, pipe.as_mut_ptr() as usize, sys::O_CLOEXEC, 0) };
+    if piped < 0 {
+        return Err(-piped);
+    }
+    let [wait, go] = pipe.map(|fd| fd as usize);
+    // SAFETY: a fork-like clone of this single-threaded process.
+    match unsafe { sys::call(sys::CLONE, [sys::CLONE_PARENT | sys::SIGCHLD, 0, 0, 0, 0, 0]) } {
+        0 => {
+            let mut word = 0u8;
+            // SAFETY: closes and reads our own descriptors, into a local.
+            let read = unsafe {
+                sys::call3(sys::CLOSE, go, 0, 0);
+                let read = sys::call3(sys::READ, wait, &mut word as *mut u8 as usize, 1);
+                sys::call3(sys::CLOSE, wait, 0, 0);
+                read
+            };
+            if read != 1 {
+                sys::exit(0);
+            }
+            // SAFETY: the new process, with the request parsed into ARGV and ENVP.
+            unsafe { served(fds, directory, argc) }
+        }
+        error if error < 0 => {
+            // SAFETY: closes our own descriptors.
+            unsafe {
+                sys::call3(sys::CLOSE, wait, 0, 0);
+                sys::call3(sys::CLOSE, go, 0, 0);
+            }
+            Err(-error)
+        }
+        pid => {
+            // SAFETY: closes our own descriptor.
+            unsafe { sys::call3(sys::CLOSE, wait, 0, 0) };
+            Ok((pid, go))
+        }
     }
 }
 

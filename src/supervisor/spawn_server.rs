@@ -101,10 +101,16 @@ pub(super) fn spawn(helper: &Path, request: &Request<'_>) -> Option<io::Result<S
                 break;
             }
             Err(error) => {
-                tracing::debug!(%error, "the spawn server is gone: starting another");
+                tracing::debug!(%error, "the spawn server is gone or stuck: starting another");
                 if let Some(mut gone) = server.take() {
                     let _ = gone.process.kill();
                     let _ = gone.process.wait();
+                    // An answer that came as it was given up on stands: its process runs (the server
+                    // tells a clone to go on only after answering, so no clone runs unanswered).
+                    if let Ok(pid) = gone.answer(libc::MSG_DONTWAIT) {
+                        answer = Some(pid);
+                        break;
+                    }
                 }
             }
         }
@@ -230,6 +236,11 @@ impl Server {
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
+        self.answer(0)
+    }
+
+    /// The answer to the request sent, waiting for it (up to [`ANSWER_LIMIT`]) unless `flags` says not to.
+    fn answer(&self, flags: libc::c_int) -> io::Result<i32> {
         let mut answer = [0u8; 4];
         loop {
             // SAFETY: receives at most four bytes into a local.
@@ -238,7 +249,7 @@ impl Server {
                     self.socket.as_raw_fd(),
                     answer.as_mut_ptr().cast(),
                     answer.len(),
-                    0,
+                    flags,
                 )
             };
             match read {
