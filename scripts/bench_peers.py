@@ -148,13 +148,36 @@ def stop(process):
             process.wait()
 
 
-def kill_tree(root):
+def kill_tree(root, directory=None):
+    """SIGKILLs `root` first (a supervisor killed after its children would start them again), then what ran
+    under it; with `directory`, then every process still working in it (what the supervisor started as it
+    died, now reparented and out of the tree)."""
     pids, _ = tree(root)
-    for pid in reversed(pids):
+    for pid in [root] + [pid for pid in reversed(pids) if pid != root]:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    if directory is None:
+        return
+    directory = os.path.realpath(directory) + os.sep
+    for _ in range(50):
+        left = []
+        for pid in all_processes():
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd") + os.sep
+            except OSError:
+                continue
+            if cwd.startswith(directory) and pid != os.getpid():
+                left.append(pid)
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.1)
 
 
 def fog(work, config, name="fog"):
@@ -293,7 +316,7 @@ def restart(work):
         os.chmod(os.path.join(service, "run"), 0o755)
         process = start([supervise, service])
         results[peer] = kill_latencies(file, KILLS)
-        kill_tree(process.pid)
+        kill_tree(process.pid, service)
         process.wait()
     floor = subprocess.run([os.path.join(HELPERS, "floor"), "respawn", stamp, os.path.join(work, "floor.stamps"),
                             str(KILLS)], capture_output=True, text=True, check=True)
@@ -351,7 +374,7 @@ def spawn(work):
         # s6-svscan supervises at most 500 services unless told otherwise.
         process = start([scanner, "-c", "2000", scandir] if peer == "s6" else [scanner, scandir])
         results[peer] = launch_and_idle(process, 3602, peer)
-        kill_tree(process.pid)
+        kill_tree(process.pid, scandir)
         process.wait()
     floor = subprocess.run([os.path.join(HELPERS, "floor"), "spawn", "1000"], capture_output=True, text=True,
                            check=True)
