@@ -341,45 +341,23 @@ impl Client {
 /// handshake is still under way); then, if nothing went, waits for the connection as `TcpStream::connect`
 /// does. Errors are the connection's.
 async fn connect_and_send(address: std::net::SocketAddr, request: &[u8]) -> io::Result<(TcpStream, usize)> {
-    use std::os::fd::{FromRawFd as _, OwnedFd};
-    let (storage, length) = socket_address(address);
-    let family = match address {
-        std::net::SocketAddr::V4(_) => libc::AF_INET,
-        std::net::SocketAddr::V6(_) => libc::AF_INET6,
+    use socket2::{Domain, Socket, Type};
+    // Close-on-exec, as socket2 makes every socket.
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM.nonblocking(), None)?;
+    match socket.connect(&address.into()) {
+        Err(error) if error.raw_os_error() != Some(libc::EINPROGRESS) => return Err(error),
+        _ => {}
+    }
+    // `send` reports the connection's own error (refused, unreachable) and clears it; EAGAIN while the
+    // handshake is still under way. MSG_NOSIGNAL: a reset is an error, not SIGPIPE.
+    let sent = match socket.send_with_flags(request, libc::MSG_NOSIGNAL) {
+        Ok(sent) => sent,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(error) => return Err(error),
     };
-    // SAFETY: socket takes constants and returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor just created, owned by nothing else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: connects our socket to an address that `length` bytes of `storage` hold.
-    if unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), length) } < 0 {
-        let error = io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(error);
-        }
-    }
-    // SAFETY: sends from a live slice on our socket; MSG_NOSIGNAL: a reset is an error, not SIGPIPE.
-    let sent = unsafe { libc::send(fd, request.as_ptr().cast(), request.len(), libc::MSG_NOSIGNAL) };
-    if sent < 0 {
-        // The connection's own error (refused, unreachable), which `send` reports and clears; EAGAIN while
-        // the handshake is still under way.
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::WouldBlock {
-            return Err(error);
-        }
-    }
-    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    let stream = TcpStream::from_std(socket.into())?;
     if sent > 0 {
-        return Ok((stream, sent as usize));
+        return Ok((stream, sent));
     }
     // Not connected yet: wait until it is, and say why it failed if it did.
     stream.writable().await?;
@@ -387,42 +365,6 @@ async fn connect_and_send(address: std::net::SocketAddr, request: &[u8]) -> io::
         return Err(error);
     }
     Ok((stream, 0))
-}
-
-/// `address` as the kernel takes it, and its length.
-fn socket_address(address: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all zeros is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let length = match address {
-        std::net::SocketAddr::V4(v4) => {
-            let inet = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), inet) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        std::net::SocketAddr::V6(v6) => {
-            let inet6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), inet6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, length as libc::socklen_t)
 }
 
 /// The crypto of every TLS connection: rustls with *ring*.
