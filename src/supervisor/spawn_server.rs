@@ -395,13 +395,7 @@ impl Served {
         let Some(pidfd) = &self.pidfd else {
             return Err(io::ErrorKind::NotFound.into());
         };
-        let exit = loop {
-            let mut ready = pidfd.readable().await?;
-            if let Some(exit) = reap(pidfd.get_ref())? {
-                break exit;
-            }
-            ready.clear_ready();
-        };
+        let exit = reaped(pidfd).await?;
         self.pidfd = None;
         self.exit = Some(exit.clone());
         Ok(exit)
@@ -421,12 +415,7 @@ impl Drop for Served {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    while let Ok(mut ready) = pidfd.readable().await {
-                        if !matches!(reap(pidfd.get_ref()), Ok(None)) {
-                            return;
-                        }
-                        ready.clear_ready();
-                    }
+                    let _ = reaped(&pidfd).await;
                 });
             }
             Err(_) if self.kill_on_drop => {
@@ -436,6 +425,17 @@ impl Drop for Served {
             // Outside a runtime the orchestrator is ending; its own exit reaps the rest.
             Err(_) => {}
         }
+    }
+}
+
+/// The exit of the process behind `pidfd`, once it comes, reaping it.
+async fn reaped(pidfd: &AsyncFd<OwnedFd>) -> io::Result<Exit> {
+    loop {
+        let mut ready = pidfd.readable().await?;
+        if let Some(exit) = reap(pidfd.get_ref())? {
+            return Ok(exit);
+        }
+        ready.clear_ready();
     }
 }
 
