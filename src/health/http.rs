@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::socket::{ProbeSocket, Reactor};
 use crate::config::HttpProbe;
 
 /// Most bytes of a response body read by a probe (and of a response head).
@@ -57,6 +58,8 @@ pub struct Target {
     tls: Option<(ServerName<'static>, Trust)>,
     /// The request, whole, but for its `traceparent` line.
     head: String,
+    /// The request without a `traceparent` (what an untraced check sends), made once.
+    plain: Vec<u8>,
 }
 
 impl Target {
@@ -107,21 +110,22 @@ impl Target {
             literal: address.parse().ok(),
             address,
             tls,
+            plain: format!("{head}\r\n").into_bytes(),
             head,
         })
     }
 
     /// The request's bytes, with a `traceparent` header when one is given.
-    pub fn request(&self, traceparent: Option<&str>) -> Vec<u8> {
+    pub fn request(&self, traceparent: Option<&str>) -> std::borrow::Cow<'_, [u8]> {
+        let Some(traceparent) = traceparent else {
+            return std::borrow::Cow::Borrowed(&self.plain);
+        };
         let mut request = String::with_capacity(self.head.len() + 72);
         request.push_str(&self.head);
-        if let Some(traceparent) = traceparent {
-            request.push_str("traceparent: ");
-            request.push_str(traceparent);
-            request.push_str("\r\n");
-        }
-        request.push_str("\r\n");
-        request.into_bytes()
+        request.push_str("traceparent: ");
+        request.push_str(traceparent);
+        request.push_str("\r\n\r\n");
+        std::borrow::Cow::Owned(request.into_bytes())
     }
 }
 
@@ -159,9 +163,10 @@ impl fmt::Display for Failure {
     }
 }
 
-/// A connection to a target: plain TCP, or TLS over it.
+/// A connection to a target: plain TCP (on a kept socket for an IP address), or TLS over it.
 #[derive(Debug)]
 enum Connection {
+    Probe(ProbeSocket),
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -169,6 +174,7 @@ enum Connection {
 impl AsyncRead for Connection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
+            Connection::Probe(socket) => Pin::new(socket).poll_read(cx, buf),
             Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
             Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
@@ -178,6 +184,7 @@ impl AsyncRead for Connection {
 impl AsyncWrite for Connection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
+            Connection::Probe(socket) => Pin::new(socket).poll_write(cx, buf),
             Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
             Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
@@ -185,6 +192,7 @@ impl AsyncWrite for Connection {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
+            Connection::Probe(socket) => Pin::new(socket).poll_flush(cx),
             Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
             Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
@@ -192,18 +200,29 @@ impl AsyncWrite for Connection {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
+            Connection::Probe(socket) => Pin::new(socket).poll_shutdown(cx),
             Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
-/// The HTTP client of every HTTP probe, with at most one kept-alive connection per service.
+/// The HTTP client of every HTTP probe, with at most one kept-alive connection per service, or its
+/// socket, dissolved, for the next connection.
 #[derive(Debug, Default)]
 pub struct Client {
-    idle: Mutex<HashMap<String, Option<Idle>>>,
+    kept: Mutex<HashMap<String, Kept>>,
     /// TLS client settings, made once per way of trusting (they load files and the system's roots).
     tls: Mutex<HashMap<Trust, Arc<rustls::ClientConfig>>>,
+    /// What watches the kept sockets, started at the first check of an IP address.
+    reactor: Mutex<Option<Arc<Reactor>>>,
+}
+
+/// What a service's next check can use: a connection the target keeps alive, or a socket to connect again.
+#[derive(Debug, Default)]
+struct Kept {
+    idle: Option<Idle>,
+    spare: Option<ProbeSocket>,
 }
 
 #[derive(Debug)]
@@ -217,6 +236,14 @@ impl Connection {
     fn is_tls(&self) -> bool {
         matches!(self, Connection::Tls(_))
     }
+
+    /// The connection's socket, dissolved for another connection, if it is a kept socket.
+    fn into_spare(self) -> Option<ProbeSocket> {
+        match self {
+            Connection::Probe(socket) => socket.dissolve().is_ok().then_some(socket),
+            _ => None,
+        }
+    }
 }
 
 impl Client {
@@ -229,7 +256,8 @@ impl Client {
         traceparent: Option<&str>,
     ) -> Result<Response, Failure> {
         let request = target.request(traceparent);
-        if let Some(mut stream) = self.take(service, target) {
+        let (idle, mut spare) = self.take(service, target);
+        if let Some(mut stream) = idle {
             match exchange(&mut stream, &request).await {
                 Ok((response, reusable)) => {
                     self.keep_or_reset(service, &target.address, stream, reusable);
@@ -237,11 +265,11 @@ impl Client {
                 }
                 // The server closed the kept connection before (or as) this request went out: an ordinary
                 // race with its idle timeout, not a failed check. Once more on a new connection.
-                Err(Exchange::Unanswered(_)) => {}
+                Err(Exchange::Unanswered(_)) => spare = spare.or_else(|| stream.into_spare()),
                 Err(Exchange::Failed(failure)) => return Err(failure),
             }
         }
-        let (mut stream, sent) = self.connect_sending(target, &request).await?;
+        let (mut stream, sent) = self.connect_sending(target, &request, spare).await?;
         match exchange(&mut stream, &request[sent..]).await {
             Ok((response, reusable)) => {
                 self.keep_or_reset(service, &target.address, stream, reusable);
@@ -252,19 +280,53 @@ impl Client {
         }
     }
 
-    /// A new connection to `target`, and how much of `request` already went out on it: a plain one to an IP
-    /// address is sent the request straight after `connect` (on loopback and other fast paths the
-    /// handshake is over by then), which spares the check a wake-up for the connection's readiness.
-    async fn connect_sending(&self, target: &Target, request: &[u8]) -> Result<(Connection, usize), Failure> {
-        match target.literal {
-            Some(address) if target.tls.is_none() => {
-                let (stream, sent) = connect_and_send(address, request)
-                    .await
-                    .map_err(Failure::Connect)?;
-                Ok((Connection::Plain(stream), sent))
-            }
-            _ => Ok((self.connect(target).await?, 0)),
+    /// A new connection to `target`, and how much of `request` already went out on it. A plain one to an IP
+    /// address is made on the service's kept socket (`spare`; else a new one) and sent the request
+    /// straight after `connect` (on loopback and other fast paths the handshake is over by then), which
+    /// spares the check a wake-up for the connection's readiness.
+    async fn connect_sending(
+        &self,
+        target: &Target,
+        request: &[u8],
+        spare: Option<ProbeSocket>,
+    ) -> Result<(Connection, usize), Failure> {
+        if let Some(address) = target.literal
+            && target.tls.is_none()
+            && let Some(mut socket) = self.probe_socket(spare, address)
+        {
+            // A socket whose connection failed is not kept: it is closed here.
+            let sent = socket
+                .connect_and_send(address, request)
+                .await
+                .map_err(Failure::Connect)?;
+            return Ok((Connection::Probe(socket), sent));
         }
+        Ok((self.connect(target).await?, 0))
+    }
+
+    /// `spare` if it can connect to `address`, else a new socket; none if no reactor can watch one (then
+    /// the check connects through the runtime, as to a host name).
+    fn probe_socket(&self, spare: Option<ProbeSocket>, address: std::net::SocketAddr) -> Option<ProbeSocket> {
+        if let Some(socket) = spare.filter(|socket| socket.fits(address)) {
+            return Some(socket);
+        }
+        let reactor = {
+            let mut reactor = self
+                .reactor
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match reactor.as_ref() {
+                Some(running) if running.is_alive() => running.clone(),
+                _ => match Reactor::start() {
+                    Ok(started) => reactor.insert(started).clone(),
+                    Err(error) => {
+                        tracing::debug!(%error, "no reactor for probe sockets: connecting through the runtime");
+                        return None;
+                    }
+                },
+            }
+        };
+        ProbeSocket::new(&reactor, address).ok()
     }
 
     async fn connect(&self, target: &Target) -> Result<Connection, Failure> {
@@ -293,78 +355,68 @@ impl Client {
         Ok(config)
     }
 
-    /// The service's kept connection, if it still goes where `target` does, the same way (plain or TLS).
-    fn take(&self, service: &str, target: &Target) -> Option<Connection> {
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let kept = idle.get_mut(service)?.take()?;
-        let same = kept.address == target.address && kept.stream.is_tls() == target.tls.is_some();
-        (same && kept.since.elapsed() < IDLE_LIMIT).then_some(kept.stream)
+    /// The service's kept connection, if it still goes where `target` does, the same way (plain or TLS),
+    /// and its spare socket. A kept connection that may not be used any more is dissolved into the spare.
+    fn take(&self, service: &str, target: &Target) -> (Option<Connection>, Option<ProbeSocket>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(kept) = kept.get_mut(service) else {
+            return (None, None);
+        };
+        let spare = kept.spare.take();
+        let Some(idle) = kept.idle.take() else {
+            return (None, spare);
+        };
+        let same = idle.address == target.address && idle.stream.is_tls() == target.tls.is_some();
+        if same && idle.since.elapsed() < IDLE_LIMIT {
+            return (Some(idle.stream), spare);
+        }
+        (None, spare.or_else(|| idle.stream.into_spare()))
     }
 
-    /// After a whole response: keeps the connection for the next check if it may carry another, else drops
+    /// After a whole response: keeps the connection for the next check if it may carry another, else ends
     /// it. A server that does not keep connections has already closed its side (it said `Connection:
-    /// close`, or ended the body by closing), and a plain one is dropped with a reset instead of a FIN, as
-    /// kubelet and HAProxy close their probes' connections: the server's socket goes at once instead of
-    /// waiting a minute in TIME_WAIT for every check, and neither kernel exchanges the closing handshake.
+    /// close`, or ended the body by closing), and a plain connection is ended with a reset instead of a
+    /// FIN, as kubelet and HAProxy close their probes' connections: the server's socket goes at once
+    /// instead of waiting a minute in TIME_WAIT for every check, and neither kernel exchanges the closing
+    /// handshake. A kept socket is reset by dissolving it, and stays for the next check.
     fn keep_or_reset(&self, service: &str, address: &str, stream: Connection, reusable: bool) {
         if reusable {
-            self.keep(service, address, stream);
-        } else if let Connection::Plain(stream) = &stream {
-            // Should the option not take, the connection closes the ordinary way.
-            let _ = stream.set_zero_linger();
+            let idle = Idle {
+                address: address.to_owned(),
+                stream,
+                since: Instant::now(),
+            };
+            self.keep(service, |kept| kept.idle = Some(idle));
+            return;
         }
-    }
-
-    fn keep(&self, service: &str, address: &str, stream: Connection) {
-        let kept = Idle {
-            address: address.to_owned(),
-            stream,
-            since: Instant::now(),
-        };
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match idle.get_mut(service) {
-            Some(slot) => *slot = Some(kept),
-            None => {
-                idle.insert(service.to_owned(), Some(kept));
+        match stream {
+            Connection::Probe(socket) => {
+                // A socket that cannot be dissolved is closed (with the ordinary FIN).
+                if socket.dissolve().is_ok() {
+                    self.keep(service, |kept| kept.spare = Some(socket));
+                }
             }
+            Connection::Plain(stream) => {
+                // Should the option not take, the connection closes the ordinary way.
+                let _ = stream.set_zero_linger();
+            }
+            Connection::Tls(_) => {}
         }
     }
 
-    /// Closes `service`'s kept connection, if any (the service is gone or stopped).
-    pub fn forget(&self, service: &str) {
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        idle.remove(service);
+    fn keep(&self, service: &str, put: impl FnOnce(&mut Kept)) {
+        let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match kept.get_mut(service) {
+            Some(slot) => put(slot),
+            None => put(kept.entry(service.to_owned()).or_default()),
+        }
     }
-}
 
-/// Connects to `address` and sends as much of `request` as the socket takes at once (nothing while the
-/// handshake is still under way); then, if nothing went, waits for the connection as `TcpStream::connect`
-/// does. Errors are the connection's.
-async fn connect_and_send(address: std::net::SocketAddr, request: &[u8]) -> io::Result<(TcpStream, usize)> {
-    use socket2::{Domain, Socket, Type};
-    // Close-on-exec, as socket2 makes every socket.
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM.nonblocking(), None)?;
-    match socket.connect(&address.into()) {
-        Err(error) if error.raw_os_error() != Some(libc::EINPROGRESS) => return Err(error),
-        _ => {}
+    /// Closes `service`'s kept connection and socket, if any (the service is gone or stopped).
+    pub fn forget(&self, service: &str) {
+        let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        kept.remove(service);
     }
-    // `send` reports the connection's own error (refused, unreachable) and clears it; EAGAIN while the
-    // handshake is still under way. MSG_NOSIGNAL: a reset is an error, not SIGPIPE.
-    let sent = match socket.send_with_flags(request, libc::MSG_NOSIGNAL) {
-        Ok(sent) => sent,
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(error) => return Err(error),
-    };
-    let stream = TcpStream::from_std(socket.into())?;
-    if sent > 0 {
-        return Ok((stream, sent));
-    }
-    // Not connected yet: wait until it is, and say why it failed if it did.
-    stream.writable().await?;
-    if let Some(error) = stream.take_error()? {
-        return Err(error);
-    }
-    Ok((stream, 0))
 }
 
 /// The crypto of every TLS connection: rustls with *ring*.
@@ -729,53 +781,48 @@ async fn read_some(stream: &mut Connection, buffer: &mut Vec<u8>) -> io::Result<
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future as _;
-    use std::os::fd::AsRawFd as _;
+    use std::io::{Read as _, Write as _};
 
     use super::*;
 
-    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-
-    #[tokio::test]
-    async fn a_new_connection_carries_the_request_at_once_when_the_handshake_is_over() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let (_, sent) = connect_and_send(listener.local_addr().unwrap(), REQUEST)
-            .await
-            .unwrap();
-        assert_eq!(sent, REQUEST.len());
-        let (mut accepted, _) = listener.accept().unwrap();
-        let mut received = vec![0; REQUEST.len()];
-        std::io::Read::read_exact(&mut accepted, &mut received).unwrap();
-        assert_eq!(received, REQUEST);
+    /// The key of the socket `service` keeps for its next connection.
+    fn spare_key(client: &Client, service: &str) -> Option<u64> {
+        let kept = client.kept.lock().unwrap();
+        kept.get(service)?.spare.as_ref().map(ProbeSocket::key)
     }
 
     #[tokio::test]
-    async fn a_new_connection_still_in_its_handshake_is_waited_for_and_sends_nothing_yet() {
-        // A listener whose backlog is full drops the SYN: the connection is under way when the request
-        // would go. Once a place frees, the SYN's retransmission (a second later) gets through.
+    async fn a_target_that_closes_each_connection_is_checked_on_one_socket_connected_again() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        // SAFETY: listen on our own socket, with the smallest backlog.
-        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
-        let address = listener.local_addr().unwrap();
-        let _filler = std::net::TcpStream::connect(address).unwrap();
-        let mut connecting = Box::pin(connect_and_send(address, REQUEST));
-        let polled = std::future::poll_fn(|cx| Poll::Ready(connecting.as_mut().poll(cx).is_pending())).await;
-        assert!(polled, "the handshake cannot be over with the backlog full");
-        let _ = listener.accept().unwrap();
-        let (_, sent) = connecting.await.unwrap();
-        assert_eq!(
-            sent, 0,
-            "the request waits for the exchange, which writes it whole"
+        let url = format!("http://{}/health", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut ports = Vec::new();
+            for _ in 0..3 {
+                let (mut stream, peer) = listener.accept().unwrap();
+                let mut request = [0; 1024];
+                let _ = stream.read(&mut request).unwrap();
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+                    .unwrap();
+                ports.push(peer.port());
+            }
+            ports
+        });
+        let target = Target::parse(&HttpProbe::new(url)).unwrap();
+        let client = Client::default();
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            let response = client.get("web", &target, None).await.unwrap();
+            assert_eq!((response.status, response.body.as_slice()), (200, &b"ok"[..]));
+            keys.push(spare_key(&client, "web").expect("the socket is kept, dissolved"));
+        }
+        let ports = server.join().unwrap();
+        assert!(keys.iter().all(|key| *key == keys[0]), "one socket: {keys:?}");
+        assert!(
+            ports[0] != ports[1] && ports[1] != ports[2],
+            "a new connection each time: {ports:?}"
         );
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_is_the_connections_error() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let error = connect_and_send(closed, REQUEST).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+        client.forget("web");
+        assert_eq!(spare_key(&client, "web"), None);
     }
 }

@@ -7,6 +7,7 @@
 
 pub(crate) mod http;
 pub mod probe;
+mod socket;
 mod uptime;
 
 use std::collections::VecDeque;
@@ -191,7 +192,8 @@ pub struct HealthTracker {
     status: HealthStatus,
     consecutive_failures: u32,
     consecutive_successes: u32,
-    history: VecDeque<CheckResult>,
+    /// Shared with the published snapshot's `last_check`: a check's result is made once, not copied.
+    history: VecDeque<Arc<CheckResult>>,
     /// Shared with the published snapshot, which readers compute uptimes from; copied on write, which
     /// happens on status changes only.
     uptime: Arc<UptimeLog>,
@@ -235,12 +237,12 @@ impl HealthTracker {
 
     /// The most recent result.
     pub fn last_check(&self) -> Option<&CheckResult> {
-        self.history.back()
+        self.history.back().map(|result| &**result)
     }
 
     /// The last [`HISTORY_LEN`] results, oldest first.
     pub fn history(&self) -> impl ExactSizeIterator<Item = &CheckResult> {
-        self.history.iter()
+        self.history.iter().map(|result| &**result)
     }
 
     /// Percentage of `window` (up to `now`) spent healthy, over the time the service was observed.
@@ -263,7 +265,7 @@ impl HealthTracker {
         elapsed: Duration,
         timestamp: SystemTime,
         now: Instant,
-    ) -> (CheckResult, Option<Transition>) {
+    ) -> (Arc<CheckResult>, Option<Transition>) {
         let from = self.status;
         if outcome.passed {
             self.consecutive_failures = 0;
@@ -284,7 +286,7 @@ impl HealthTracker {
                 HealthStatus::Degraded
             };
         }
-        let result = CheckResult {
+        let result = Arc::new(CheckResult {
             service_name: service.to_owned(),
             status: self.status,
             passed: outcome.passed,
@@ -293,7 +295,7 @@ impl HealthTracker {
             message: outcome.message,
             details: outcome.details,
             response_time_ms: milliseconds(elapsed),
-        };
+        });
         self.push(result.clone());
         (result, self.set(from, now))
     }
@@ -307,12 +309,12 @@ impl HealthTracker {
         message: String,
         timestamp: SystemTime,
         now: Instant,
-    ) -> (CheckResult, Option<Transition>) {
+    ) -> (Arc<CheckResult>, Option<Transition>) {
         let from = self.status;
         self.consecutive_successes = 0;
         self.consecutive_failures = self.consecutive_failures.max(self.failure_threshold);
         self.status = HealthStatus::Unhealthy;
-        let result = CheckResult {
+        let result = Arc::new(CheckResult {
             service_name: service.to_owned(),
             status: self.status,
             passed: false,
@@ -321,7 +323,7 @@ impl HealthTracker {
             message,
             details: Map::new(),
             response_time_ms: 0.0,
-        };
+        });
         self.push(result.clone());
         (result, self.set(from, now))
     }
@@ -343,7 +345,7 @@ impl HealthTracker {
         self.set(from, now)
     }
 
-    fn push(&mut self, result: CheckResult) {
+    fn push(&mut self, result: Arc<CheckResult>) {
         if self.history.len() == HISTORY_LEN {
             self.history.pop_front();
         }

@@ -1,0 +1,516 @@
+//! The plain TCP socket of an HTTP probe to an IP address, kept from one check to the next.
+//!
+//! Most targets close the connection after each response. The socket is then dissolved with
+//! `connect(AF_UNSPEC)`, which resets the connection as a close with `SO_LINGER` 0 would, and is
+//! connected again at the service's next check. A check so spares the socket's creation and close and its
+//! registration with the runtime: two `epoll_ctl`s and tokio's bookkeeping (BENCHMARKS.md, "Health
+//! checks").
+//!
+//! Tokio cannot watch such a socket, since it takes a closed connection's readiness to be final. The
+//! sockets are watched instead by an epoll instance of their own ([`Reactor`]), registered once per
+//! socket, edge-triggered; one task drains it and wakes whichever check an event concerns. An event is a
+//! hint: a check acts on what `recv` and `send` answer.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use socket2::{Domain, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+/// Events taken from the epoll instance per `epoll_wait`.
+const BATCH: usize = 64;
+
+/// What the events on a socket say, as counts a waiting check compares with what it saw last.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Events that may let a `recv` proceed (data, the peer's close, an error).
+    reads: AtomicU32,
+    /// Events that may let a `send` proceed (the handshake over, room in the buffer, an error).
+    writes: AtomicU32,
+    /// The check waiting on the socket, if one is.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Slot {
+    fn wake(&self) {
+        if let Some(waker) = lock(&self.waker).take() {
+            waker.wake();
+        }
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut slot = lock(&self.waker);
+        match slot.as_ref() {
+            Some(kept) if kept.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+}
+
+/// One epoll instance watching every kept probe socket, drained by a task on the runtime that started it.
+#[derive(Debug)]
+pub(super) struct Reactor {
+    epoll: OwnedFd,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    next: AtomicU64,
+    /// False once the draining task is gone (its runtime shut down): the sockets go with it.
+    alive: AtomicBool,
+}
+
+impl Reactor {
+    /// A reactor drained by a task on the current tokio runtime; an error outside of one.
+    pub(super) fn start() -> io::Result<Arc<Self>> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        // SAFETY: creates a descriptor, which is checked, and owned below.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let reactor = Arc::new(Self {
+            // SAFETY: `epoll` is a new descriptor that nothing else owns.
+            epoll: unsafe { OwnedFd::from_raw_fd(epoll) },
+            slots: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            alive: AtomicBool::new(true),
+        });
+        let _guard = runtime.enter();
+        // SAFETY: the descriptor is the reactor's epoll instance, which `Watched` keeps open (it holds the
+        // reactor) for as long as the runtime watches it.
+        let watched =
+            unsafe { AsyncFd::register_with_interest(Watched(reactor.clone()), Interest::READABLE)? };
+        // The marker goes with the task's future, so that even a task never polled marks the reactor.
+        runtime.spawn(drain(watched, Stopped(reactor.clone())));
+        Ok(reactor)
+    }
+
+    pub(super) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Counts each event on its socket's slot and wakes the check waiting there.
+    fn dispatch(&self, events: &[libc::epoll_event]) {
+        let woken: Vec<Arc<Slot>> = {
+            let slots = lock(&self.slots);
+            events
+                .iter()
+                .filter_map(|event| {
+                    let slot = slots.get(&{ event.u64 })?;
+                    let flags = event.events as libc::c_int;
+                    let failed = flags & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
+                    if failed || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 {
+                        slot.reads.fetch_add(1, Ordering::AcqRel);
+                    }
+                    if failed || flags & libc::EPOLLOUT != 0 {
+                        slot.writes.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Some(slot.clone())
+                })
+                .collect()
+        };
+        for slot in woken {
+            slot.wake();
+        }
+    }
+
+    /// The draining task is gone: every waiting check is woken to find out.
+    fn stop(&self) {
+        self.alive.store(false, Ordering::Release);
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        for slot in slots {
+            slot.wake();
+        }
+    }
+}
+
+/// The reactor's epoll instance as the runtime watches it.
+struct Watched(Arc<Reactor>);
+
+impl AsRawFd for Watched {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.epoll.as_raw_fd()
+    }
+}
+
+/// Marks the reactor stopped when the draining task ends or is dropped with its runtime.
+struct Stopped(Arc<Reactor>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// The reactor's task: whenever its epoll instance has events, takes them all and dispatches them.
+async fn drain(watched: AsyncFd<Watched>, stopped: Stopped) {
+    let reactor = &stopped.0;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
+    loop {
+        let Ok(mut ready) = watched.readable().await else {
+            return;
+        };
+        loop {
+            // SAFETY: waits on the reactor's own epoll descriptor, without blocking, into `events`.
+            let taken = unsafe {
+                libc::epoll_wait(
+                    reactor.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    BATCH as libc::c_int,
+                    0,
+                )
+            };
+            let Ok(taken) = usize::try_from(taken) else {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::warn!(error = %io::Error::last_os_error(), "probe sockets: epoll_wait failed");
+                return;
+            };
+            reactor.dispatch(&events[..taken]);
+            if taken < BATCH {
+                // Events that come after this are a new readiness of the descriptor, not lost.
+                ready.clear_ready();
+                break;
+            }
+        }
+    }
+}
+
+/// A nonblocking TCP socket watched by a [`Reactor`], connected for one check (or a kept-alive run of
+/// them) at a time.
+#[derive(Debug)]
+pub(super) struct ProbeSocket {
+    socket: Socket,
+    reactor: Arc<Reactor>,
+    slot: Arc<Slot>,
+    key: u64,
+    ipv6: bool,
+    /// The slot's counts when a `recv` (a `send`) last found nothing to do, or the connection began.
+    seen_reads: u32,
+    seen_writes: u32,
+}
+
+impl ProbeSocket {
+    /// A new socket for addresses of `address`'s family, watched by `reactor`.
+    pub(super) fn new(reactor: &Arc<Reactor>, address: SocketAddr) -> io::Result<Self> {
+        // Close-on-exec, as socket2 makes every socket.
+        let socket = Socket::new(Domain::for_address(address), Type::STREAM.nonblocking(), None)?;
+        let key = reactor.next.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot::default());
+        lock(&reactor.slots).insert(key, slot.clone());
+        let socket = Self {
+            socket,
+            reactor: reactor.clone(),
+            slot,
+            key,
+            ipv6: address.is_ipv6(),
+            seen_reads: 0,
+            seen_writes: 0,
+        };
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: key,
+        };
+        // SAFETY: registers our own socket with the reactor's epoll instance; `event` is read only.
+        let added = unsafe {
+            libc::epoll_ctl(
+                reactor.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                socket.socket.as_raw_fd(),
+                &raw mut event,
+            )
+        };
+        if added < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(socket)
+    }
+
+    /// Whether this socket can connect to `address` at the next check: the same address family, and its
+    /// reactor still running.
+    pub(super) fn fits(&self, address: SocketAddr) -> bool {
+        self.ipv6 == address.is_ipv6() && self.reactor.is_alive()
+    }
+
+    /// Connects to `address` and sends as much of `request` as the socket takes at once (nothing while the
+    /// handshake is still under way: then waits for it to end). Returns how much went; errors are the
+    /// connection's (refused, unreachable).
+    pub(super) async fn connect_and_send(
+        &mut self,
+        address: SocketAddr,
+        request: &[u8],
+    ) -> io::Result<usize> {
+        // What happened to the socket before this connection is no news for it.
+        self.seen_reads = self.slot.reads.load(Ordering::Acquire);
+        self.seen_writes = self.slot.writes.load(Ordering::Acquire);
+        match self.socket.connect(&address.into()) {
+            Err(error) if error.raw_os_error() != Some(libc::EINPROGRESS) => return Err(error),
+            _ => {}
+        }
+        // `send` reports the connection's own error and clears it; EAGAIN while the handshake is under
+        // way. MSG_NOSIGNAL: a reset is an error, not SIGPIPE.
+        match self.socket.send_with_flags(request, libc::MSG_NOSIGNAL) {
+            Ok(sent) => return Ok(sent),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+        // Not connected yet: wait until the handshake ends, and say why it failed if it did.
+        std::future::poll_fn(|cx| self.poll_event(cx, Direction::Write)).await?;
+        self.seen_writes = self.slot.writes.load(Ordering::Acquire);
+        match self.socket.take_error()? {
+            Some(error) => Err(error),
+            None => Ok(0),
+        }
+    }
+
+    /// Which of its reactor's sockets this is.
+    #[cfg(test)]
+    pub(super) fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// Ends the connection with a reset and keeps the socket for another: `connect(AF_UNSPEC)`.
+    pub(super) fn dissolve(&self) -> io::Result<()> {
+        let unspecified = libc::sockaddr {
+            sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+            sa_data: [0; 14],
+        };
+        // SAFETY: `unspecified` is a whole sockaddr, of the length given.
+        let dissolved = unsafe {
+            libc::connect(
+                self.socket.as_raw_fd(),
+                &raw const unspecified,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            )
+        };
+        if dissolved < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Ready once an event that concerns `direction` came since the last one seen; an error once the
+    /// reactor has stopped.
+    fn poll_event(&mut self, cx: &mut Context<'_>, direction: Direction) -> Poll<io::Result<()>> {
+        let (count, seen) = match direction {
+            Direction::Read => (&self.slot.reads, self.seen_reads),
+            Direction::Write => (&self.slot.writes, self.seen_writes),
+        };
+        if count.load(Ordering::Acquire) != seen {
+            return Poll::Ready(Ok(()));
+        }
+        self.slot.register(cx.waker());
+        // An event dispatched between the first look and the registration woke no one: look again.
+        if count.load(Ordering::Acquire) != seen {
+            return Poll::Ready(Ok(()));
+        }
+        if !self.reactor.is_alive() {
+            return Poll::Ready(Err(io::Error::other("the probe sockets' reactor stopped")));
+        }
+        Poll::Pending
+    }
+
+    /// `operation` as soon as an event allows, until it does not find the socket unready.
+    fn poll_io<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        direction: Direction,
+        mut operation: impl FnMut(&Socket) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            std::task::ready!(self.poll_event(cx, direction))?;
+            let count = match direction {
+                Direction::Read => self.slot.reads.load(Ordering::Acquire),
+                Direction::Write => self.slot.writes.load(Ordering::Acquire),
+            };
+            match operation(&self.socket) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => match direction {
+                    Direction::Read => self.seen_reads = count,
+                    Direction::Write => self.seen_writes = count,
+                },
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+impl Drop for ProbeSocket {
+    fn drop(&mut self) {
+        // Closing the socket takes it out of the epoll instance; its events no longer find a slot.
+        lock(&self.reactor.slots).remove(&self.key);
+    }
+}
+
+impl AsyncRead for ProbeSocket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // SAFETY: `recv` only writes into the unfilled part, and says how much of it it filled.
+        let unfilled = unsafe { buf.unfilled_mut() };
+        let received =
+            std::task::ready!(this.poll_io(cx, Direction::Read, |socket| { socket.recv(&mut *unfilled) }))?;
+        // SAFETY: `recv` initialised the first `received` bytes of the unfilled part.
+        unsafe { buf.assume_init(received) };
+        buf.advance(received);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ProbeSocket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_io(cx, Direction::Write, |socket| {
+            socket.send_with_flags(data, libc::MSG_NOSIGNAL)
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.socket.shutdown(std::net::Shutdown::Write))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_new_connection_carries_the_request_at_once_when_the_handshake_is_over() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let reactor = Reactor::start().unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut socket = ProbeSocket::new(&reactor, address).unwrap();
+        let sent = socket.connect_and_send(address, REQUEST).await.unwrap();
+        assert_eq!(sent, REQUEST.len());
+        let (mut accepted, _) = listener.accept().unwrap();
+        let mut received = vec![0; REQUEST.len()];
+        accepted.read_exact(&mut received).unwrap();
+        assert_eq!(received, REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_still_in_its_handshake_is_waited_for_and_sends_nothing_yet() {
+        use std::future::Future as _;
+        // A listener whose backlog is full drops the SYN: the connection is under way when the request
+        // would go. Once a place frees, the SYN's retransmission (a second later) gets through.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen on our own socket, with the smallest backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let address = listener.local_addr().unwrap();
+        let _filler = std::net::TcpStream::connect(address).unwrap();
+        let reactor = Reactor::start().unwrap();
+        let mut socket = ProbeSocket::new(&reactor, address).unwrap();
+        let mut connecting = Box::pin(socket.connect_and_send(address, REQUEST));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(connecting.as_mut().poll(cx).is_pending())).await;
+        assert!(polled, "the handshake cannot be over with the backlog full");
+        let _ = listener.accept().unwrap();
+        let sent = connecting.await.unwrap();
+        assert_eq!(
+            sent, 0,
+            "the request waits for the exchange, which writes it whole"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_the_connections_error() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let reactor = Reactor::start().unwrap();
+        let mut socket = ProbeSocket::new(&reactor, closed).unwrap();
+        let error = socket.connect_and_send(closed, REQUEST).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    /// One exchange on `socket` with a server that answers and closes: the response as read to its end.
+    async fn exchange(socket: &mut ProbeSocket, listener: &std::net::TcpListener) -> (Vec<u8>, u16) {
+        let address = listener.local_addr().unwrap();
+        let sent = socket.connect_and_send(address, REQUEST).await.unwrap();
+        socket.write_all(&REQUEST[sent..]).await.unwrap();
+        let (mut accepted, peer) = listener.accept().unwrap();
+        let mut request = vec![0; REQUEST.len()];
+        accepted.read_exact(&mut request).unwrap();
+        accepted
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        drop(accepted);
+        let mut response = Vec::new();
+        socket.read_to_end(&mut response).await.unwrap();
+        (response, peer.port())
+    }
+
+    #[tokio::test]
+    async fn a_dissolved_socket_connects_again_from_a_new_port_and_resets_the_old_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let reactor = Reactor::start().unwrap();
+        let mut socket = ProbeSocket::new(&reactor, listener.local_addr().unwrap()).unwrap();
+        let (first, first_port) = exchange(&mut socket, &listener).await;
+        socket.dissolve().unwrap();
+        let (second, second_port) = exchange(&mut socket, &listener).await;
+        assert_eq!(first, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(second, first);
+        assert_ne!(first_port, second_port, "each connection has a port of its own");
+        assert_eq!(lock(&reactor.slots).len(), 1, "one socket, watched once");
+    }
+
+    #[tokio::test]
+    async fn a_dissolved_connection_is_reset_so_its_server_keeps_nothing() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let reactor = Reactor::start().unwrap();
+        let mut socket = ProbeSocket::new(&reactor, address).unwrap();
+        socket.connect_and_send(address, REQUEST).await.unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        socket.dissolve().unwrap();
+        let mut rest = Vec::new();
+        let error = accepted.read_to_end(&mut rest).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn a_waiting_socket_is_told_when_its_reactor_stops_with_its_runtime() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut socket = runtime.block_on(async {
+            let reactor = Reactor::start().unwrap();
+            let mut socket = ProbeSocket::new(&reactor, address).unwrap();
+            socket.connect_and_send(address, REQUEST).await.unwrap();
+            socket
+        });
+        drop(runtime);
+        assert!(!socket.fits(address), "a socket of a stopped reactor is not kept");
+        let other = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut buffer = [0; 16];
+        let error = other.block_on(socket.read(&mut buffer)).unwrap_err();
+        assert_eq!(error.to_string(), "the probe sockets' reactor stopped");
+    }
+}
