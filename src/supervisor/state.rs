@@ -95,7 +95,7 @@ pub struct Snapshot {
     /// The status changes of the last seven days, which uptimes are computed from.
     pub uptime: PublishedUptime,
     /// The most recent check.
-    pub last_check: Option<CheckResult>,
+    pub last_check: Option<Arc<CheckResult>>,
     /// The delay being waited out, in the backoff state.
     pub backoff: Option<Duration>,
     /// When the current instance became ready; `None` while no instance runs.

@@ -111,7 +111,7 @@ impl Actor {
         let result = self.record(outcome, elapsed, &span);
         drop(span);
         for waiter in self.check_waiters.drain(..) {
-            let _ = waiter.send(result.clone());
+            let _ = waiter.send(CheckResult::clone(&result));
         }
         if result.passed || self.health.status() != HealthStatus::Unhealthy {
             return None;
@@ -121,11 +121,11 @@ impl Actor {
             _ => RestartReason::Unhealthy,
         };
         tracing::warn!(service = self.name(), failures = self.health.consecutive_failures(), error = %result.message, "service unhealthy");
-        Some(Event::Unhealthy(reason, result.message))
+        Some(Event::Unhealthy(reason, result.message.clone()))
     }
 
     /// Applies one check's outcome: thresholds, history, metrics, and its span's status and events.
-    fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration, span: &Span) -> CheckResult {
+    fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration, span: &Span) -> Arc<CheckResult> {
         let now = Instant::now();
         let passed = outcome.passed;
         let reason = outcome.reason;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep_until};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use self::checks::poll_check;
 
@@ -116,6 +116,8 @@ enum Input {
 
 pub(super) struct Actor {
     parts: ActorParts,
+    /// The shutdown, waited for once for the actor's life rather than once per turn of its loop.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     changes: watch::Receiver<u64>,
     lifecycle: Lifecycle,
     snapshot: Snapshot,
@@ -152,6 +154,7 @@ impl Actor {
             singleton: parts.spec.singleton && parts.fence.is_some(),
         };
         Self {
+            shutdown: Box::pin(parts.shutdown.clone().cancelled_owned()),
             changes: parts.changes.subscribe(),
             lifecycle: Lifecycle::new(parts.spec.name.clone(), policy),
             snapshot: Snapshot::initial(),
@@ -355,7 +358,7 @@ impl Actor {
             let reset_at = self.reset_deadline().filter(|_| state == ServiceState::Running);
             tokio::select! {
                 biased;
-                () = self.parts.shutdown.cancelled() => return Input::Shutdown,
+                () = &mut self.shutdown => return Input::Shutdown,
                 status = wait_exit(self.exit.as_mut()) => return Input::Event(self.exited(status)),
                 command = self.parts.commands.recv() => {
                     if let Some(input) = self.on_command(command) {
