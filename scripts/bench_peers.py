@@ -3,7 +3,8 @@
 
 Workloads (issue 12), each measured on fog-orchestrator and, in the same run, on its peer:
   checks    CPU per 1,000 HTTP health checks: 100 services, each checked every second, against nginx
-            answering `/health` and closing every connection (keepalive_timeout 0), vs monit.
+            answering `/health` and closing every connection (keepalive_timeout 0), vs monit, and two
+            floors: a C program doing the same checks through epoll on new sockets, and on kept ones.
   restart   SIGKILL of a child -> the replacement's own first instruction (a C child that appends its
             CLOCK_MONOTONIC start time to a file), restart delay 0, vs runit and s6, and a floor: a minimal C
             parent that respawns with posix_spawn.
@@ -257,8 +258,16 @@ def checks(work):
     monit = start(["monit", "-I", "-c", monitrc])
     monit_cost = measure(monit.pid, "monit")
     stop(monit)
+    floors = {}
+    for mode in ("new", "again"):
+        floor = start([os.path.join(HELPERS, "checks"), str(port), mode])
+        floors[mode] = measure(floor.pid, f"C floor, {mode} sockets")
+        stop(floor)
     stop(target)
     row("CPU per 1,000 HTTP checks (closing targets)", fog_cost, "monit", monit_cost, "ms", "<= 0.4x, <= 40 ms")
+    row("same", fog_cost, "C floor, a new socket per check", floors["new"], "ms", "(floor)")
+    row("same", fog_cost, "C floor, sockets connected again", floors["again"], "ms", "(floor)")
+    row("C floor, sockets connected again, against monit", floors["again"], "monit", monit_cost, "ms", "(floor)")
 
 
 # ---- restart -----------------------------------------------------------------------------------------------

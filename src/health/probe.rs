@@ -248,6 +248,9 @@ impl NetworkProber {
 /// Whether the check this probe runs in is traced (a startup probe is not, nor a check not sampled): a probe
 /// makes no CLIENT span of its own otherwise.
 fn traced() -> bool {
+    if !crate::telemetry::trace::exporting() {
+        return false;
+    }
     let parent = tracing::Span::current();
     !parent.is_disabled() && crate::telemetry::trace::is_sampled(&parent)
 }
