@@ -4,7 +4,8 @@
 //!
 //! Supervision (every service's actor, its checks and processes, the registry) runs on a thread of its own
 //! with a single-threaded runtime; the API is served by the caller's runtime. Checks then cost no wakeups of
-//! a second thread (BENCHMARKS.md, "Health checks"), and no load on the API can delay a check or a restart.
+//! a second thread (BENCHMARKS.md, "Where the time went in the first two rounds"), and no load on the API
+//! can delay a check or a restart.
 
 use std::io;
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 //! Written for the probe's one job rather than borrowed from a general client: a check is one request
 //! written in one `write`, a response head, and a body read only as far as its framing says (at most
 //! [`READ_LIMIT`] bytes, which a failure's message quotes). Nothing is spawned and no pool is shared, so a
-//! check costs its connection's syscalls and little else (BENCHMARKS.md, "Health checks").
+//! check costs its connection's syscalls and little else (BENCHMARKS.md, "Side by side with the peers").
 
 use std::collections::HashMap;
 use std::fmt;

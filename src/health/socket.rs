@@ -3,8 +3,8 @@
 //! Most targets close the connection after each response. The socket is then dissolved with
 //! `connect(AF_UNSPEC)`, which resets the connection as a close with `SO_LINGER` 0 would, and is
 //! connected again at the service's next check. A check so spares the socket's creation and close and its
-//! registration with the runtime: two `epoll_ctl`s and tokio's bookkeeping (BENCHMARKS.md, "Health
-//! checks").
+//! registration with the runtime: two `epoll_ctl`s and tokio's bookkeeping (BENCHMARKS.md, "Side by
+//! side with the peers").
 //!
 //! Tokio cannot watch such a socket, since it takes a closed connection's readiness to be final. The
 //! sockets are watched instead by an epoll instance of their own ([`Reactor`]), registered once per
