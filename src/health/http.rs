@@ -56,9 +56,8 @@ pub struct Target {
     literal: Option<std::net::SocketAddr>,
     /// For `https`: the name the server's certificate must carry, and how it is trusted.
     tls: Option<(ServerName<'static>, Trust)>,
-    /// The request, whole, but for its `traceparent` line.
-    head: String,
-    /// The request without a `traceparent` (what an untraced check sends), made once.
+    /// The request without a `traceparent` (what an untraced check sends), made once; a traced check's
+    /// adds that line before the final empty one.
     plain: Vec<u8>,
 }
 
@@ -100,8 +99,8 @@ impl Target {
             Some((_, host)) => host,
             None => authority.as_str(),
         };
-        let head = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: fog-orchestrator/{}\r\nAccept: */*\r\n",
+        let plain = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: fog-orchestrator/{}\r\nAccept: */*\r\n\r\n",
             env!("CARGO_PKG_VERSION")
         );
         Ok(Self {
@@ -110,8 +109,7 @@ impl Target {
             literal: address.parse().ok(),
             address,
             tls,
-            plain: format!("{head}\r\n").into_bytes(),
-            head,
+            plain: plain.into_bytes(),
         })
     }
 
@@ -120,12 +118,13 @@ impl Target {
         let Some(traceparent) = traceparent else {
             return std::borrow::Cow::Borrowed(&self.plain);
         };
-        let mut request = String::with_capacity(self.head.len() + 72);
-        request.push_str(&self.head);
-        request.push_str("traceparent: ");
-        request.push_str(traceparent);
-        request.push_str("\r\n\r\n");
-        std::borrow::Cow::Owned(request.into_bytes())
+        let head = &self.plain[..self.plain.len() - 2];
+        let mut request = Vec::with_capacity(self.plain.len() + 72);
+        request.extend_from_slice(head);
+        request.extend_from_slice(b"traceparent: ");
+        request.extend_from_slice(traceparent.as_bytes());
+        request.extend_from_slice(b"\r\n\r\n");
+        std::borrow::Cow::Owned(request)
     }
 }
 
@@ -237,7 +236,8 @@ impl Connection {
         matches!(self, Connection::Tls(_))
     }
 
-    /// The connection's socket, dissolved for another connection, if it is a kept socket.
+    /// The connection's socket, dissolved for another connection, if it is a kept socket (one that cannot
+    /// be dissolved is closed, with the ordinary FIN).
     fn into_spare(self) -> Option<ProbeSocket> {
         match self {
             Connection::Probe(socket) => socket.dissolve().is_ok().then_some(socket),
@@ -389,18 +389,11 @@ impl Client {
             self.keep(service, |kept| kept.idle = Some(idle));
             return;
         }
-        match stream {
-            Connection::Probe(socket) => {
-                // A socket that cannot be dissolved is closed (with the ordinary FIN).
-                if socket.dissolve().is_ok() {
-                    self.keep(service, |kept| kept.spare = Some(socket));
-                }
-            }
-            Connection::Plain(stream) => {
-                // Should the option not take, the connection closes the ordinary way.
-                let _ = stream.set_zero_linger();
-            }
-            Connection::Tls(_) => {}
+        if let Connection::Plain(stream) = &stream {
+            // Should the option not take, the connection closes the ordinary way.
+            let _ = stream.set_zero_linger();
+        } else if let Some(socket) = stream.into_spare() {
+            self.keep(service, |kept| kept.spare = Some(socket));
         }
     }
 
@@ -789,6 +782,20 @@ mod tests {
     fn spare_key(client: &Client, service: &str) -> Option<u64> {
         let kept = client.kept.lock().unwrap();
         kept.get(service)?.spare.as_ref().map(ProbeSocket::key)
+    }
+
+    #[test]
+    fn the_request_carries_a_traceparent_line_only_when_given_one() {
+        let target = Target::parse(&HttpProbe::new("http://10.0.0.1:8080/ready?full=1")).unwrap();
+        let head = format!(
+            "GET /ready?full=1 HTTP/1.1\r\nHost: 10.0.0.1:8080\r\nUser-Agent: fog-orchestrator/{}\r\nAccept: */*\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(&*target.request(None), format!("{head}\r\n").as_bytes());
+        assert_eq!(
+            &*target.request(Some("00-abc-def-01")),
+            format!("{head}traceparent: 00-abc-def-01\r\n\r\n").as_bytes()
+        );
     }
 
     #[tokio::test]

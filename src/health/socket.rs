@@ -30,15 +30,29 @@ const BATCH: usize = 64;
 /// What the events on a socket say, as counts a waiting check compares with what it saw last.
 #[derive(Debug, Default)]
 struct Slot {
-    /// Events that may let a `recv` proceed (data, the peer's close, an error).
-    reads: AtomicU32,
-    /// Events that may let a `send` proceed (the handshake over, room in the buffer, an error).
-    writes: AtomicU32,
+    /// Per [`Direction`]: events that may let a `recv` proceed (data, the peer's close, an error), and
+    /// events that may let a `send` proceed (the handshake over, room in the buffer, an error).
+    events: [AtomicU32; 2],
     /// The check waiting on the socket, if one is.
     waker: Mutex<Option<Waker>>,
 }
 
+/// Which way a socket is waited on.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Read = 0,
+    Write = 1,
+}
+
 impl Slot {
+    fn events(&self, direction: Direction) -> u32 {
+        self.events[direction as usize].load(Ordering::Acquire)
+    }
+
+    fn count(&self, direction: Direction) {
+        self.events[direction as usize].fetch_add(1, Ordering::AcqRel);
+    }
+
     fn wake(&self) {
         if let Some(waker) = lock(&self.waker).take() {
             waker.wake();
@@ -94,27 +108,22 @@ impl Reactor {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Counts each event on its socket's slot and wakes the check waiting there.
+    /// Counts each event on its socket's slot and wakes the check waiting there (a wake only schedules
+    /// the check: nothing runs under the lock).
     fn dispatch(&self, events: &[libc::epoll_event]) {
-        let woken: Vec<Arc<Slot>> = {
-            let slots = lock(&self.slots);
-            events
-                .iter()
-                .filter_map(|event| {
-                    let slot = slots.get(&{ event.u64 })?;
-                    let flags = event.events as libc::c_int;
-                    let failed = flags & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
-                    if failed || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 {
-                        slot.reads.fetch_add(1, Ordering::AcqRel);
-                    }
-                    if failed || flags & libc::EPOLLOUT != 0 {
-                        slot.writes.fetch_add(1, Ordering::AcqRel);
-                    }
-                    Some(slot.clone())
-                })
-                .collect()
-        };
-        for slot in woken {
+        let slots = lock(&self.slots);
+        for event in events {
+            let Some(slot) = slots.get(&{ event.u64 }) else {
+                continue;
+            };
+            let flags = event.events as libc::c_int;
+            let failed = flags & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
+            if failed || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 {
+                slot.count(Direction::Read);
+            }
+            if failed || flags & libc::EPOLLOUT != 0 {
+                slot.count(Direction::Write);
+            }
             slot.wake();
         }
     }
@@ -122,8 +131,7 @@ impl Reactor {
     /// The draining task is gone: every waiting check is woken to find out.
     fn stop(&self) {
         self.alive.store(false, Ordering::Release);
-        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
-        for slot in slots {
+        for slot in lock(&self.slots).values() {
             slot.wake();
         }
     }
@@ -191,9 +199,9 @@ pub(super) struct ProbeSocket {
     slot: Arc<Slot>,
     key: u64,
     ipv6: bool,
-    /// The slot's counts when a `recv` (a `send`) last found nothing to do, or the connection began.
-    seen_reads: u32,
-    seen_writes: u32,
+    /// Per [`Direction`], the slot's count when a `recv` (a `send`) last found nothing to do, or the
+    /// connection began.
+    seen: [u32; 2],
 }
 
 impl ProbeSocket {
@@ -210,8 +218,7 @@ impl ProbeSocket {
             slot,
             key,
             ipv6: address.is_ipv6(),
-            seen_reads: 0,
-            seen_writes: 0,
+            seen: [0; 2],
         };
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
@@ -247,8 +254,7 @@ impl ProbeSocket {
         request: &[u8],
     ) -> io::Result<usize> {
         // What happened to the socket before this connection is no news for it.
-        self.seen_reads = self.slot.reads.load(Ordering::Acquire);
-        self.seen_writes = self.slot.writes.load(Ordering::Acquire);
+        self.seen = [Direction::Read, Direction::Write].map(|direction| self.slot.events(direction));
         match self.socket.connect(&address.into()) {
             Err(error) if error.raw_os_error() != Some(libc::EINPROGRESS) => return Err(error),
             _ => {}
@@ -262,7 +268,7 @@ impl ProbeSocket {
         }
         // Not connected yet: wait until the handshake ends, and say why it failed if it did.
         std::future::poll_fn(|cx| self.poll_event(cx, Direction::Write)).await?;
-        self.seen_writes = self.slot.writes.load(Ordering::Acquire);
+        self.seen[Direction::Write as usize] = self.slot.events(Direction::Write);
         match self.socket.take_error()? {
             Some(error) => Err(error),
             None => Ok(0),
@@ -298,16 +304,13 @@ impl ProbeSocket {
     /// Ready once an event that concerns `direction` came since the last one seen; an error once the
     /// reactor has stopped.
     fn poll_event(&mut self, cx: &mut Context<'_>, direction: Direction) -> Poll<io::Result<()>> {
-        let (count, seen) = match direction {
-            Direction::Read => (&self.slot.reads, self.seen_reads),
-            Direction::Write => (&self.slot.writes, self.seen_writes),
-        };
-        if count.load(Ordering::Acquire) != seen {
+        let seen = self.seen[direction as usize];
+        if self.slot.events(direction) != seen {
             return Poll::Ready(Ok(()));
         }
         self.slot.register(cx.waker());
         // An event dispatched between the first look and the registration woke no one: look again.
-        if count.load(Ordering::Acquire) != seen {
+        if self.slot.events(direction) != seen {
             return Poll::Ready(Ok(()));
         }
         if !self.reactor.is_alive() {
@@ -325,26 +328,16 @@ impl ProbeSocket {
     ) -> Poll<io::Result<T>> {
         loop {
             std::task::ready!(self.poll_event(cx, direction))?;
-            let count = match direction {
-                Direction::Read => self.slot.reads.load(Ordering::Acquire),
-                Direction::Write => self.slot.writes.load(Ordering::Acquire),
-            };
+            let count = self.slot.events(direction);
             match operation(&self.socket) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => match direction {
-                    Direction::Read => self.seen_reads = count,
-                    Direction::Write => self.seen_writes = count,
-                },
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.seen[direction as usize] = count
+                }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 done => return Poll::Ready(done),
             }
         }
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Direction {
-    Read,
-    Write,
 }
 
 impl Drop for ProbeSocket {
