@@ -465,15 +465,24 @@ impl Api {
         let format = Format::negotiate(header(hyper::header::ACCEPT));
         let exposition = self.state.supervisor.metrics().exposition(format);
         let gzip = header(hyper::header::ACCEPT_ENCODING).is_some_and(accepts_gzip);
-        let parts = [exposition.kept.as_bytes(), exposition.fresh.as_bytes()];
-        let compressed = if gzip { gzip_parts(&parts) } else { None };
+        let compressed = if gzip {
+            let parts: Vec<&[u8]> = (exposition.kept.iter().map(|part| part.as_bytes()))
+                .chain([exposition.fresh.as_bytes()])
+                .collect();
+            gzip_parts(&parts)
+        } else {
+            None
+        };
         let gzipped = compressed.is_some();
         let body = match compressed {
             Some(compressed) => ReplyBody::whole(Bytes::from(compressed)),
-            None => ReplyBody::parts([
-                Bytes::from_owner(Shared(exposition.kept)),
-                Bytes::from(exposition.fresh),
-            ]),
+            None => ReplyBody::parts(
+                (exposition
+                    .kept
+                    .into_iter()
+                    .map(|part| Bytes::from_owner(Shared(part))))
+                .chain([Bytes::from(exposition.fresh)]),
+            ),
         };
         let mut reply = body_reply(StatusCode::OK, format.content_type(), body);
         let reply_headers = reply.headers_mut();

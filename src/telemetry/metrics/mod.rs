@@ -7,8 +7,9 @@
 //! operations.
 //!
 //! Per-service values are plain atomics ([`ServiceMetrics`]) written straight into the text exposition,
-//! one family at a time, and so are the registry's heartbeat series and the dependency edges; their text
-//! is kept from one scrape to the next while none of them changes ([`CHANGES`]). The API's traffic is
+//! one family at a time, and so are the registry's heartbeat series and the dependency edges; each
+//! family's text is kept from one scrape to the next while none of its series changes ([`Part`],
+//! [`Changes`]). The API's traffic is
 //! written straight too, on every scrape. The rest (build info, reloads, events, the fleet, and what an
 //! embedding program registers) are prometheus-crate metrics in a registry, gathered and encoded by the
 //! crate on every scrape, and `process_*` is read from `/proc` on every scrape. With a prometheus-crate
@@ -32,7 +33,7 @@ mod process;
 mod service;
 
 pub use self::service::ServiceMetrics;
-use self::service::{ServiceEntry, escape, write_services};
+use self::service::{ServiceEntry, escape, write_family};
 use crate::clock::unix_seconds;
 use crate::graph::DependencyGraph;
 use crate::health::HealthStatus;
@@ -41,23 +42,99 @@ use crate::status::ServiceState;
 /// Metric name prefix.
 pub const NAMESPACE: &str = "orchestrator";
 
-/// Changes to the series a scrape writes straight (per service, heartbeats, dependency edges), counted:
-/// while the count stays the same, their text is too, and a scrape copies it from the last one. Counted
-/// after each change is made, and read before the series are, so a text is never kept under a count that
-/// came after a change it misses. One count for every [`Metrics`] in the process: a change to one only
-/// makes the others render again.
-static CHANGES: AtomicU64 = AtomicU64::new(0);
+/// A part of the text written straight: one per-service family, one heartbeat family, or the dependency
+/// edges, in the order they are written. Each part counts its own changes ([`Changes`]), so a scrape writes
+/// anew only the parts that changed since the last one and reuses the others' text: between two scrapes a
+/// service's checks change its check counters and durations, not its state, restarts or exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    Info,
+    State,
+    Health,
+    Up,
+    Checks,
+    Failures,
+    Durations,
+    ConsecutiveFailures,
+    Restarts,
+    LastRestart,
+    Backoff,
+    StartupDuration,
+    Blocked,
+    OutputDropped,
+    StartTime,
+    ExitCode,
+    ExitSignal,
+    Kills,
+    Transitions,
+    HeartbeatLast,
+    HeartbeatTimeouts,
+    HeartbeatsReceived,
+    Edges,
+}
 
-/// The text of the series written straight, and the count of changes it includes.
+impl Part {
+    /// Every part, in the order of the exposition.
+    const ALL: [Part; 23] = [
+        Part::Info,
+        Part::State,
+        Part::Health,
+        Part::Up,
+        Part::Checks,
+        Part::Failures,
+        Part::Durations,
+        Part::ConsecutiveFailures,
+        Part::Restarts,
+        Part::LastRestart,
+        Part::Backoff,
+        Part::StartupDuration,
+        Part::Blocked,
+        Part::OutputDropped,
+        Part::StartTime,
+        Part::ExitCode,
+        Part::ExitSignal,
+        Part::Kills,
+        Part::Transitions,
+        Part::HeartbeatLast,
+        Part::HeartbeatTimeouts,
+        Part::HeartbeatsReceived,
+        Part::Edges,
+    ];
+}
+
+/// Changes to each part of the series a scrape writes straight, counted: while a part's count stays the
+/// same, its text is too, and a scrape shares it with the last one. Counted after each change is made,
+/// and read before the series are, so a text is never kept under a count that came after a change it
+/// misses. One set per [`Metrics`], shared with its services' and heartbeats' series.
+#[derive(Debug, Default)]
+pub(super) struct Changes([AtomicU64; Part::ALL.len()]);
+
+impl Changes {
+    /// Counts one change of `part`.
+    pub(super) fn changed(&self, part: Part) {
+        self.0[part as usize].fetch_add(1, Ordering::Release);
+    }
+
+    /// Counts a change of every part in `parts`.
+    pub(super) fn changed_each(&self, parts: &[Part]) {
+        for part in parts {
+            self.changed(*part);
+        }
+    }
+
+    /// How many changes `part` has seen.
+    fn count(&self, part: Part) -> u64 {
+        self.0[part as usize].load(Ordering::Acquire)
+    }
+}
+
+/// The text of a part written straight, and the count of its changes it includes.
 type Written = (u64, Arc<String>);
 
-/// The largest text of the series written straight that is kept for the next scrape.
+/// The most text of the parts written straight that is kept for the next scrape, per format: parts
+/// past it (a registry of 100,000 entries writes some 20 MB of heartbeats, which change all the time)
+/// are written anew at every scrape.
 const KEPT_LIMIT: usize = 8 << 20;
-
-/// Counts one change of the series written straight.
-fn changed() {
-    CHANGES.fetch_add(1, Ordering::Release);
-}
 
 /// An exposition format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,17 +224,20 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     events: EventMetrics,
     cluster: cluster::ClusterMetrics,
-    /// The series written straight, as the last scrape in each format wrote them, with the count of
-    /// changes they include (indexed by [`Format::index`]).
-    written: Mutex<[Option<Written>; 2]>,
+    /// The parts written straight, as the last scrape in each format wrote them, with the count of
+    /// changes each includes (indexed by [`Format::index`], then by [`Part`]).
+    written: Mutex<[[Option<Written>; Part::ALL.len()]; 2]>,
+    /// The changes to each part, counted by the series as they change.
+    changes: Arc<Changes>,
 }
 
-/// An exposition: the text of the series written straight, shared with every scrape until one of them
+/// An exposition: the parts of the series written straight, each shared with every scrape until it
 /// changes, then the rest, written for this scrape.
 #[derive(Debug, Clone)]
 pub struct Exposition {
-    /// The per-service series, heartbeats and dependency edges.
-    pub kept: Arc<String>,
+    /// The per-service families, heartbeats and dependency edges: one text per family, in order (empty
+    /// ones left out).
+    pub kept: Vec<Arc<String>>,
     /// API traffic, the gathered families and `process_*` (and `# EOF` in OpenMetrics).
     pub fresh: String,
 }
@@ -165,7 +245,7 @@ pub struct Exposition {
 impl Exposition {
     /// Its length in bytes.
     pub fn len(&self) -> usize {
-        self.kept.len() + self.fresh.len()
+        self.kept.iter().map(|part| part.len()).sum::<usize>() + self.fresh.len()
     }
 
     /// Whether it is empty (never: `process_*` at least).
@@ -329,8 +409,9 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
             .set(1);
 
+        let changes = Arc::new(Changes::default());
         let heartbeats = RegistryMetrics {
-            heartbeats: Arc::default(),
+            heartbeats: Arc::new(heartbeat::Heartbeats::new(changes.clone())),
             timeout: register(
                 &registry,
                 Gauge::with_opts(opts(
@@ -433,7 +514,8 @@ impl Metrics {
             cluster: cluster::ClusterMetrics::register(&registry),
             registry,
             services: Mutex::new(Vec::new()),
-            written: Mutex::new([None, None]),
+            written: Mutex::new([const { [const { None }; Part::ALL.len()] }; 2]),
+            changes,
         };
         for result in [ReloadResult::Success, ReloadResult::Failure] {
             metrics.reloads.with_label_values(&[result.as_str()]);
@@ -476,7 +558,7 @@ impl Metrics {
             .dependency_info
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = text;
-        changed();
+        self.changes.changed(Part::Edges);
     }
 
     /// Creates every series of a supervised service (reasons and states at 0) and returns its handles.
@@ -489,7 +571,7 @@ impl Metrics {
         layer: u32,
     ) -> ServiceMetrics {
         let info = info_labels(service_type, critical, external, layer);
-        let service = ServiceMetrics::default();
+        let service = ServiceMetrics::counted_in(self.changes.clone());
         service.set_state(ServiceState::Pending);
         service.set_health(HealthStatus::Unknown);
         self.heartbeats.series(name);
@@ -498,22 +580,26 @@ impl Metrics {
             info,
             metrics: service.clone(),
         };
-        self.services
+        let mut services = self
+            .services
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(entry);
-        changed();
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        services.push(entry);
+        // Counted while the services are locked: a scrape reads the counts under the same lock, so the
+        // parts it reuses were written with the services it writes the others with.
+        self.changes.changed_each(&Part::ALL);
         service
     }
 
     /// Removes every series of a service a reload removed (its heartbeat series go with its registry
     /// entry).
     pub fn remove_service(&self, name: &str) {
-        self.services
+        let mut services = self
+            .services
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|entry| entry.name != name);
-        changed();
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        services.retain(|entry| entry.name != name);
+        self.changes.changed_each(&Part::ALL);
     }
 
     /// A reload changed what `service_info` says of a service (its other series stay as they are).
@@ -533,7 +619,7 @@ impl Metrics {
             entry.info = info_labels(service_type, critical, external, layer);
         }
         drop(services);
-        changed();
+        self.changes.changed(Part::Info);
     }
 
     /// The configuration now running was loaded at `at` (at start, or by a successful reload), with this
@@ -591,13 +677,15 @@ impl Metrics {
     pub fn render(&self, format: Format) -> String {
         let exposition = self.exposition(format);
         let mut text = String::with_capacity(exposition.len());
-        text.push_str(&exposition.kept);
+        for part in &exposition.kept {
+            text.push_str(part);
+        }
         text.push_str(&exposition.fresh);
         text
     }
 
-    /// The exposition of every metric in `format`, in its two parts (a response sends them one after the
-    /// other, without copying the first: 4 MB for 1,000 services).
+    /// The exposition of every metric in `format`, in its parts (a response sends them one after the
+    /// other, without copying them into one: 4 MB for 1,000 services).
     pub fn exposition(&self, format: Format) -> Exposition {
         let kept = self.written(format);
         let mut text = String::with_capacity(16 * 1024);
@@ -626,39 +714,60 @@ impl Metrics {
         Exposition { kept, fresh: text }
     }
 
-    /// The series written straight (per service, heartbeats, dependency edges): the last scrape's text when
-    /// none changed since, else written anew. Concurrent scrapes wait for one writer.
-    fn written(&self, format: Format) -> Arc<String> {
+    /// The parts written straight (per-service families, heartbeats, dependency edges): each the last
+    /// scrape's text when it did not change since, else written anew. Concurrent scrapes wait for one
+    /// writer.
+    fn written(&self, format: Format) -> Vec<Arc<String>> {
         let mut kept = self
             .written
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let changes = CHANGES.load(Ordering::Acquire);
-        if let Some((at, text)) = &kept[format.index()]
-            && *at == changes
-        {
-            return text.clone();
-        }
+        let kept = &mut kept[format.index()];
+        // Held while the counts are read and the parts written: a service added or removed counts a
+        // change of every part under this lock, so every part is written with the same services.
         let services = self
             .services
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Room for the last text and some growth: a 4 MB text grown by doubling is copied several times.
-        let last = kept[format.index()].as_ref().map_or(0, |(_, text)| text.len());
-        let mut text = String::with_capacity((last + last / 8).max(2048 + services.len() * 4500));
-        write_services(&mut text, format, &services);
-        drop(services);
-        self.heartbeats.heartbeats.write(&mut text, format);
-        text.push_str(
-            &self
-                .dependency_info
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        let text = Arc::new(text);
-        // A registry of 100,000 entries writes some 20 MB, and its heartbeats change it all the time.
-        kept[format.index()] = (text.len() <= KEPT_LIMIT).then(|| (changes, text.clone()));
-        text
+        let mut parts = Vec::with_capacity(Part::ALL.len());
+        let mut budget = KEPT_LIMIT;
+        for part in Part::ALL {
+            let changes = self.changes.count(part);
+            let slot = &mut kept[part as usize];
+            let text = match slot {
+                Some((at, text)) if *at == changes => text.clone(),
+                _ => {
+                    // Room for the last text and some growth: a large text grown by doubling is copied
+                    // several times.
+                    let last = slot.as_ref().map_or(0, |(_, text)| text.len());
+                    let mut text = String::with_capacity(last + last / 8);
+                    self.write_part(&mut text, format, &services, part);
+                    Arc::new(text)
+                }
+            };
+            *slot = (text.len() <= budget).then(|| (changes, text.clone()));
+            budget = budget.saturating_sub(text.len());
+            if !text.is_empty() {
+                parts.push(text);
+            }
+        }
+        parts
+    }
+
+    /// Writes one part of the series written straight.
+    fn write_part(&self, text: &mut String, format: Format, services: &[ServiceEntry], part: Part) {
+        match part {
+            Part::HeartbeatLast | Part::HeartbeatTimeouts | Part::HeartbeatsReceived => {
+                self.heartbeats.heartbeats.write(text, format, part);
+            }
+            Part::Edges => text.push_str(
+                &self
+                    .dependency_info
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            ),
+            _ => write_family(text, format, services, part),
+        }
     }
 
     /// The registry, for tests and embedding programs that add their own metrics.
@@ -758,6 +867,144 @@ mod tests {
         }
         metrics.remove_service("db");
         assert!(!scrape(Format::Text).contains("orchestrator_service_info{service=\"db\""));
+    }
+
+    /// Every kind of change to a series written straight counts a change of the part it is written in:
+    /// after each, the parts a scrape reuses and writes anew read exactly as if every part were written
+    /// anew, in both formats; and a part nothing changed is shared with the last scrape, not written again.
+    #[test]
+    fn a_scrape_writes_anew_only_the_parts_that_changed_and_reads_as_if_it_wrote_them_all() {
+        use crate::graph::{DependencyGraph, Node};
+        use crate::health::FailureReason;
+        use crate::status::RestartReason;
+        use crate::supervisor::state::Exit;
+
+        let metrics = Metrics::new();
+        let web = metrics.service("web", "web", true, false, 0);
+        let registry = metrics.for_registry();
+        let kept = |format| metrics.exposition(format).kept;
+        let anew = |format: Format| {
+            metrics.written.lock().unwrap()[format.index()] = Default::default();
+            metrics.written(format)
+        };
+        let joined = |parts: &[Arc<String>]| parts.iter().map(|part| part.as_str()).collect::<String>();
+        let node = |name: &str, depends_on: &[&str]| Node {
+            name: name.to_owned(),
+            service_type: name.to_owned(),
+            priority: 0,
+            depends_on: depends_on.iter().map(|s| s.to_string()).collect(),
+            optional_depends_on: Vec::new(),
+        };
+        let now = SystemTime::now();
+        type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+        let changes: Vec<Change> = vec![
+            ("state", Box::new(|| web.set_state(ServiceState::Running))),
+            ("health", Box::new(|| web.set_health(HealthStatus::Healthy))),
+            ("up", Box::new(|| web.set_up(true))),
+            ("check", Box::new(|| web.check(None, Duration::from_millis(3), 0))),
+            (
+                "failed check",
+                Box::new(|| web.check(Some(FailureReason::Timeout), Duration::from_secs(2), 1)),
+            ),
+            ("down", Box::new(|| web.down(FailureReason::ProcessDown, 2))),
+            ("failures reset", Box::new(|| web.set_consecutive_failures(0))),
+            (
+                "restart",
+                Box::new(|| web.restart(RestartReason::Crashed, now, Some("ab".repeat(16)))),
+            ),
+            (
+                "check trace",
+                Box::new(|| web.check_trace(Duration::from_millis(40), "cd".repeat(16), now)),
+            ),
+            ("started", Box::new(|| web.started(now))),
+            ("ended", Box::new(|| web.ended(&Exit::Signal(9)))),
+            ("killed", Box::new(|| web.killed())),
+            (
+                "health transition",
+                Box::new(|| web.health_changed(HealthStatus::Healthy, HealthStatus::Unhealthy)),
+            ),
+            (
+                "backoff",
+                Box::new(|| web.set_backoff(Some(Duration::from_secs(4)))),
+            ),
+            (
+                "startup duration",
+                Box::new(|| web.set_startup_duration(Duration::from_millis(1500))),
+            ),
+            ("output dropped", Box::new(|| web.output_dropped(3))),
+            ("blocked", Box::new(|| web.set_blocked(true))),
+            ("heartbeat", Box::new(|| registry.heartbeat("web", now))),
+            ("heartbeat timeout", Box::new(|| registry.timed_out("web"))),
+            ("registered", Box::new(|| registry.series("cache"))),
+            ("unregistered", Box::new(|| registry.remove("cache"))),
+            (
+                "service info",
+                Box::new(|| metrics.set_service_info("web", "edge", false, false, 1)),
+            ),
+            (
+                "graph",
+                Box::new(|| {
+                    let graph = DependencyGraph::new(vec![node("db", &[]), node("web", &["db"])]).unwrap();
+                    metrics.record_graph(&graph);
+                }),
+            ),
+            (
+                "service added",
+                Box::new(|| drop(metrics.service("db", "db", false, false, 0))),
+            ),
+            ("service removed", Box::new(|| metrics.remove_service("db"))),
+        ];
+        let formats = [Format::Text, Format::OpenMetrics];
+        for (what, change) in &changes {
+            let before = formats.map(kept);
+            for (format, before) in formats.iter().zip(&before) {
+                let again = kept(*format);
+                assert!(
+                    before.len() == again.len() && before.iter().zip(&again).all(|(a, b)| Arc::ptr_eq(a, b)),
+                    "nothing changed, nothing written anew"
+                );
+            }
+            change();
+            for (format, before) in formats.into_iter().zip(&before) {
+                let after = joined(&kept(format));
+                // A check's trace is an exemplar, which only OpenMetrics shows.
+                if format == Format::OpenMetrics || *what != "check trace" {
+                    assert!(joined(before) != after, "{what} ({format:?}) shows");
+                }
+                assert!(
+                    after == joined(&anew(format)),
+                    "{what} ({format:?}) reads as written anew"
+                );
+            }
+        }
+        // A check writes its own families anew and shares the others' text with the last scrape.
+        let before = kept(Format::Text);
+        web.check(None, Duration::from_millis(3), 0);
+        let after = kept(Format::Text);
+        let family = |parts: &[Arc<String>], name: &str| {
+            let header = format!("# HELP orchestrator_{name} ");
+            parts
+                .iter()
+                .find(|part| part.starts_with(&header))
+                .cloned()
+                .unwrap()
+        };
+        for name in [
+            "service_state",
+            "service_restarts_total",
+            "heartbeats_received_total",
+        ] {
+            assert!(
+                Arc::ptr_eq(&family(&before, name), &family(&after, name)),
+                "{name}"
+            );
+        }
+        for name in ["health_checks_total", "health_check_duration_seconds"] {
+            assert!(
+                !Arc::ptr_eq(&family(&before, name), &family(&after, name)),
+                "{name}"
+            );
+        }
     }
 
     #[test]

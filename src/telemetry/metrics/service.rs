@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use super::{CHECK_BUCKETS, Format, NAMESPACE, changed};
+use super::{CHECK_BUCKETS, Changes, Format, NAMESPACE, Part};
 use crate::clock::unix_seconds;
 use crate::health::{FailureReason, HealthStatus};
 use crate::status::{RestartReason, ServiceState};
@@ -26,24 +26,15 @@ impl AtomicF64 {
         f64::from_bits(self.0.load(Ordering::Relaxed))
     }
 
-    /// Sets the value; counts a change when it is one.
-    fn set(&self, value: f64) {
-        if self.0.swap(value.to_bits(), Ordering::Relaxed) != value.to_bits() {
-            changed();
-        }
+    /// Sets the value; whether it changed.
+    fn set(&self, value: f64) -> bool {
+        self.0.swap(value.to_bits(), Ordering::Relaxed) != value.to_bits()
     }
 
     fn add(&self, value: f64) {
         let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
             Some((f64::from_bits(bits) + value).to_bits())
         });
-    }
-}
-
-/// Stores `value`; counts a change when it is one.
-fn store_u8(atomic: &AtomicU8, value: u8) {
-    if atomic.swap(value, Ordering::Relaxed) != value {
-        changed();
     }
 }
 
@@ -76,6 +67,8 @@ struct Series {
     /// Health transitions, by the status entered (index into `HealthStatus::ALL`).
     transitions: [AtomicU64; 4],
     exemplars: Mutex<Exemplars>,
+    /// Where changes to these series are counted (the metrics' they belong to).
+    changes: Arc<Changes>,
 }
 
 /// The trace of a series' latest event.
@@ -98,23 +91,46 @@ struct Exemplars {
 pub struct ServiceMetrics(Arc<Series>);
 
 impl ServiceMetrics {
+    /// Series at zero whose changes are counted in `changes`.
+    pub(super) fn counted_in(changes: Arc<Changes>) -> Self {
+        Self(Arc::new(Series {
+            changes,
+            ..Series::default()
+        }))
+    }
+
+    /// Counts a change of `part`.
+    fn changed(&self, part: Part) {
+        self.0.changes.changed(part);
+    }
+
+    /// Counts a change of `part` if `changed`.
+    fn changed_if(&self, changed: bool, part: Part) {
+        if changed {
+            self.changed(part);
+        }
+    }
     /// The lifecycle state (every state exported, 1 for the current).
     pub fn set_state(&self, state: ServiceState) {
         let index = ServiceState::ALL.iter().position(|s| *s == state).unwrap_or(0);
-        store_u8(&self.0.state, index as u8);
+        self.changed_if(
+            self.0.state.swap(index as u8, Ordering::Relaxed) != index as u8,
+            Part::State,
+        );
     }
 
     /// The health status (every status exported, 1 for the current).
     pub fn set_health(&self, status: HealthStatus) {
         let index = HealthStatus::ALL.iter().position(|s| *s == status).unwrap_or(0);
-        store_u8(&self.0.health, index as u8);
+        self.changed_if(
+            self.0.health.swap(index as u8, Ordering::Relaxed) != index as u8,
+            Part::Health,
+        );
     }
 
     /// Up: running and not unhealthy.
     pub fn set_up(&self, up: bool) {
-        if self.0.up.swap(up, Ordering::Relaxed) != up {
-            changed();
-        }
+        self.changed_if(self.0.up.swap(up, Ordering::Relaxed) != up, Part::Up);
     }
 
     /// One health check.
@@ -131,9 +147,11 @@ impl ServiceMetrics {
             && let Some(position) = FailureReason::ALL.iter().position(|r| *r == reason)
         {
             series.failures[position].fetch_add(1, Ordering::Relaxed);
+            self.changed(Part::Failures);
         }
         self.set_consecutive_failures(consecutive_failures);
-        changed();
+        self.changed(Part::Checks);
+        self.changed(Part::Durations);
     }
 
     /// The service went down without a probe saying so (its process exited, a start failed or timed
@@ -145,15 +163,17 @@ impl ServiceMetrics {
             series.failures[position].fetch_add(1, Ordering::Relaxed);
         }
         self.set_consecutive_failures(consecutive_failures);
-        changed();
+        self.changed(Part::Checks);
+        self.changed(Part::Failures);
     }
 
     /// The consecutive failure count changed outside a check (down, reset).
     pub fn set_consecutive_failures(&self, failures: u32) {
         let failures = u64::from(failures);
-        if self.0.consecutive_failures.swap(failures, Ordering::Relaxed) != failures {
-            changed();
-        }
+        self.changed_if(
+            self.0.consecutive_failures.swap(failures, Ordering::Relaxed) != failures,
+            Part::ConsecutiveFailures,
+        );
     }
 
     /// A restart began at `at`, traced in `trace_id` when traces are exported.
@@ -168,8 +188,8 @@ impl ServiceMetrics {
                 });
             }
         }
-        self.0.last_restart.set(unix_seconds(at));
-        changed();
+        self.changed_if(self.0.last_restart.set(unix_seconds(at)), Part::LastRestart);
+        self.changed(Part::Restarts);
     }
 
     /// The check that took `took` at `at` was traced in `trace_id`: the exemplar of its bucket.
@@ -184,7 +204,7 @@ impl ServiceMetrics {
             value: seconds,
             timestamp: unix_seconds(at),
         });
-        changed();
+        self.changed(Part::Durations);
     }
 
     fn exemplars(&self) -> std::sync::MutexGuard<'_, Exemplars> {
@@ -196,7 +216,7 @@ impl ServiceMetrics {
 
     /// A new instance started at `at`.
     pub fn started(&self, at: SystemTime) {
-        self.0.start_time.set(unix_seconds(at));
+        self.changed_if(self.0.start_time.set(unix_seconds(at)), Part::StartTime);
     }
 
     /// The instance ended (on its own or stopped) with `exit`: its code, or the signal that ended it.
@@ -208,44 +228,50 @@ impl ServiceMetrics {
         };
         self.0.last_exit_code.store(code, Ordering::Relaxed);
         self.0.last_exit_signal.store(signal, Ordering::Relaxed);
-        changed();
+        self.changed(Part::ExitCode);
+        self.changed(Part::ExitSignal);
     }
 
     /// The instance did not stop within the shutdown timeout (or the stop was forced): SIGKILL.
     pub fn killed(&self) {
         self.0.kills.fetch_add(1, Ordering::Relaxed);
-        changed();
+        self.changed(Part::Kills);
     }
 
     /// The health status went from `from` to `to`.
     pub fn health_changed(&self, _from: HealthStatus, to: HealthStatus) {
         if let Some(position) = HealthStatus::ALL.iter().position(|s| *s == to) {
             self.0.transitions[position].fetch_add(1, Ordering::Relaxed);
-            changed();
+            self.changed(Part::Transitions);
         }
     }
 
     /// The backoff delay being waited out (`None` when not in backoff).
     pub fn set_backoff(&self, delay: Option<Duration>) {
-        self.0.backoff.set(delay.map_or(0.0, |d| d.as_secs_f64()));
+        let delay = delay.map_or(0.0, |d| d.as_secs_f64());
+        self.changed_if(self.0.backoff.set(delay), Part::Backoff);
     }
 
     /// The latest start took `took` from launch to ready.
     pub fn set_startup_duration(&self, took: Duration) {
-        self.0.startup_duration.set(took.as_secs_f64());
+        self.changed_if(
+            self.0.startup_duration.set(took.as_secs_f64()),
+            Part::StartupDuration,
+        );
     }
 
     /// `lines` of the service's output were dropped by its rate limit.
     pub fn output_dropped(&self, lines: u64) {
         self.0.output_dropped.fetch_add(lines, Ordering::Relaxed);
-        changed();
+        self.changed(Part::OutputDropped);
     }
 
     /// A required dependency is down (or not).
     pub fn set_blocked(&self, blocked: bool) {
-        if self.0.blocked.swap(blocked, Ordering::Relaxed) != blocked {
-            changed();
-        }
+        self.changed_if(
+            self.0.blocked.swap(blocked, Ordering::Relaxed) != blocked,
+            Part::Blocked,
+        );
     }
 }
 
@@ -378,11 +404,183 @@ fn count(counter: &AtomicU64) -> f64 {
     counter.load(Ordering::Relaxed) as f64
 }
 
-/// Writes the per-service families, one family at a time, from the services' series.
-pub(super) fn write_services(text: &mut String, format: Format, services: &[ServiceEntry]) {
+/// Writes one per-service family (`part`), from the services' series, in their order.
+pub(super) fn write_family(text: &mut String, format: Format, services: &[ServiceEntry], part: Part) {
     if services.is_empty() {
         return;
     }
+    let states = ServiceState::ALL.map(ServiceState::as_str);
+    let statuses = HealthStatus::ALL.map(HealthStatus::as_str);
+    let reasons = FailureReason::ALL.map(FailureReason::as_str);
+    let restart_reasons = RestartReason::ALL.map(RestartReason::as_str);
+    // A family with one series per service.
+    let mut each = |family, value: fn(&Series) -> f64| per_service(text, format, services, family, value);
+    match part {
+        Part::Info => write_info(text, format, services),
+        Part::State => per_service_and(
+            text,
+            format,
+            services,
+            (
+                "service_state",
+                "Lifecycle state of a service: 1 for the current state, 0 for the others.",
+                "gauge",
+            ),
+            ("state", &states),
+            |s, position| f64::from(u8::from(usize::from(s.state.load(Ordering::Relaxed)) == position)),
+            |_, _| None,
+        ),
+        Part::Health => per_service_and(
+            text,
+            format,
+            services,
+            (
+                "service_health",
+                "Health status of a service: 1 for the current status, 0 for the others.",
+                "gauge",
+            ),
+            ("status", &statuses),
+            |s, position| {
+                f64::from(u8::from(
+                    usize::from(s.health.load(Ordering::Relaxed)) == position,
+                ))
+            },
+            |_, _| None,
+        ),
+        Part::Up => each(
+            (
+                "service_up",
+                "1 while the service is running and not unhealthy.",
+                "gauge",
+            ),
+            |s| f64::from(u8::from(s.up.load(Ordering::Relaxed))),
+        ),
+        Part::Checks => each(("health_checks_total", "Health checks run.", "counter"), |s| {
+            count(&s.checks)
+        }),
+        Part::Failures => per_service_and(
+            text,
+            format,
+            services,
+            (
+                "health_check_failures_total",
+                "Failed health checks, by reason.",
+                "counter",
+            ),
+            ("reason", &reasons),
+            |s, position| count(&s.failures[position]),
+            |_, _| None,
+        ),
+        Part::Durations => write_durations(text, format, services),
+        Part::ConsecutiveFailures => each(
+            (
+                "health_check_consecutive_failures",
+                "Consecutive failed health checks.",
+                "gauge",
+            ),
+            |s| count(&s.consecutive_failures),
+        ),
+        Part::Restarts => per_service_and(
+            text,
+            format,
+            services,
+            ("service_restarts_total", "Restarts, by reason.", "counter"),
+            ("reason", &restart_reasons),
+            |s, position| count(&s.restarts[position]),
+            |exemplars, position| exemplars.restarts[position].clone(),
+        ),
+        Part::LastRestart => each(
+            (
+                "service_last_restart_timestamp_seconds",
+                "When the last restart began (Unix time), 0 before the first.",
+                "gauge",
+            ),
+            |s| s.last_restart.get(),
+        ),
+        Part::Backoff => each(
+            (
+                "service_restart_backoff_seconds",
+                "The backoff delay being waited out before a restart, 0 when not in backoff.",
+                "gauge",
+            ),
+            |s| s.backoff.get(),
+        ),
+        Part::StartupDuration => each(
+            (
+                "service_startup_duration_seconds",
+                "Time from launch to ready of the service's latest start.",
+                "gauge",
+            ),
+            |s| s.startup_duration.get(),
+        ),
+        Part::Blocked => each(
+            (
+                "service_dependency_blocked",
+                "1 while a required dependency of the service is down.",
+                "gauge",
+            ),
+            |s| f64::from(u8::from(s.blocked.load(Ordering::Relaxed))),
+        ),
+        Part::OutputDropped => each(
+            (
+                "service_output_dropped_lines_total",
+                "Lines of the service's stdout/stderr dropped by its output rate limit.",
+                "counter",
+            ),
+            |s| count(&s.output_dropped),
+        ),
+        Part::StartTime => each(
+            (
+                "service_start_time_seconds",
+                "When the current (or latest) instance of the service started (Unix time), 0 before the first.",
+                "gauge",
+            ),
+            |s| s.start_time.get(),
+        ),
+        Part::ExitCode => each(
+            (
+                "service_last_exit_code",
+                "Exit code of the service's latest instance to end, -1 when a signal ended it.",
+                "gauge",
+            ),
+            |s| s.last_exit_code.load(Ordering::Relaxed) as f64,
+        ),
+        Part::ExitSignal => each(
+            (
+                "service_last_exit_signal",
+                "Signal that ended the service's latest instance to end, 0 when it exited by itself.",
+                "gauge",
+            ),
+            |s| s.last_exit_signal.load(Ordering::Relaxed) as f64,
+        ),
+        Part::Kills => each(
+            (
+                "service_sigkills_total",
+                "Stops escalated to SIGKILL: the service did not stop within its shutdown timeout, or the stop was forced.",
+                "counter",
+            ),
+            |s| count(&s.kills),
+        ),
+        Part::Transitions => per_service_and(
+            text,
+            format,
+            services,
+            (
+                "service_health_transitions_total",
+                "Health status changes, by the status entered.",
+                "counter",
+            ),
+            ("to", &statuses),
+            |s, position| count(&s.transitions[position]),
+            |_, _| None,
+        ),
+        // Not per service: the heartbeats' and the edges' parts.
+        Part::HeartbeatLast | Part::HeartbeatTimeouts | Part::HeartbeatsReceived | Part::Edges => {}
+    }
+}
+
+/// `service_info`: one series per service with its static facts as labels.
+fn write_info(text: &mut String, format: Format, services: &[ServiceEntry]) {
     header(
         text,
         format,
@@ -399,70 +597,10 @@ pub(super) fn write_services(text: &mut String, format: Format, services: &[Serv
             entry.name
         );
     }
-    let states = ServiceState::ALL.map(ServiceState::as_str);
-    per_service_and(
-        text,
-        format,
-        services,
-        (
-            "service_state",
-            "Lifecycle state of a service: 1 for the current state, 0 for the others.",
-            "gauge",
-        ),
-        ("state", &states),
-        |s, position| f64::from(u8::from(usize::from(s.state.load(Ordering::Relaxed)) == position)),
-        |_, _| None,
-    );
-    let statuses = HealthStatus::ALL.map(HealthStatus::as_str);
-    per_service_and(
-        text,
-        format,
-        services,
-        (
-            "service_health",
-            "Health status of a service: 1 for the current status, 0 for the others.",
-            "gauge",
-        ),
-        ("status", &statuses),
-        |s, position| {
-            f64::from(u8::from(
-                usize::from(s.health.load(Ordering::Relaxed)) == position,
-            ))
-        },
-        |_, _| None,
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_up",
-            "1 while the service is running and not unhealthy.",
-            "gauge",
-        ),
-        |s| f64::from(u8::from(s.up.load(Ordering::Relaxed))),
-    );
-    per_service(
-        text,
-        format,
-        services,
-        ("health_checks_total", "Health checks run.", "counter"),
-        |s| count(&s.checks),
-    );
-    let reasons = FailureReason::ALL.map(FailureReason::as_str);
-    per_service_and(
-        text,
-        format,
-        services,
-        (
-            "health_check_failures_total",
-            "Failed health checks, by reason.",
-            "counter",
-        ),
-        ("reason", &reasons),
-        |s, position| count(&s.failures[position]),
-        |_, _| None,
-    );
+}
+
+/// The check-duration histogram: cumulative buckets (with their exemplars in OpenMetrics), sum and count.
+fn write_durations(text: &mut String, format: Format, services: &[ServiceEntry]) {
     header(
         text,
         format,
@@ -497,137 +635,4 @@ pub(super) fn write_services(text: &mut String, format: Format, services: &[Serv
         text.push_str("\"} ");
         number(text, total as f64);
     }
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "health_check_consecutive_failures",
-            "Consecutive failed health checks.",
-            "gauge",
-        ),
-        |s| count(&s.consecutive_failures),
-    );
-    let restart_reasons = RestartReason::ALL.map(RestartReason::as_str);
-    per_service_and(
-        text,
-        format,
-        services,
-        ("service_restarts_total", "Restarts, by reason.", "counter"),
-        ("reason", &restart_reasons),
-        |s, position| count(&s.restarts[position]),
-        |exemplars, position| exemplars.restarts[position].clone(),
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_last_restart_timestamp_seconds",
-            "When the last restart began (Unix time), 0 before the first.",
-            "gauge",
-        ),
-        |s| s.last_restart.get(),
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_restart_backoff_seconds",
-            "The backoff delay being waited out before a restart, 0 when not in backoff.",
-            "gauge",
-        ),
-        |s| s.backoff.get(),
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_startup_duration_seconds",
-            "Time from launch to ready of the service's latest start.",
-            "gauge",
-        ),
-        |s| s.startup_duration.get(),
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_dependency_blocked",
-            "1 while a required dependency of the service is down.",
-            "gauge",
-        ),
-        |s| f64::from(u8::from(s.blocked.load(Ordering::Relaxed))),
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_output_dropped_lines_total",
-            "Lines of the service's stdout/stderr dropped by its output rate limit.",
-            "counter",
-        ),
-        |s| count(&s.output_dropped),
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_start_time_seconds",
-            "When the current (or latest) instance of the service started (Unix time), 0 before the first.",
-            "gauge",
-        ),
-        |s| s.start_time.get(),
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_last_exit_code",
-            "Exit code of the service's latest instance to end, -1 when a signal ended it.",
-            "gauge",
-        ),
-        |s| s.last_exit_code.load(Ordering::Relaxed) as f64,
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_last_exit_signal",
-            "Signal that ended the service's latest instance to end, 0 when it exited by itself.",
-            "gauge",
-        ),
-        |s| s.last_exit_signal.load(Ordering::Relaxed) as f64,
-    );
-    per_service(
-        text,
-        format,
-        services,
-        (
-            "service_sigkills_total",
-            "Stops escalated to SIGKILL: the service did not stop within its shutdown timeout, or the stop was forced.",
-            "counter",
-        ),
-        |s| count(&s.kills),
-    );
-    per_service_and(
-        text,
-        format,
-        services,
-        (
-            "service_health_transitions_total",
-            "Health status changes, by the status entered.",
-            "counter",
-        ),
-        ("to", &statuses),
-        |s, position| count(&s.transitions[position]),
-        |_, _| None,
-    );
 }
