@@ -7,6 +7,7 @@
 //! actor (module `output`), and a task that reaps it.
 
 use std::fmt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -49,6 +50,10 @@ pub struct Instance {
     output: Option<Output>,
     /// Fleet mode: the lease fence of a singleton instance, ended with the instance.
     fence: Option<crate::cluster::FenceGuard>,
+    /// A pidfd of the process running the service's command, when that is not the process waited for
+    /// (the shim of a PID namespace): readable as soon as the command's process ends, before its init and
+    /// shim have followed it.
+    main: Option<OwnedFd>,
 }
 
 impl fmt::Debug for Instance {
@@ -74,7 +79,13 @@ impl Instance {
             health: None,
             output: None,
             fence: None,
+            main: None,
         }
+    }
+
+    /// The pidfd of the process running the service's command, if it is watched apart from the instance.
+    pub(crate) fn take_main(&mut self) -> Option<OwnedFd> {
+        self.main.take()
     }
 
     /// The process's stdout and stderr, once, for the actor to forward.
@@ -136,6 +147,17 @@ pub trait Launcher: Send + Sync + 'static {
     /// The service `name` stopped for good (stopped, failed, removed): anything kept ready for its next
     /// start can go.
     fn forget(&self, _name: &str) {}
+
+    /// Starts the instance kept ready for `spec`'s next start now, untraced, ahead of the [`launch`] that
+    /// takes it: the restart is decided, and the bookkeeping before its launch (the exit's log line,
+    /// metrics, events and spans) need not hold the service up. Whether there was one to start. If no
+    /// launch follows, [`forget`] stops it.
+    ///
+    /// [`launch`]: Launcher::launch
+    /// [`forget`]: Launcher::forget
+    fn start_ahead(&self, _spec: &ServiceSpec) -> bool {
+        false
+    }
 }
 
 /// A service that runs inside the orchestrator's process, registered from Rust code.
@@ -227,6 +249,8 @@ struct Standby {
     /// What it was made for: used only for the same spec.
     spec: ServiceSpec,
     child: Process,
+    /// Told to exec already ([`Launcher::start_ahead`]): the launch only takes it.
+    started: bool,
 }
 
 /// A spawned child: started by the spawn server, or `posix_spawn`ed here (through tokio).
@@ -309,37 +333,60 @@ impl Default for ProcessLauncher {
 #[async_trait]
 impl Launcher for ProcessLauncher {
     async fn launch(&self, spec: &ServiceSpec) -> Result<Instance, LaunchError> {
-        let command = expand(
-            spec.command
-                .as_deref()
-                .ok_or_else(|| LaunchError(format!("service {:?} has no command", spec.name)))?,
-        )?;
-        let (program, _) = command
-            .split_first()
-            .ok_or_else(|| LaunchError("empty command".into()))?;
-        // Found here, so a command that cannot run is a failed start now, not a crash of the helper later.
-        resolve(program, spec)?;
-        if let Some(dir) = &spec.working_dir
-            && !dir.is_dir()
-        {
-            return Err(LaunchError(format!(
-                "working_dir {} is not a directory",
-                dir.display()
-            )));
-        }
-        let child = match self.take_standby(spec).await {
-            Some(child) => child,
-            None => self.spawn(spec, &command, false)?,
+        let command = checked_command(spec).inspect_err(|_| {
+            // A standby started ahead runs no command that fails its start: it goes too.
+            if let Some(slot) = self.standbys().get_mut(spec.name.as_str())
+                && slot.as_ref().is_some_and(|standby| standby.started)
+            {
+                *slot = None;
+            }
+        })?;
+        let (child, main) = match self.take_standby(spec).await {
+            // Its namespace, init and command's process were made in advance, so the latter is there.
+            Some(child) => {
+                let main = (self.containment == Containment::PidNamespace)
+                    .then(|| child.id().and_then(main_process))
+                    .flatten();
+                (child, main)
+            }
+            None => (self.spawn(spec, &command, false)?, None),
         };
         if self.keeps_standby(spec) {
             self.prepare_standby(spec, command);
         }
-        Ok(started(child))
+        let mut instance = started(child);
+        instance.main = main;
+        Ok(instance)
     }
 
     fn forget(&self, name: &str) {
         // Dropping the standby's child kills it (`kill_on_drop`): its init, and with it the namespace.
         self.standbys().remove(name);
+    }
+
+    fn start_ahead(&self, spec: &ServiceSpec) -> bool {
+        let mut standbys = self.standbys();
+        let Some(Some(standby)) = standbys.get_mut(spec.name.as_str()) else {
+            return false;
+        };
+        if standby.started || standby.spec != *spec || !standby.child.running() {
+            return false;
+        }
+        let Some(stdin) = standby.child.take_stdin() else {
+            return false;
+        };
+        // An empty line: no TRACEPARENT. One byte into an empty pipe is written at once; should it not
+        // be, the standby sees its stdin closed and leaves, and the launch spawns anew.
+        standby.started = matches!(stdin.try_write(b"\n"), Ok(1));
+        if standby.started {
+            // A pipe's wake-up tells the kernel that the writer is about to sleep, so the standby is
+            // queued on this thread's CPU, even with the other one idle; but this thread goes on with
+            // the exit's bookkeeping (0.25 ms), which the standby would wait for. Yielding lets it run
+            // first.
+            // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
+            unsafe { libc::sched_yield() };
+        }
+        standby.started
     }
 }
 
@@ -465,6 +512,11 @@ impl ProcessLauncher {
     /// one is dropped (and so killed).
     async fn take_standby(&self, spec: &ServiceSpec) -> Option<Process> {
         let mut standby = self.standbys().get_mut(spec.name.as_str())?.take()?;
+        if standby.started && standby.spec == *spec {
+            // Started ahead of this launch: running its command already, or exited, which its instance
+            // reports as any exit.
+            return Some(standby.child);
+        }
         if standby.spec != *spec || !standby.child.running() {
             return None;
         }
@@ -494,10 +546,81 @@ impl ProcessLauncher {
             if let Some(slot) = launcher.standbys().get_mut(spec.name.as_str())
                 && slot.is_none()
             {
-                *slot = Some(Standby { spec, child });
+                *slot = Some(Standby {
+                    spec,
+                    child,
+                    started: false,
+                });
             }
         });
     }
+}
+
+/// A pidfd of the process that runs (or is about to run) the command of the instance whose shim is
+/// `shim`: the only child of the shim's only child, the namespace's init. `None` if the tree is not so
+/// (the command's process ended already, or `/proc` does not list children).
+fn main_process(shim: u32) -> Option<OwnedFd> {
+    let init = only_child(shim)?;
+    let main = only_child(init)?;
+    // SAFETY: pidfd_open takes a PID and flags; the result is a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, main as libc::pid_t, 0) };
+    let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a new descriptor, owned from here on.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The PID may have been reused since it was listed: the process is the init's child, and it was
+    // when its parent was read if it still exists now (a PID is not reused before its process is reaped).
+    let parent = std::fs::read_to_string(format!("/proc/{main}/stat")).ok()?;
+    let parent = parent
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u32>()
+        .ok()?;
+    // SAFETY: signal 0 to the pidfd's process: only checks that it exists.
+    let alive = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    } == 0;
+    (parent == init && alive).then_some(pidfd)
+}
+
+/// The only child of `pid`, from `/proc`.
+fn only_child(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let mut children = children.split_whitespace().map(str::parse::<u32>);
+    match (children.next(), children.next()) {
+        (Some(Ok(child)), None) => Some(child),
+        _ => None,
+    }
+}
+
+/// `spec`'s command, expanded, once it is known to be able to run: found, and its working directory there
+/// (a command that cannot run is a failed start now, not a crash of the helper later).
+fn checked_command(spec: &ServiceSpec) -> Result<Vec<String>, LaunchError> {
+    let command = expand(
+        spec.command
+            .as_deref()
+            .ok_or_else(|| LaunchError(format!("service {:?} has no command", spec.name)))?,
+    )?;
+    let (program, _) = command
+        .split_first()
+        .ok_or_else(|| LaunchError("empty command".into()))?;
+    resolve(program, spec)?;
+    if let Some(dir) = &spec.working_dir
+        && !dir.is_dir()
+    {
+        return Err(LaunchError(format!(
+            "working_dir {} is not a directory",
+            dir.display()
+        )));
+    }
+    Ok(command)
 }
 
 /// The instance of a spawned child: its output, a task that reaps it, and its process group to signal.

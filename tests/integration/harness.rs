@@ -26,6 +26,10 @@ pub enum Event {
     Terminate(String),
     Kill(String),
     Exit(String),
+    /// The replacement kept ready was started ahead of its launch.
+    StartAhead(String),
+    /// What was kept ready for the service's next start can go.
+    Forget(String),
 }
 
 /// How one fake service behaves; the test changes it at will.
@@ -43,6 +47,8 @@ pub struct Behaviour {
     pub ignore_sigterm: bool,
     /// The process exits by itself this long after launch.
     pub exit_after: Option<Duration>,
+    /// A replacement is kept ready, which `start_ahead` starts.
+    pub standby: bool,
 }
 
 impl Default for Behaviour {
@@ -54,6 +60,7 @@ impl Default for Behaviour {
             fail_launch: false,
             ignore_sigterm: false,
             exit_after: None,
+            standby: false,
         }
     }
 }
@@ -72,6 +79,10 @@ struct WorldState {
     next_pid: u32,
     /// Services launched while an instance of theirs was still alive.
     overlaps: Vec<String>,
+    /// Handles of the services whose published snapshot a start ahead notes.
+    handles: HashMap<String, ServiceHandle>,
+    /// The published snapshot of a service at each start ahead.
+    ahead: Vec<Snapshot>,
 }
 
 /// The fake launcher and health target, shared by the supervisor and the test.
@@ -96,6 +107,16 @@ impl World {
         if let Some(sender) = sender {
             self.exit(service, &sender, Exit::Code(code));
         }
+    }
+
+    /// Notes `handle`'s published snapshot whenever its service's replacement is started ahead.
+    pub fn watch(&self, handle: ServiceHandle) {
+        self.lock().handles.insert(handle.name().to_owned(), handle);
+    }
+
+    /// The published snapshots noted at each start ahead.
+    pub fn seen_ahead(&self) -> Vec<Snapshot> {
+        self.lock().ahead.clone()
     }
 
     /// Everything seen so far.
@@ -194,6 +215,28 @@ impl Launcher for World {
             sender,
         };
         Ok(Instance::new(Some(pid), exit, Box::new(control)))
+    }
+
+    fn forget(&self, name: &str) {
+        self.record(Event::Forget(name.to_owned()));
+    }
+
+    fn start_ahead(&self, spec: &ServiceSpec) -> bool {
+        let name = spec.name.to_string();
+        let (standby, handle) = {
+            let state = self.lock();
+            let standby = state.behaviour.get(&name).is_some_and(|b| b.standby);
+            (standby, state.handles.get(&name).cloned())
+        };
+        if !standby {
+            return false;
+        }
+        if let Some(handle) = handle {
+            let snapshot = handle.snapshot();
+            self.lock().ahead.push(snapshot);
+        }
+        self.record(Event::StartAhead(name));
+        true
     }
 }
 

@@ -555,6 +555,69 @@ async fn a_restart_without_delay_starts_from_a_standby_made_in_advance_which_goe
     assert_eq!(orchestrator.stop().await.code(), Some(0));
 }
 
+/// The processes under `root` (itself included), from /proc.
+fn tree_of(root: u32) -> Vec<u32> {
+    let mut tree = vec![root];
+    let mut next = 0;
+    while let Some(pid) = tree.get(next).copied() {
+        tree.extend(all_children_of(pid).into_iter().map(|(pid, _, _)| pid));
+        next += 1;
+    }
+    tree
+}
+
+/// The process running `sleep 3600` under `root`, once there is one.
+async fn sleep_under(root: u32) -> u32 {
+    crate::deploy::eventually("the command running", LIMIT, async || {
+        tree_of(root)
+            .into_iter()
+            .find(|pid| command_line(*pid) == "sleep 3600 ")
+    })
+    .await
+}
+
+/// In a PID namespace, the end of the command's own process starts the standby, before the namespace's
+/// init and the shim have ended and been reaped. A stopped shim holds the instance's exit back, so the
+/// replacement runs while the old instance still shows as running; once the shim goes on, the exit is
+/// recorded and the replacement is the instance.
+#[tokio::test]
+async fn a_standby_starts_when_the_command_ends_before_its_namespace_has_gone() {
+    use fog_orchestrator::supervisor::containment::Containment;
+    if Containment::detect() != Containment::PidNamespace {
+        eprintln!("PID namespaces are not available here: nothing ends before the shim");
+        return;
+    }
+    let (mut orchestrator, api, first) = zero_delay_worker().await;
+    let parent = orchestrator.pid();
+    let second = replaced(&mut orchestrator, first).await;
+    let standby = a_standby_besides(parent, second).await;
+    // Started from a standby: its command's process is watched apart from its shim.
+    let third = replaced(&mut orchestrator, second).await;
+    assert_eq!(third, standby);
+    let next = a_standby_besides(parent, third).await;
+
+    signal(third, libc::SIGSTOP);
+    signal(sleep_under(third).await, libc::SIGKILL);
+    let replacement = sleep_under(next).await;
+    let (_, services) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
+    let worker = &services["services"]["worker"];
+    assert_eq!(worker["pid"].as_u64(), Some(u64::from(third)), "{worker}");
+    assert_eq!(worker["status"], "running", "{worker}");
+    assert_eq!(worker["restart_count"], 2, "{worker}");
+
+    signal(third, libc::SIGCONT);
+    let ready = orchestrator
+        .wait_for("the worker ready again", |f| {
+            is_ready_line(f, "worker") && f["pid"].as_u64() == Some(u64::from(next))
+        })
+        .await;
+    assert_eq!(ready["pid"].as_u64(), Some(u64::from(next)));
+    let (_, services) = http("GET", &format!("{api}/api/orchestration/services"), "").await;
+    assert_eq!(services["services"]["worker"]["restart_count"], 3);
+    assert!(tree_of(next).contains(&replacement), "the same process runs on");
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[tokio::test]
 async fn services_start_through_one_spawn_server_and_one_killed_is_replaced_at_the_next_start() {

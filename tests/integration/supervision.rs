@@ -693,3 +693,88 @@ async fn priority_waits_for_lower_layers_and_a_required_dependency_counts_once()
         "api launched at {api_launched} ms"
     );
 }
+
+/// A restart without delay whose replacement is kept ready starts that replacement as soon as the exit is
+/// seen, before the exit is even recorded (the service still shows running, with no restart and no
+/// error), and the launch that follows takes it. Not when the restart waits out a delay, and not when
+/// the attempts are spent.
+#[tokio::test(start_paused = true)]
+async fn a_replacement_kept_ready_starts_before_the_exit_is_recorded_and_only_for_a_restart_at_once() {
+    let world = World::default();
+    world.set("worker", |b| b.standby = true);
+    world.set("patient", |b| b.standby = true);
+    let supervisor = supervise(
+        &world,
+        "[services.worker]\ncommand = [\"fake\"]\nrestart.initial_delay = \"0s\"\nrestart.max_attempts = 2\n\
+         [services.patient]\ncommand = [\"fake\"]\nrestart.initial_delay = \"1s\"\n",
+    );
+    let worker = service(&supervisor, "worker");
+    world.watch(worker.clone());
+    world.watch(service(&supervisor, "patient"));
+    reach(&supervisor, "worker", ServiceState::Running).await;
+    reach(&supervisor, "patient", ServiceState::Running).await;
+    let of = |name: &str| {
+        let name = name.to_owned();
+        move |event: &Event| match event {
+            Event::Launch(n) | Event::Exit(n) | Event::StartAhead(n) | Event::Forget(n) => *n == name,
+            _ => false,
+        }
+    };
+    let events = |name: &str| -> Vec<Event> {
+        let of = of(name);
+        world
+            .events()
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| of(e))
+            .collect()
+    };
+    let worker_name = || "worker".to_string();
+
+    for restarts in 1..=2 {
+        world.crash("worker", 1);
+        let again = within(
+            SECOND,
+            worker.wait_for(|s| s.restart_count == restarts && s.state == ServiceState::Running),
+        )
+        .await;
+        assert_eq!(again.restart_count, restarts);
+    }
+    assert_eq!(
+        events("worker"),
+        [
+            Event::Launch(worker_name()),
+            Event::Exit(worker_name()),
+            Event::StartAhead(worker_name()),
+            Event::Launch(worker_name()),
+            Event::Exit(worker_name()),
+            Event::StartAhead(worker_name()),
+            Event::Launch(worker_name()),
+        ],
+        "started ahead, then taken by the launch: nothing forgotten"
+    );
+    let seen = world.seen_ahead();
+    assert_eq!(seen.len(), 2);
+    for (before, snapshot) in seen.iter().enumerate() {
+        assert_eq!(snapshot.state, ServiceState::Running, "{snapshot:?}");
+        assert_eq!(snapshot.restart_count, before as u32, "{snapshot:?}");
+        assert!(snapshot.pid.is_some(), "the exit not yet recorded: {snapshot:?}");
+    }
+    assert!(seen[0].last_error.is_none(), "{:?}", seen[0]);
+
+    // The attempts are spent: the service fails, and nothing is started ahead.
+    world.crash("worker", 1);
+    within(SECOND, worker.wait_for(|s| s.state == ServiceState::Failed)).await;
+    let after = events("worker");
+    assert_eq!(
+        after[7..],
+        [Event::Exit(worker_name()), Event::Forget(worker_name())]
+    );
+
+    // A restart after a delay starts nothing ahead: its launch comes a second later.
+    world.crash("patient", 1);
+    reach(&supervisor, "patient", ServiceState::Backoff).await;
+    reach(&supervisor, "patient", ServiceState::Running).await;
+    assert!(!events("patient").contains(&Event::StartAhead("patient".into())));
+    assert_eq!(world.seen_ahead().len(), 2);
+}

@@ -55,6 +55,8 @@ impl Actor {
         if let Some(launcher) = self.parts.launcher.clone() {
             // Inside `start service`: the child gets its traceparent in `TRACEPARENT`.
             let inside = self.traces_start().unwrap_or_else(tracing::Span::none);
+            // This launch takes a replacement started ahead (or drops it, if it cannot).
+            self.started_ahead = false;
             match launcher.launch(&self.parts.spec).instrument(inside).await {
                 Ok(mut instance) => {
                     if let Some(output) = instance.take_output() {
@@ -75,6 +77,16 @@ impl Actor {
                     self.spawned(instance.pid());
                     self.parts.metrics.started(self.parts.clock.at(now));
                     self.exit = Some(instance.exit_watch());
+                    self.main = instance.take_main().and_then(|fd| {
+                        // SAFETY: an OwnedFd keeps the pidfd open and the same for as long as the AsyncFd holds it.
+                        unsafe {
+                            tokio::io::unix::AsyncFd::register_with_interest(
+                                fd,
+                                tokio::io::Interest::READABLE,
+                            )
+                        }
+                        .ok()
+                    });
                     self.instance = Some(instance);
                     self.set_process_alive(true);
                     self.publish();
@@ -183,6 +195,7 @@ impl Actor {
     pub(super) async fn stop_instance(&mut self) {
         self.check = None;
         self.exit = None;
+        self.main = None;
         let Some(instance) = self.instance.take() else {
             return;
         };
