@@ -73,6 +73,9 @@ pub async fn serve(listener: TcpListener, api: Api, limits: Limits, shutdown: im
                         continue;
                     }
                 };
+                // A response goes out in several writes when its body is in parts (`/metrics`): with
+                // Nagle's algorithm the last one would wait for the client's delayed ACK (40 ms).
+                let _ = stream.set_nodelay(true);
                 let pressured = permits.available_permits() < limits.max_connections / 2;
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     // Make room for the client's retry: the oldest connection closes gracefully.

@@ -17,7 +17,7 @@ use crate::registry::{EntryFilter, Registration, RegistryEntry};
 use crate::reload::{Reloaded, Trigger};
 use crate::supervisor::containment::Containment;
 use crate::supervisor::{HealthReport, Roster, ServiceHandle, ServiceState, Snapshot};
-use crate::telemetry::metrics::Format;
+use crate::telemetry::metrics::{Exposition, Format};
 
 /// The body of start, stop and restart.
 #[derive(Debug, Default, Deserialize)]
@@ -476,13 +476,7 @@ impl Api {
         let gzipped = compressed.is_some();
         let body = match compressed {
             Some(compressed) => ReplyBody::whole(Bytes::from(compressed)),
-            None => ReplyBody::parts(
-                (exposition
-                    .kept
-                    .into_iter()
-                    .map(|part| Bytes::from_owner(Shared(part))))
-                .chain([Bytes::from(exposition.fresh)]),
-            ),
+            None => ReplyBody::parts(coalesced(exposition)),
         };
         let mut reply = body_reply(StatusCode::OK, format.content_type(), body);
         let reply_headers = reply.headers_mut();
@@ -686,6 +680,28 @@ fn accepts_gzip(accept: &str) -> bool {
 
 /// `parts`, one after the other, gzip-compressed (fast level: a scrape is latency-bound), or `None` if
 /// compression failed.
+/// The exposition's parts as a body's chunks: the large ones shared as they are, each run of small ones
+/// copied into one (one chunk per family would be two dozen writes for a few kilobytes).
+fn coalesced(exposition: Exposition) -> Vec<Bytes> {
+    /// Parts this small are copied together.
+    const SMALL: usize = 16 * 1024;
+    let mut chunks = Vec::with_capacity(exposition.kept.len() + 1);
+    let mut small = Vec::new();
+    for part in exposition.kept {
+        if part.len() < SMALL {
+            small.extend_from_slice(part.as_bytes());
+            continue;
+        }
+        if !small.is_empty() {
+            chunks.push(Bytes::from(std::mem::take(&mut small)));
+        }
+        chunks.push(Bytes::from_owner(Shared(part)));
+    }
+    small.extend_from_slice(exposition.fresh.as_bytes());
+    chunks.push(Bytes::from(small));
+    chunks
+}
+
 fn gzip_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
     use std::io::Write as _;
     let length: usize = parts.iter().map(|part| part.len()).sum();
@@ -723,5 +739,22 @@ mod tests {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut decoder, &mut text).unwrap();
         assert_eq!(text, "orchestrator_up 1\n");
+    }
+
+    /// The body reads as the exposition; runs of small parts go as one chunk, a large part as itself
+    /// (not copied).
+    #[test]
+    fn an_exposition_goes_out_with_its_small_parts_together_and_its_large_ones_shared() {
+        let large = Arc::new("x".repeat(20 * 1024));
+        let parts = ["a\n", "b\n"].map(|part| Arc::new(part.to_owned()));
+        let exposition = Exposition {
+            kept: vec![parts[0].clone(), parts[1].clone(), large.clone(), parts[0].clone()],
+            fresh: "fresh\n".to_owned(),
+        };
+        let chunks = coalesced(exposition);
+        assert_eq!(chunks.len(), 3, "{chunks:?}");
+        assert_eq!(chunks[0], "a\nb\n");
+        assert_eq!(chunks[1].as_ptr(), large.as_ptr(), "the large part is shared");
+        assert_eq!(chunks[2], "a\nfresh\n");
     }
 }

@@ -380,9 +380,9 @@ impl Launcher for ProcessLauncher {
         standby.started = matches!(stdin.try_write(b"\n"), Ok(1));
         if standby.started {
             // A pipe's wake-up tells the kernel that the writer is about to sleep, so the standby is
-            // queued on this thread's CPU, even with the other one idle; but this thread goes on with
-            // the exit's bookkeeping (0.25 ms), which the standby would wait for. Yielding lets it run
-            // first.
+            // queued on this thread's CPU, even with the other one idle; but this thread goes on (with
+            // the exit's bookkeeping, 0.25 ms, or other services), and the standby would wait for it.
+            // Yielding lets it run first.
             // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
             unsafe { libc::sched_yield() };
         }
