@@ -748,7 +748,12 @@ mod tests {
         let large = Arc::new("x".repeat(20 * 1024));
         let parts = ["a\n", "b\n"].map(|part| Arc::new(part.to_owned()));
         let exposition = Exposition {
-            kept: vec![parts[0].clone(), parts[1].clone(), large.clone(), parts[0].clone()],
+            kept: vec![
+                parts[0].clone(),
+                parts[1].clone(),
+                large.clone(),
+                parts[0].clone(),
+            ],
             fresh: "fresh\n".to_owned(),
         };
         let chunks = coalesced(exposition);
