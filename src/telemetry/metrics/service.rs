@@ -405,6 +405,96 @@ fn count(counter: &AtomicU64) -> f64 {
 }
 
 /// Writes one per-service family (`part`), from the services' series, in their order.
+/// The per-service families with one series per service: part, name, help, type and value.
+type Single = (Part, &'static str, &'static str, &'static str, fn(&Series) -> f64);
+
+const SINGLE: [Single; 12] = [
+    (
+        Part::Up,
+        "service_up",
+        "1 while the service is running and not unhealthy.",
+        "gauge",
+        |s| f64::from(u8::from(s.up.load(Ordering::Relaxed))),
+    ),
+    (
+        Part::Checks,
+        "health_checks_total",
+        "Health checks run.",
+        "counter",
+        |s| count(&s.checks),
+    ),
+    (
+        Part::ConsecutiveFailures,
+        "health_check_consecutive_failures",
+        "Consecutive failed health checks.",
+        "gauge",
+        |s| count(&s.consecutive_failures),
+    ),
+    (
+        Part::LastRestart,
+        "service_last_restart_timestamp_seconds",
+        "When the last restart began (Unix time), 0 before the first.",
+        "gauge",
+        |s| s.last_restart.get(),
+    ),
+    (
+        Part::Backoff,
+        "service_restart_backoff_seconds",
+        "The backoff delay being waited out before a restart, 0 when not in backoff.",
+        "gauge",
+        |s| s.backoff.get(),
+    ),
+    (
+        Part::StartupDuration,
+        "service_startup_duration_seconds",
+        "Time from launch to ready of the service's latest start.",
+        "gauge",
+        |s| s.startup_duration.get(),
+    ),
+    (
+        Part::Blocked,
+        "service_dependency_blocked",
+        "1 while a required dependency of the service is down.",
+        "gauge",
+        |s| f64::from(u8::from(s.blocked.load(Ordering::Relaxed))),
+    ),
+    (
+        Part::OutputDropped,
+        "service_output_dropped_lines_total",
+        "Lines of the service's stdout/stderr dropped by its output rate limit.",
+        "counter",
+        |s| count(&s.output_dropped),
+    ),
+    (
+        Part::StartTime,
+        "service_start_time_seconds",
+        "When the current (or latest) instance of the service started (Unix time), 0 before the first.",
+        "gauge",
+        |s| s.start_time.get(),
+    ),
+    (
+        Part::ExitCode,
+        "service_last_exit_code",
+        "Exit code of the service's latest instance to end, -1 when a signal ended it.",
+        "gauge",
+        |s| s.last_exit_code.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        Part::ExitSignal,
+        "service_last_exit_signal",
+        "Signal that ended the service's latest instance to end, 0 when it exited by itself.",
+        "gauge",
+        |s| s.last_exit_signal.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        Part::Kills,
+        "service_sigkills_total",
+        "Stops escalated to SIGKILL: the service did not stop within its shutdown timeout, or the stop was forced.",
+        "counter",
+        |s| count(&s.kills),
+    ),
+];
+
 pub(super) fn write_family(text: &mut String, format: Format, services: &[ServiceEntry], part: Part) {
     if services.is_empty() {
         return;
@@ -413,8 +503,10 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
     let statuses = HealthStatus::ALL.map(HealthStatus::as_str);
     let reasons = FailureReason::ALL.map(FailureReason::as_str);
     let restart_reasons = RestartReason::ALL.map(RestartReason::as_str);
-    // A family with one series per service.
-    let mut each = |family, value: fn(&Series) -> f64| per_service(text, format, services, family, value);
+    if let Some((_, name, help, kind, value)) = SINGLE.iter().find(|family| family.0 == part) {
+        per_service(text, format, services, (name, help, kind), *value);
+        return;
+    }
     match part {
         Part::Info => write_info(text, format, services),
         Part::State => per_service_and(
@@ -447,17 +539,6 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
             },
             |_, _| None,
         ),
-        Part::Up => each(
-            (
-                "service_up",
-                "1 while the service is running and not unhealthy.",
-                "gauge",
-            ),
-            |s| f64::from(u8::from(s.up.load(Ordering::Relaxed))),
-        ),
-        Part::Checks => each(("health_checks_total", "Health checks run.", "counter"), |s| {
-            count(&s.checks)
-        }),
         Part::Failures => per_service_and(
             text,
             format,
@@ -472,14 +553,6 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
             |_, _| None,
         ),
         Part::Durations => write_durations(text, format, services),
-        Part::ConsecutiveFailures => each(
-            (
-                "health_check_consecutive_failures",
-                "Consecutive failed health checks.",
-                "gauge",
-            ),
-            |s| count(&s.consecutive_failures),
-        ),
         Part::Restarts => per_service_and(
             text,
             format,
@@ -488,78 +561,6 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
             ("reason", &restart_reasons),
             |s, position| count(&s.restarts[position]),
             |exemplars, position| exemplars.restarts[position].clone(),
-        ),
-        Part::LastRestart => each(
-            (
-                "service_last_restart_timestamp_seconds",
-                "When the last restart began (Unix time), 0 before the first.",
-                "gauge",
-            ),
-            |s| s.last_restart.get(),
-        ),
-        Part::Backoff => each(
-            (
-                "service_restart_backoff_seconds",
-                "The backoff delay being waited out before a restart, 0 when not in backoff.",
-                "gauge",
-            ),
-            |s| s.backoff.get(),
-        ),
-        Part::StartupDuration => each(
-            (
-                "service_startup_duration_seconds",
-                "Time from launch to ready of the service's latest start.",
-                "gauge",
-            ),
-            |s| s.startup_duration.get(),
-        ),
-        Part::Blocked => each(
-            (
-                "service_dependency_blocked",
-                "1 while a required dependency of the service is down.",
-                "gauge",
-            ),
-            |s| f64::from(u8::from(s.blocked.load(Ordering::Relaxed))),
-        ),
-        Part::OutputDropped => each(
-            (
-                "service_output_dropped_lines_total",
-                "Lines of the service's stdout/stderr dropped by its output rate limit.",
-                "counter",
-            ),
-            |s| count(&s.output_dropped),
-        ),
-        Part::StartTime => each(
-            (
-                "service_start_time_seconds",
-                "When the current (or latest) instance of the service started (Unix time), 0 before the first.",
-                "gauge",
-            ),
-            |s| s.start_time.get(),
-        ),
-        Part::ExitCode => each(
-            (
-                "service_last_exit_code",
-                "Exit code of the service's latest instance to end, -1 when a signal ended it.",
-                "gauge",
-            ),
-            |s| s.last_exit_code.load(Ordering::Relaxed) as f64,
-        ),
-        Part::ExitSignal => each(
-            (
-                "service_last_exit_signal",
-                "Signal that ended the service's latest instance to end, 0 when it exited by itself.",
-                "gauge",
-            ),
-            |s| s.last_exit_signal.load(Ordering::Relaxed) as f64,
-        ),
-        Part::Kills => each(
-            (
-                "service_sigkills_total",
-                "Stops escalated to SIGKILL: the service did not stop within its shutdown timeout, or the stop was forced.",
-                "counter",
-            ),
-            |s| count(&s.kills),
         ),
         Part::Transitions => per_service_and(
             text,
@@ -574,8 +575,8 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
             |s, position| count(&s.transitions[position]),
             |_, _| None,
         ),
-        // Not per service: the heartbeats' and the edges' parts.
-        Part::HeartbeatLast | Part::HeartbeatTimeouts | Part::HeartbeatsReceived | Part::Edges => {}
+        // In SINGLE, or not per service (the heartbeats' and the edges' parts).
+        _ => {}
     }
 }
 
