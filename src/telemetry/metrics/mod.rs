@@ -9,12 +9,11 @@
 //! Per-service values are plain atomics ([`ServiceMetrics`]) written straight into the text exposition,
 //! one family at a time, and so are the registry's heartbeat series and the dependency edges; each
 //! family's text is kept from one scrape to the next while none of its series changes ([`Part`],
-//! [`Changes`]). The API's traffic is
-//! written straight too, on every scrape. The rest (build info, reloads, events, the fleet, and what an
-//! embedding program registers) are prometheus-crate metrics in a registry, gathered and encoded by the
-//! crate on every scrape, and `process_*` is read from `/proc` on every scrape. With a prometheus-crate
-//! child per per-service series (55 per service), 1,000 services cost about 25 MiB and a scrape took about
-//! 40 ms to build.
+//! [`Changes`]). The API's traffic is written straight too, on every scrape. The rest (build info,
+//! reloads, events, the fleet, and what an embedding program registers) are prometheus-crate metrics in a
+//! registry, gathered and encoded by the crate on every scrape, and `process_*` is read from `/proc` on
+//! every scrape. With a prometheus-crate child per per-service series (55 per service), 1,000 services
+//! cost about 25 MiB and a scrape took about 40 ms to build.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
