@@ -7,13 +7,14 @@
 //! actor (module `output`), and a task that reaps it.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
+use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -53,7 +54,7 @@ pub struct Instance {
     /// A pidfd of the process running the service's command, when that is not the process waited for
     /// (the shim of a PID namespace): readable as soon as the command's process ends, before its init and
     /// shim have followed it.
-    main: Option<OwnedFd>,
+    main: Option<AsyncFd<OwnedFd>>,
 }
 
 impl fmt::Debug for Instance {
@@ -84,7 +85,7 @@ impl Instance {
     }
 
     /// The pidfd of the process running the service's command, if it is watched apart from the instance.
-    pub(crate) fn take_main(&mut self) -> Option<OwnedFd> {
+    pub(crate) fn take_main(&mut self) -> Option<AsyncFd<OwnedFd>> {
         self.main.take()
     }
 
@@ -559,14 +560,10 @@ impl ProcessLauncher {
 /// A pidfd of the process that runs (or is about to run) the command of the instance whose shim is
 /// `shim`: the only child of the shim's only child, the namespace's init. `None` if the tree is not so
 /// (the command's process ended already, or `/proc` does not list children).
-fn main_process(shim: u32) -> Option<OwnedFd> {
+fn main_process(shim: u32) -> Option<AsyncFd<OwnedFd>> {
     let init = only_child(shim)?;
     let main = only_child(init)?;
-    // SAFETY: pidfd_open takes a PID and flags; the result is a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, main as libc::pid_t, 0) };
-    let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: a new descriptor, owned from here on.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let pidfd = spawn_server::watched_pidfd(libc::pid_t::try_from(main).ok()?).ok()?;
     // The PID may have been reused since it was listed: the process is the init's child, and it was
     // when its parent was read if it still exists now (a PID is not reused before its process is reaped).
     let parent = std::fs::read_to_string(format!("/proc/{main}/stat")).ok()?;

@@ -319,6 +319,22 @@ pub(super) struct Served {
     kill_on_drop: bool,
 }
 
+/// A pidfd of process `pid`, watched by the current runtime: readable once the process has ended. `pid`
+/// must still name the process meant (a child not yet waited for), or be checked after.
+pub(super) fn watched_pidfd(pid: libc::pid_t) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: pidfd_open takes a PID and flags; the result is a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor just created, owned by nothing else; an OwnedFd keeps it open and the same for
+    // as long as the AsyncFd holds it.
+    unsafe {
+        AsyncFd::register_with_interest(OwnedFd::from_raw_fd(fd as RawFd), tokio::io::Interest::READABLE)
+    }
+    .map_err(Into::into)
+}
+
 impl Served {
     fn adopt(
         pid: i32,
@@ -340,21 +356,8 @@ impl Served {
             }
             error
         };
-        // SAFETY: pidfd_open takes a PID and flags; the result is a new descriptor or -1. The child is ours
-        // and not yet waited for, so the PID cannot have been reused.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if pidfd < 0 {
-            return Err(abandon(io::Error::last_os_error()));
-        }
-        // SAFETY: the descriptor just created, owned by nothing else; an OwnedFd keeps it open and the same
-        // for as long as the AsyncFd holds it.
-        let pidfd = unsafe {
-            AsyncFd::register_with_interest(
-                OwnedFd::from_raw_fd(pidfd as RawFd),
-                tokio::io::Interest::READABLE,
-            )
-        }
-        .map_err(|error| abandon(error.into()))?;
+        // The child is ours and not yet waited for, so the PID cannot have been reused.
+        let pidfd = watched_pidfd(pid).map_err(abandon)?;
         // Killed if dropped until it is all set up.
         let mut served = Self {
             pid: pid as u32,
@@ -576,19 +579,8 @@ mod tests {
 
         let dropped = serve(&["sleep", "60"], &["PATH=/usr/bin:/bin"], None, true);
         let pid = dropped.id();
-        let pidfd = {
-            // SAFETY: pidfd_open of our own child, not yet reaped.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-            assert!(fd >= 0);
-            // SAFETY: the descriptor just created.
-            unsafe {
-                AsyncFd::register_with_interest(
-                    OwnedFd::from_raw_fd(fd as RawFd),
-                    tokio::io::Interest::READABLE,
-                )
-            }
-            .unwrap()
-        };
+        // Our own child, not yet reaped.
+        let pidfd = watched_pidfd(pid as libc::pid_t).unwrap();
         drop(dropped);
         let _ = pidfd.readable().await.unwrap();
         // Reaped by the task the drop left behind: the PID goes from /proc.

@@ -77,16 +77,7 @@ impl Actor {
                     self.spawned(instance.pid());
                     self.parts.metrics.started(self.parts.clock.at(now));
                     self.exit = Some(instance.exit_watch());
-                    self.main = instance.take_main().and_then(|fd| {
-                        // SAFETY: an OwnedFd keeps the pidfd open and the same for as long as the AsyncFd holds it.
-                        unsafe {
-                            tokio::io::unix::AsyncFd::register_with_interest(
-                                fd,
-                                tokio::io::Interest::READABLE,
-                            )
-                        }
-                        .ok()
-                    });
+                    self.main = instance.take_main();
                     self.instance = Some(instance);
                     self.set_process_alive(true);
                     self.publish();
