@@ -67,6 +67,8 @@ mod sys {
     pub const CLONE: usize = 56;
     pub const CHDIR: usize = 80;
     pub const SETPGID: usize = 109;
+    pub const PRLIMIT64: usize = 302;
+    pub const RLIMIT_NOFILE: usize = 7;
 
     pub const ENOENT: isize = 2;
     pub const EINTR: isize = 4;
@@ -307,12 +309,22 @@ unsafe fn run(start: &Start, clean_signals: bool) -> ! {
             fail(&[b"cannot create the service's PID namespace"], Some(error));
         }
     }
+    let mut standby = false;
+    for word in words {
+        if word == b"standby" {
+            standby = true;
+        } else if let Some(limit) = word.strip_prefix(b"nofile=") {
+            // The open-file limit the orchestrator was started with, before it raised its own.
+            if let Err(error) = restore_open_files(limit) {
+                fail(&[b"cannot set the service's open-file limit"], Some(error));
+            }
+        }
+    }
     // Before a standby's wait, so that its word to start is followed by the exec alone.
     if !clean_signals {
         default_signals();
     }
     close_inherited();
-    let standby = words.any(|word| word == b"standby");
     // SAFETY: the environment is the kernel's NULL-terminated array.
     let mut environment = unsafe { Environment::new(start.envp, standby) };
     if standby {
@@ -617,6 +629,45 @@ unsafe fn served(fds: [i32; 3], directory: CStr, argc: usize) -> ! {
         };
         run(&start, true)
     }
+}
+
+/// Sets this process's soft open-file limit to `limit` (decimal digits), at most its hard limit; as
+/// `restore_open_files` in `src/supervisor/containment.rs`. An error is `-errno`.
+fn restore_open_files(limit: &[u8]) -> Result<(), isize> {
+    let mut soft: u64 = 0;
+    for digit in limit {
+        if !digit.is_ascii_digit() {
+            return Err(sys::EINVAL);
+        }
+        soft = soft
+            .checked_mul(10)
+            .and_then(|soft| soft.checked_add(u64::from(digit - b'0')))
+            .ok_or(sys::EINVAL)?;
+    }
+    // struct rlimit: the soft limit, then the hard one.
+    let mut now = [0u64; 2];
+    // SAFETY: prlimit64 on this process (0) writes its limit into a local of the right size.
+    let error = unsafe {
+        sys::call(
+            sys::PRLIMIT64,
+            [0, sys::RLIMIT_NOFILE, 0, now.as_mut_ptr() as usize, 0, 0],
+        )
+    };
+    if error < 0 {
+        return Err(-error);
+    }
+    let wanted = [soft.min(now[1]), now[1]];
+    // SAFETY: prlimit64 on this process (0) reads the new limit from a local of the right size.
+    let error = unsafe {
+        sys::call(
+            sys::PRLIMIT64,
+            [0, sys::RLIMIT_NOFILE, wanted.as_ptr() as usize, 0, 0, 0],
+        )
+    };
+    if error < 0 {
+        return Err(-error);
+    }
+    Ok(())
 }
 
 /// As `clean_start` in `src/supervisor/containment.rs`, in two parts: every signal back to its default

@@ -21,7 +21,7 @@ use crate::cluster::{Cluster, Fence};
 use crate::config::{Config, Source};
 use crate::reload::Trigger;
 use crate::signal::{Hangups, ShutdownSignals};
-use crate::supervisor::containment::Containment;
+use crate::supervisor::containment::{self, Containment};
 use crate::supervisor::{ControlError, Supervisor};
 use crate::telemetry::metrics::Metrics;
 
@@ -208,6 +208,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
              (a setsid daemon can escape, and grandchildren survive a SIGKILL of the orchestrator)"
         ),
     }
+    log_open_file_limit(services);
 
     let signal = stop.first(&reloads).await;
     tracing::info!(%signal, "shutting down: API first, then services in reverse dependency order (signal again to kill them at once)");
@@ -238,6 +239,36 @@ pub async fn run(config: Config, options: Options) -> Result<(), AppError> {
     supervision.stop().await;
     tracing::info!("orchestrator stopped");
     Ok(())
+}
+
+/// Descriptors a service may hold: its two output pipes and pidfd, and a probe's socket.
+const DESCRIPTORS_PER_SERVICE: u64 = 4;
+/// Descriptors kept for the rest: the API's clients, event streams, the spawn server, telemetry.
+const DESCRIPTORS_SPARE: u64 = 256;
+
+/// Says at start what the open-file limit is (raised in `main`), and warns when it is too low for this
+/// many services: past it, starts fail with "Too many open files" and the API refuses clients.
+fn log_open_file_limit(services: usize) {
+    let (limit, original) = containment::open_file_limit();
+    if let Some(original) = original {
+        tracing::info!(
+            limit,
+            services_start_with = original,
+            "open-file limit raised to the hard limit; services start with the one the orchestrator was given"
+        );
+    }
+    let needed = (services as u64)
+        .saturating_mul(DESCRIPTORS_PER_SERVICE)
+        .saturating_add(DESCRIPTORS_SPARE);
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            services,
+            "the open-file limit is low for this many services: raise the hard limit (ulimit -Hn, or \
+             LimitNOFILE= in a systemd unit), or starts will fail with \"Too many open files\""
+        );
+    }
 }
 
 /// SIGHUP: the configuration read again and what changed applied, as `POST /reload` does. A SIGHUP is

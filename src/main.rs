@@ -10,6 +10,9 @@ fn main() -> ExitCode {
     // The spawn helper each service starts through (see `supervisor::containment`): first, before anything
     // else is set up, so a helper costs nothing but its exec.
     containment::helper_entry();
+    // Hundreds of services need more descriptors than the usual soft limit of 1,024; services themselves
+    // still start with that one.
+    containment::raise_open_file_limit();
     fog_orchestrator::tune_malloc();
     execute(Cli::parse())
 }

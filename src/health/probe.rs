@@ -274,7 +274,9 @@ async fn exec(command: &[String]) -> ProbeOutcome {
     let Some((program, args)) = command.split_first() else {
         return ProbeOutcome::fail(FailureReason::Error, "empty exec probe");
     };
-    let output = Command::new(program)
+    let mut command = Command::new(program);
+    crate::supervisor::containment::with_service_open_files(&mut command);
+    let output = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -86,6 +86,95 @@ impl fmt::Display for Containment {
     }
 }
 
+/// The open-file limit services start with, when the orchestrator raised its own
+/// ([`raise_open_file_limit`]); 0 when it did not.
+static SERVICE_OPEN_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What [`raise_open_file_limit`] did: the soft limit before and after.
+static RAISED: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Raises this process's soft limit on open files (`RLIMIT_NOFILE`) to its hard limit, as Go programs and
+/// systemd's guidance do, and remembers the soft limit it had so that every service still starts with
+/// that one (a program that loops over every possible descriptor, or calls `select`, sees what it would
+/// under any other supervisor). Each service holds three descriptors here (two output pipes and a pidfd),
+/// an HTTP probe a socket, each API client one: under the soft limit of 1,024 most distributions set,
+/// about 330 services would start and the rest fail with "Too many open files". Call first in `main`,
+/// before any thread starts; the binary does, and so should a program that embeds the orchestrator to run
+/// hundreds of services. [`open_file_limit`] says what it did.
+pub fn raise_open_file_limit() {
+    let Ok(mut limit) = open_files() else {
+        return;
+    };
+    let original = limit.rlim_cur;
+    // An unlimited hard limit is not a number of descriptors: the kernel's own ceiling is.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    limit.rlim_cur = limit.rlim_max.min(ceiling);
+    // SAFETY: setrlimit sets this process's own limit from a local.
+    if limit.rlim_cur <= original || unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return;
+    }
+    SERVICE_OPEN_FILES.store(original, std::sync::atomic::Ordering::Relaxed);
+    let _ = RAISED.set((original, limit.rlim_cur));
+}
+
+/// This process's open-file limit. Async-signal-safe.
+fn open_files() -> io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes this process's own limit into a local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit)
+}
+
+/// The soft open-file limit now, and what it was before [`raise_open_file_limit`] raised it (`None` when
+/// it did not).
+pub fn open_file_limit() -> (u64, Option<u64>) {
+    match RAISED.get() {
+        Some(&(original, raised)) => (raised, Some(original)),
+        None => (open_files().map_or(0, |limit| limit.rlim_cur), None),
+    }
+}
+
+/// The open-file limit a service starts with, when it differs from the orchestrator's.
+fn service_open_files() -> Option<u64> {
+    match SERVICE_OPEN_FILES.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        limit => Some(limit),
+    }
+}
+
+/// The mode word that gives a service the open-file limit the orchestrator was started with
+/// (`nofile=1024`): see [`raise_open_file_limit`].
+const NOFILE: &str = "nofile=";
+
+/// Sets this process's soft open-file limit to `soft` (at most its hard limit). Async-signal-safe.
+fn restore_open_files(soft: u64) -> io::Result<()> {
+    let mut limit = open_files()?;
+    limit.rlim_cur = soft.min(limit.rlim_max);
+    // SAFETY: setrlimit sets this process's own limit from a local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The `nofile=` word of a helper's MODE, if it has one: its limit, or EINVAL when that is not a number.
+fn open_files_in(mode: &str) -> Option<io::Result<u64>> {
+    let limit = mode.split(',').find_map(|word| word.strip_prefix(NOFILE))?;
+    Some(
+        limit
+            .parse()
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL)),
+    )
+}
+
 /// The hidden first argument that makes the binary the spawn helper ([`helper_entry`]).
 pub const HELPER: &str = "__contain";
 
@@ -138,11 +227,13 @@ pub(super) fn helper(containment: Containment, standby: bool) -> Option<(std::pa
         Containment::PidNamespace => "pid-namespace",
         Containment::ProcessGroup => "process-group",
     };
-    let mode = if standby {
-        format!("{mode},{STANDBY}")
-    } else {
-        mode.to_owned()
-    };
+    let mut mode = mode.to_owned();
+    if standby {
+        mode = format!("{mode},{STANDBY}");
+    }
+    if let Some(limit) = service_open_files() {
+        mode = format!("{mode},{NOFILE}{limit}");
+    }
     Some((program, [HELPER.to_owned(), parent.to_string(), mode]))
 }
 
@@ -226,7 +317,7 @@ fn load_spawner(image: &[u8]) -> io::Result<std::path::PathBuf> {
 
 /// The spawn helper, in the new process (`fog-orchestrator __contain PARENT MODE PROGRAM [ARGS...]`):
 /// parent-death signal SIGKILL, the PID namespace with its shim and init when MODE is `pid-namespace`,
-/// then exec of PROGRAM (looked up in `PATH`). Never returns; on failure it says why on stderr (the
+/// the open-file limit of its `nofile=N` word ([`raise_open_file_limit`]), then exec of PROGRAM (looked up in `PATH`). Never returns; on failure it says why on stderr (the
 /// service's output) and exits with 127, as a shell does for a command it cannot run.
 fn run_helper(args: &[std::ffi::OsString]) -> ! {
     use std::io::Write as _;
@@ -259,6 +350,11 @@ fn run_helper(args: &[std::ffi::OsString]) -> ! {
         if let Err(error) = unsafe { enter_pid_namespace() } {
             fail(format!("cannot create the service's PID namespace: {error}"));
         }
+    }
+    if let Some(limit) = open_files_in(&mode)
+        && let Err(error) = limit.and_then(restore_open_files)
+    {
+        fail(format!("cannot set the service's open-file limit: {error}"));
     }
     let mut command = std::process::Command::new(program);
     command.args(&args[3..]);
@@ -308,9 +404,28 @@ fn wait_for_start() -> Option<String> {
     }
 }
 
+/// Gives a program the orchestrator starts itself (an exec probe) the open-file limit services start
+/// with, when the orchestrator raised its own ([`raise_open_file_limit`]): set in the child before its
+/// exec, which makes std fork there instead of using `posix_spawn` (only then).
+pub(crate) fn with_service_open_files(command: &mut tokio::process::Command) {
+    with_open_files(command, service_open_files());
+}
+
+fn with_open_files(command: &mut tokio::process::Command, limit: Option<u64>) {
+    if let Some(limit) = limit {
+        // SAFETY: the closure calls getrlimit and setrlimit only (async-signal-safe) and allocates nothing.
+        unsafe { command.pre_exec(move || restore_open_files(limit)) };
+    }
+}
+
 /// The fallback when this binary is not its own helper: `process` forks the orchestrator and, in the child
-/// before exec, sets the parent-death signal and (with `pid_namespace`) enters the PID namespace.
+/// before exec, sets the parent-death signal, (with `pid_namespace`) enters the PID namespace, and takes
+/// the open-file limit services start with ([`raise_open_file_limit`]).
 pub(super) fn in_forked_child(process: &mut tokio::process::Command, pid_namespace: bool) {
+    contain_forked(process, pid_namespace, service_open_files());
+}
+
+fn contain_forked(process: &mut tokio::process::Command, pid_namespace: bool, open_files: Option<u64>) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe system
     // calls (prctl, getppid, and those of `enter_pid_namespace`), allocating nothing.
@@ -326,6 +441,9 @@ pub(super) fn in_forked_child(process: &mut tokio::process::Command, pid_namespa
             }
             if pid_namespace {
                 enter_pid_namespace()?;
+            }
+            if let Some(limit) = open_files {
+                restore_open_files(limit)?;
             }
             clean_start();
             Ok(())
@@ -539,6 +657,32 @@ mod tests {
         assert!(spawner.starts_with(format!("/proc/{}/fd/", std::process::id())));
     }
 
+    #[test]
+    fn a_helpers_mode_may_carry_the_open_file_limit_services_start_with() {
+        let limit = |mode: &str| super::open_files_in(mode).map(|limit| limit.map_err(|e| e.kind()));
+        assert_eq!(limit("pid-namespace,standby,nofile=1024"), Some(Ok(1024)));
+        assert_eq!(limit("process-group,nofile=64"), Some(Ok(64)));
+        assert_eq!(limit("pid-namespace,standby"), None);
+        assert_eq!(
+            limit("process-group,nofile="),
+            Some(Err(std::io::ErrorKind::InvalidInput))
+        );
+        assert_eq!(
+            limit("process-group,nofile=-1"),
+            Some(Err(std::io::ErrorKind::InvalidInput))
+        );
+    }
+
+    /// An exec probe's program, which the orchestrator starts itself.
+    #[tokio::test]
+    async fn a_program_started_directly_takes_the_open_file_limit_services_start_with() {
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", "ulimit -Sn"]);
+        super::with_open_files(&mut command, Some(512));
+        let output = command.output().await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "512\n");
+    }
+
     /// For `pre_exec`: the process starts as an orchestrator started in the background by a shell does,
     /// with SIGQUIT ignored, and with a descriptor it inherited (7). Async-signal-safe: signal and dup2.
     fn as_a_background_job() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
@@ -564,12 +708,12 @@ mod tests {
             command
                 .args([
                     "-c",
-                    "ls /proc/self/fd; grep SigIgn /proc/self/status; echo $$; exit 3",
+                    "ls /proc/self/fd; grep SigIgn /proc/self/status; echo $$; ulimit -Sn; exit 3",
                 ])
                 .stdout(std::process::Stdio::piped());
             // SAFETY: the closure is async-signal-safe (see `as_a_background_job`).
             unsafe { command.pre_exec(as_a_background_job()) };
-            super::in_forked_child(&mut command, pid_namespace);
+            super::contain_forked(&mut command, pid_namespace, Some(512));
             let output = command.output().await.unwrap();
             assert_eq!(output.status.code(), Some(3), "namespace: {pid_namespace}");
             let text = String::from_utf8_lossy(&output.stdout);
@@ -580,7 +724,9 @@ mod tests {
                 clean, "0\n1\n2\n3\nSigIgn:\t",
                 "only stdin, stdout, stderr and ls's own"
             );
-            assert_eq!(pid == "2\n", pid_namespace, "PID 2 of its own namespace: {pid}");
+            let (pid, limit) = pid.split_once('\n').unwrap();
+            assert_eq!(pid == "2", pid_namespace, "PID 2 of its own namespace: {pid}");
+            assert_eq!(limit, "512\n", "the open-file limit services start with");
         }
     }
 
@@ -686,6 +832,38 @@ mod tests {
                     text(&output.stdout),
                     "0\n1\n2\n3\nSigIgn:\t0000000000000000\n",
                     "{mode}: only stdin, stdout, stderr (and ls's own directory); nothing ignored"
+                );
+            }
+        }
+
+        #[test]
+        fn the_service_starts_with_the_open_file_limit_of_its_nofile_word() {
+            let hard = match open_files().unwrap().rlim_max {
+                libc::RLIM_INFINITY => "unlimited".to_owned(),
+                hard => hard.to_string(),
+            };
+            for mode in modes() {
+                let limited =
+                    through_spawner(&format!("{mode},nofile=512"), &["sh", "-c", "ulimit -Sn"], None);
+                assert_eq!(text(&limited.stdout), "512\n", "{mode}");
+                let standby = format!("{mode},{STANDBY},{NOFILE}512");
+                let started = through_spawner(&standby, &["sh", "-c", "ulimit -Sn"], Some("\n"));
+                assert_eq!(text(&started.stdout), "512\n", "{mode}: a standby");
+                let above = through_spawner(
+                    &format!("{mode},nofile={}", u64::MAX),
+                    &["sh", "-c", "ulimit -Sn"],
+                    None,
+                );
+                assert_eq!(
+                    text(&above.stdout),
+                    format!("{hard}\n"),
+                    "{mode}: never above the hard limit"
+                );
+                let bad = through_spawner(&format!("{mode},nofile=12x"), &["true"], None);
+                assert_eq!(bad.status.code(), Some(127), "{mode}");
+                assert_eq!(
+                    text(&bad.stderr),
+                    "fog-orchestrator: cannot set the service's open-file limit: Invalid argument (os error 22)\n"
                 );
             }
         }

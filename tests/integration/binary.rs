@@ -32,10 +32,38 @@ pub struct Orchestrator {
 impl Orchestrator {
     /// `run` on `config`, with `env` added to a clean `ORCHESTRATOR*` environment.
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(config, env, None)
+    }
+
+    /// `run` on `config`, started with a soft open-file limit of `open_files` (its hard limit as this
+    /// process's), as a shell's `ulimit -Sn` would.
+    pub fn start_limited(config: &str, open_files: u64) -> Self {
+        Self::launch(config, &[], Some(open_files))
+    }
+
+    fn launch(config: &str, env: &[(&str, &str)], open_files: Option<u64>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orchestrator.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fog-orchestrator"));
+        if let Some(soft) = open_files {
+            // SAFETY: getrlimit and setrlimit are async-signal-safe and change the child's own limit.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                    limit.rlim_cur = soft;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args([
                 "run",
                 "--log-format",

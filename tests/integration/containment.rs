@@ -7,7 +7,7 @@
 use fog_orchestrator::supervisor::containment::Containment;
 use tokio::time::timeout;
 
-use crate::binary::{LIMIT, Orchestrator, http, signal};
+use crate::binary::{LIMIT, Orchestrator, http, message, signal};
 use crate::harness::exited;
 
 /// A marker no other process on the machine has: `sleep 987654.<random>`; variants end in `1`, `2`, ...
@@ -111,6 +111,67 @@ async fn escaped_daemons_and_stubborn_grandchildren_end_with_stop_restart_and_sh
     assert_eq!(orchestrator.stop().await.code(), Some(0));
     all_exited(&third, "after shutdown").await;
     assert!(marked(&mark).is_empty());
+}
+
+/// The soft limit of `pid`'s open files, from `/proc/<pid>/limits` (what `ulimit -Sn` says inside it).
+fn open_file_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// Under the soft limit most distributions set (1,024), about 330 services would start and the rest fail
+/// with "Too many open files"; here the soft limit is 64 and 40 services need three descriptors each. The
+/// orchestrator raises its own limit to the hard one, and every service starts with the one it was given.
+#[tokio::test]
+async fn more_services_than_the_soft_open_file_limit_allows_all_start_with_that_limit() {
+    const SOFT: u64 = 64;
+    const SERVICES: usize = 40;
+    let (_, hard) = open_file_limit(std::process::id());
+    if hard < 1024 {
+        eprintln!("the hard open-file limit here is {hard}: too low to show the raise");
+        return;
+    }
+    let mark = marker();
+    // Ready once its command runs (an exec probe, itself started with the limit, finds it).
+    let config: String = (0..SERVICES)
+        .map(|i| {
+            format!(
+                "[services.s{i}]\ncommand = [\"sleep\", \"{mark}{i}\"]\n\
+                 health.exec = [\"sh\", \"-c\", \"test $(ulimit -Sn) = {SOFT} && pgrep -f '^sleep {mark}{i}$'\"]\n\
+                 health.startup_timeout = \"20s\"\n"
+            )
+        })
+        .collect();
+    let mut orchestrator = Orchestrator::start_limited(&config, SOFT);
+    let summary = orchestrator.wait_ready().await;
+    assert!(
+        message(&summary).starts_with(&format!("{SERVICES} services ready")),
+        "{summary}"
+    );
+    assert_eq!(
+        open_file_limit(orchestrator.pid()),
+        (hard, hard),
+        "the orchestrator's own limit is raised"
+    );
+    let services = marked(&mark);
+    assert_eq!(services.len(), SERVICES);
+    for pid in &services {
+        assert_eq!(
+            open_file_limit(*pid),
+            (SOFT, hard),
+            "a service starts with the limit the orchestrator was given"
+        );
+    }
+    assert_eq!(orchestrator.stop().await.code(), Some(0));
+    all_exited(&services, "after shutdown").await;
 }
 
 #[tokio::test]
@@ -298,6 +359,12 @@ fn the_binary_as_its_own_spawn_helper_ends_as_the_service_did_and_starts_it_clea
             helper(mode, "kill -TERM $$").status.signal(),
             Some(libc::SIGTERM),
             "{mode}"
+        );
+        let limited = helper(&format!("{mode},nofile=512"), "ulimit -Sn");
+        assert_eq!(
+            String::from_utf8_lossy(&limited.stdout),
+            "512\n",
+            "{mode}: the open-file limit of the nofile word"
         );
         let clean = helper(mode, "ls /proc/self/fd; grep SigIgn /proc/self/status");
         assert_eq!(
