@@ -25,6 +25,7 @@ BENCH_REGISTERED (100000).
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -181,13 +182,19 @@ def kill_tree(root, directory=None):
         time.sleep(0.1)
 
 
+def default_open_files():
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+
+
 def fog(work, config, name="fog"):
     path = os.path.join(work, f"{name}.toml")
     with open(path, "w") as f:
         f.write(config)
     port = free_port()
+    # Under the soft open-file limit most systems give a process (1,024), whatever this machine's is.
     process = start([BINARY, "run", "--config", path, "--listen", f"127.0.0.1:{port}"],
-                    env={**os.environ, "RUST_LOG": "warn"})
+                    env={**os.environ, "RUST_LOG": "warn"}, preexec_fn=default_open_files)
     api = f"http://127.0.0.1:{port}"
     wait_for("the orchestrator", lambda: get(api + "/healthz") is not None)
     return process, api
