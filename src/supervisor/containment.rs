@@ -317,8 +317,9 @@ fn load_spawner(image: &[u8]) -> io::Result<std::path::PathBuf> {
 
 /// The spawn helper, in the new process (`fog-orchestrator __contain PARENT MODE PROGRAM [ARGS...]`):
 /// parent-death signal SIGKILL, the PID namespace with its shim and init when MODE is `pid-namespace`,
-/// the open-file limit of its `nofile=N` word ([`raise_open_file_limit`]), then exec of PROGRAM (looked up in `PATH`). Never returns; on failure it says why on stderr (the
-/// service's output) and exits with 127, as a shell does for a command it cannot run.
+/// the open-file limit of its `nofile=N` word ([`raise_open_file_limit`]), then exec of PROGRAM (looked up
+/// in `PATH`). Never returns; on failure it says why on stderr (the service's output) and exits with 127,
+/// as a shell does for a command it cannot run.
 fn run_helper(args: &[std::ffi::OsString]) -> ! {
     use std::io::Write as _;
     use std::os::unix::process::CommandExt as _;
