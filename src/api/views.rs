@@ -678,8 +678,6 @@ fn accepts_gzip(accept: &str) -> bool {
     })
 }
 
-/// `parts`, one after the other, gzip-compressed (fast level: a scrape is latency-bound), or `None` if
-/// compression failed.
 /// The exposition's parts as a body's chunks: the large ones shared as they are, each run of small ones
 /// copied into one (one chunk per family would be two dozen writes for a few kilobytes).
 fn coalesced(exposition: Exposition) -> Vec<Bytes> {
@@ -702,6 +700,8 @@ fn coalesced(exposition: Exposition) -> Vec<Bytes> {
     chunks
 }
 
+/// `parts`, one after the other, gzip-compressed (fast level: a scrape is latency-bound), or `None` if
+/// compression failed.
 fn gzip_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
     use std::io::Write as _;
     let length: usize = parts.iter().map(|part| part.len()).sum();

@@ -110,6 +110,7 @@ impl ServiceMetrics {
             self.changed(part);
         }
     }
+
     /// The lifecycle state (every state exported, 1 for the current).
     pub fn set_state(&self, state: ServiceState) {
         let index = ServiceState::ALL.iter().position(|s| *s == state).unwrap_or(0);
@@ -404,7 +405,6 @@ fn count(counter: &AtomicU64) -> f64 {
     counter.load(Ordering::Relaxed) as f64
 }
 
-/// Writes one per-service family (`part`), from the services' series, in their order.
 /// The per-service families with one series per service: part, name, help, type and value.
 type Single = (Part, &'static str, &'static str, &'static str, fn(&Series) -> f64);
 
@@ -495,14 +495,11 @@ const SINGLE: [Single; 12] = [
     ),
 ];
 
+/// Writes one per-service family (`part`), from the services' series, in their order.
 pub(super) fn write_family(text: &mut String, format: Format, services: &[ServiceEntry], part: Part) {
     if services.is_empty() {
         return;
     }
-    let states = ServiceState::ALL.map(ServiceState::as_str);
-    let statuses = HealthStatus::ALL.map(HealthStatus::as_str);
-    let reasons = FailureReason::ALL.map(FailureReason::as_str);
-    let restart_reasons = RestartReason::ALL.map(RestartReason::as_str);
     if let Some((_, name, help, kind, value)) = SINGLE.iter().find(|family| family.0 == part) {
         per_service(text, format, services, (name, help, kind), *value);
         return;
@@ -518,7 +515,7 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
                 "Lifecycle state of a service: 1 for the current state, 0 for the others.",
                 "gauge",
             ),
-            ("state", &states),
+            ("state", &ServiceState::ALL.map(ServiceState::as_str)),
             |s, position| f64::from(u8::from(usize::from(s.state.load(Ordering::Relaxed)) == position)),
             |_, _| None,
         ),
@@ -531,7 +528,7 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
                 "Health status of a service: 1 for the current status, 0 for the others.",
                 "gauge",
             ),
-            ("status", &statuses),
+            ("status", &HealthStatus::ALL.map(HealthStatus::as_str)),
             |s, position| {
                 f64::from(u8::from(
                     usize::from(s.health.load(Ordering::Relaxed)) == position,
@@ -548,7 +545,7 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
                 "Failed health checks, by reason.",
                 "counter",
             ),
-            ("reason", &reasons),
+            ("reason", &FailureReason::ALL.map(FailureReason::as_str)),
             |s, position| count(&s.failures[position]),
             |_, _| None,
         ),
@@ -558,7 +555,7 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
             format,
             services,
             ("service_restarts_total", "Restarts, by reason.", "counter"),
-            ("reason", &restart_reasons),
+            ("reason", &RestartReason::ALL.map(RestartReason::as_str)),
             |s, position| count(&s.restarts[position]),
             |exemplars, position| exemplars.restarts[position].clone(),
         ),
@@ -571,7 +568,7 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
                 "Health status changes, by the status entered.",
                 "counter",
             ),
-            ("to", &statuses),
+            ("to", &HealthStatus::ALL.map(HealthStatus::as_str)),
             |s, position| count(&s.transitions[position]),
             |_, _| None,
         ),
