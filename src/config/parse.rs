@@ -75,7 +75,7 @@ pub(super) fn parse(
         .and_then(|t| registry(&t, problems));
 
     let cluster = match root.table("cluster", problems) {
-        Some(table) => cluster(&table, problems),
+        Some(table) => cluster(&table, problems, warnings),
         None if root.has("cluster") => None,
         None => Some(None),
     };
@@ -354,8 +354,18 @@ fn registry(table: &Table<'_>, problems: &mut Problems) -> Option<RegistrySettin
 /// lease several times within it.
 const MIN_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The shortest `cluster.lease_ttl` that rides out an etcd leader election (without a warning): a node stops
+/// its singletons once no renewal has been confirmed for half the granted TTL (`lease_ttl` less a second),
+/// renewals go every fifth of it, and an election takes up to twice etcd's `--election-timeout` (1 s by
+/// default). From 8 s, 0.3 × 7 s leaves 2.1 s for the election.
+const STEADY_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// `[cluster]`: `None` inside when fleet mode is off (no `etcd_endpoints`).
-fn cluster(table: &Table<'_>, problems: &mut Problems) -> Option<Option<ClusterSettings>> {
+fn cluster(
+    table: &Table<'_>,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<Option<ClusterSettings>> {
     table.deny_unknown(CLUSTER, problems);
     let endpoints = if table.has("etcd_endpoints") {
         table.comma_list("etcd_endpoints", problems)?
@@ -461,6 +471,16 @@ fn cluster(table: &Table<'_>, problems: &mut Problems) -> Option<Option<ClusterS
     }
     if endpoints.is_empty() {
         return Some(None);
+    }
+    if lease_ttl < STEADY_LEASE_TTL {
+        warnings.push(format!(
+            "{}: {} is shorter than {}: a node stops its singletons when no lease renewal was confirmed for \
+             half the lease, and an etcd leader election (losing etcd's leader) takes up to twice etcd's \
+             --election-timeout, 2 s by default, so the singletons may move when etcd's leader is lost",
+            table.key_path("lease_ttl"),
+            quote(lease_ttl),
+            quote(STEADY_LEASE_TTL)
+        ));
     }
     Some(Some(ClusterSettings {
         etcd_endpoints: endpoints,

@@ -832,6 +832,25 @@ fn cluster_settings_have_defaults_and_read_lists_or_comma_separated_text() {
 }
 
 #[test]
+fn a_lease_too_short_to_ride_out_an_etcd_election_is_warned_about() {
+    let fleet = |ttl: &str| {
+        valid(&format!(
+            "[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"{ttl}\"\n"
+        ))
+        .warnings
+    };
+    let warned = fleet("6s");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].starts_with("cluster.lease_ttl: \"6s\" is shorter than \"8s\"")
+            && warned[0].contains("--election-timeout"),
+        "{warned:?}"
+    );
+    assert!(fleet("8s").is_empty());
+    assert!(fleet("10s").is_empty());
+}
+
+#[test]
 fn bad_cluster_settings_are_each_reported() {
     let found = problems(
         "[cluster]\netcd_endpoints = [\"127.0.0.1:2379\", \"http://a/b\"]\nname = \"Fog Fleet\"\nnode = \"a b\"\n\
