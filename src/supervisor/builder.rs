@@ -41,7 +41,7 @@ pub struct SupervisorBuilder {
 
 /// The receiving ends of one service's channels, for its actor.
 pub(super) struct Channels {
-    publish: watch::Sender<Snapshot>,
+    publish: Arc<watch::Sender<Snapshot>>,
     commands: mpsc::Receiver<Command>,
 }
 
@@ -240,7 +240,7 @@ pub(super) fn new_handle(
         snapshot,
     };
     let channels = Channels {
-        publish,
+        publish: Arc::new(publish),
         commands: receiver,
     };
     (handle, channels)

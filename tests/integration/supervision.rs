@@ -206,6 +206,70 @@ async fn failing_checks_degrade_then_restart_at_the_threshold() {
     assert_eq!(running.health, HealthStatus::Healthy);
 }
 
+/// The steady checks of a healthy service are recorded by its checker, outside the actor: each pass reaches
+/// the snapshot, the counts and the history at its interval; a failure among them is the actor's again
+/// (degraded at once), the passes after it too until the service is healthy again; and once the service is
+/// stopped, nothing more is recorded.
+#[tokio::test(start_paused = true)]
+async fn steady_passes_are_recorded_at_each_interval_and_end_with_the_service() {
+    let world = World::default();
+    let supervisor = supervise(
+        &world,
+        "[services.api]\ncommand = [\"fake\"]\nhealth.http = \"http://fake/\"\nhealth.check_interval = \"10s\"\n",
+    );
+    let api = service(&supervisor, "api");
+    let ready = reach(&supervisor, "api", ServiceState::Running).await;
+    let first = ready.consecutive_successes;
+    let at = |snapshot: &fog_orchestrator::supervisor::Snapshot| {
+        snapshot.last_check.as_ref().expect("a last check").timestamp
+    };
+    let mut last = at(&ready);
+    for passes in 1..=5 {
+        let passed = within(
+            11 * SECOND,
+            api.wait_for(|s| s.consecutive_successes == first + passes),
+        )
+        .await;
+        assert_eq!(passed.health, HealthStatus::Healthy);
+        assert!(passed.last_check.as_ref().unwrap().passed);
+        assert!(at(&passed) > last, "each pass is the new last check");
+        last = at(&passed);
+    }
+    let report = api.report().await.unwrap();
+    assert_eq!(report.consecutive_successes, first + 5);
+    let history = &report.history;
+    assert_eq!(
+        history.len(),
+        usize::try_from(first).unwrap() + 5,
+        "every pass is in the history"
+    );
+    assert_eq!(history.last().unwrap().timestamp, last);
+
+    world.set("api", |b| b.healthy = false);
+    let degraded = within(11 * SECOND, api.wait_for(|s| s.health == HealthStatus::Degraded)).await;
+    assert_eq!(degraded.consecutive_failures, 1);
+    world.set("api", |b| b.healthy = true);
+    let healthy = within(31 * SECOND, api.wait_for(|s| s.health == HealthStatus::Healthy)).await;
+    assert_eq!(healthy.state, ServiceState::Running);
+    let again = healthy.consecutive_successes;
+    within(
+        21 * SECOND,
+        api.wait_for(|s| s.consecutive_successes == again + 2),
+    )
+    .await;
+
+    api.stop(false).await.unwrap();
+    let stopped = api.report().await.unwrap();
+    tokio::time::sleep(60 * SECOND).await;
+    let later = api.report().await.unwrap();
+    assert_eq!(
+        later.history.len(),
+        stopped.history.len(),
+        "no check of a stopped service"
+    );
+    assert_eq!(later.snapshot.last_check, stopped.snapshot.last_check);
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_auto_recovery_an_unhealthy_service_is_left_running() {
     let world = World::default();

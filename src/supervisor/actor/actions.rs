@@ -44,7 +44,7 @@ impl Actor {
             );
             tracing::info!(service = self.name(), %reason, restart_count = self.lifecycle.restart_count(), "restarting service");
         }
-        self.health.reset(now);
+        self.health().tracker.reset(now);
         self.launched_at = now;
         self.startup_failure = None;
         self.startup_deadline = Some(now + self.parts.spec.health.startup_timeout);
@@ -99,16 +99,17 @@ impl Actor {
         let now = Instant::now();
         if !self.has_health_check() {
             // Liveness is the process: it runs, so it is healthy.
-            self.health.process_running(now);
+            self.health().tracker.process_running(now);
         }
         self.snapshot.ready_since = Some(self.parts.clock.at(now));
-        self.healthy_since = Some(now);
+        self.health().healthy_since = Some(now);
         let check_interval = self.parts.spec.health.check_interval;
         // Due on the orchestrator's whole seconds (or its interval's steps, when shorter), so that the
         // checks of many services share the runtime's wakeups: at most one step later than the interval.
         let step = check_interval.min(CHECK_GRID);
         let first = super::on_grid(self.parts.boot, now + check_interval, step);
         self.ticker = probe_ticker(first, check_interval);
+        self.start_checker(first);
         tracing::info!(
             service = self.name(),
             layer = self.parts.layer,
@@ -136,7 +137,7 @@ impl Actor {
         let delay = self.backoff.delay(attempt, fastrand::f64());
         self.backoff_until = Some(Instant::now() + delay);
         self.snapshot.backoff = Some(delay);
-        self.healthy_since = None;
+        self.health().healthy_since = None;
         self.open_backoff(reason, attempt, delay);
         self.publish();
         self.emit(
@@ -185,6 +186,7 @@ impl Actor {
     /// SIGTERM, then SIGKILL after the shutdown timeout (or at once when forced).
     pub(super) async fn stop_instance(&mut self) {
         self.check = None;
+        self.stop_checker();
         self.exit = None;
         self.main = None;
         let Some(instance) = self.instance.take() else {

@@ -3,14 +3,17 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
+use super::checker::CheckerLink;
 use super::{Actor, CheckFuture};
-use crate::config::Probe;
+use crate::config::{Probe, ServiceSpec};
+use crate::health::probe::Prober;
 use crate::health::{CheckResult, FailureReason, HealthStatus, ProbeOutcome};
 use crate::span_event;
 use crate::supervisor::launcher::{Instance, Service};
@@ -36,23 +39,7 @@ impl Actor {
     /// A `traced` check runs in its own `check health` trace (startup probes, every few milliseconds, don't:
     /// the one that passes is recorded afterwards, inside `start service`).
     pub(super) fn check_future(&self, traced: bool) -> CheckFuture {
-        let limit = self.parts.spec.health.timeout;
-        let span = if traced {
-            tracing::info_span!(
-                parent: None,
-                "check health",
-                orchestrator.service.name = %self.parts.spec.name,
-                orchestrator.check.type = self.check_type(),
-                orchestrator.check.passed = Empty,
-                orchestrator.health.status = Empty,
-                error.type = Empty,
-                otel.status_code = Empty,
-                otel.status_description = Empty,
-            )
-        } else {
-            Span::none()
-        };
-        let started = Instant::now();
+        let span = check_span(&self.parts.spec, traced);
         let work: Pin<Box<dyn Future<Output = ProbeOutcome> + Send>> = match &self.parts.spec.probe {
             Some(Probe::Heartbeat) => {
                 let (registry, name) = (self.parts.registry.clone(), self.name().to_owned());
@@ -62,36 +49,13 @@ impl Actor {
                     heartbeat_outcome(last, limit)
                 })
             }
-            Some(_) => {
-                // The spec is shared, not copied: a check clones no name and no probe.
-                let (prober, spec) = (self.parts.prober.clone(), self.parts.spec.clone());
-                Box::pin(async move {
-                    match &spec.probe {
-                        Some(probe) => prober.probe(&spec.name, probe).await,
-                        // Not reached: this is the spec just matched, and a spec does not change.
-                        None => ProbeOutcome::pass("no probe configured"),
-                    }
-                })
-            }
+            Some(_) => return probe_check(&self.parts.prober, &self.parts.spec, span),
             None => match self.instance.as_ref().and_then(Instance::health_source) {
                 Some(service) => Box::pin(async move { in_process_health(service).await }),
                 None => Box::pin(async { ProbeOutcome::pass("no probe configured") }),
             },
         };
-        let inside = span.clone();
-        Box::pin(
-            async move {
-                let outcome = match timeout(limit, work).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => ProbeOutcome::fail(
-                        FailureReason::Timeout,
-                        format!("no answer within {}", humantime::format_duration(limit)),
-                    ),
-                };
-                (outcome, started.elapsed(), span)
-            }
-            .instrument(inside),
-        )
+        bounded(work, self.parts.spec.health.timeout, span)
     }
 
     /// A check finished. While the instance is starting, a pass is its readiness and a failure is only
@@ -113,14 +77,18 @@ impl Actor {
         for waiter in self.check_waiters.drain(..) {
             let _ = waiter.send(CheckResult::clone(&result));
         }
-        if result.passed || self.health.status() != HealthStatus::Unhealthy {
+        let (status, failures) = {
+            let health = self.health();
+            (health.tracker.status(), health.tracker.consecutive_failures())
+        };
+        if result.passed || status != HealthStatus::Unhealthy {
             return None;
         }
         let reason = match self.parts.spec.probe {
             Some(Probe::Heartbeat) => RestartReason::HeartbeatTimeout,
             _ => RestartReason::Unhealthy,
         };
-        tracing::warn!(service = self.name(), failures = self.health.consecutive_failures(), error = %result.message, "service unhealthy");
+        tracing::warn!(service = self.name(), failures, error = %result.message, "service unhealthy");
         Some(Event::Unhealthy(reason, result.message.clone()))
     }
 
@@ -130,14 +98,25 @@ impl Actor {
         let passed = outcome.passed;
         let reason = outcome.reason;
         let at = self.parts.clock.at(now);
-        let (result, transition) = self
-            .health
-            .record(&self.parts.spec.name, outcome, elapsed, at, now);
-        self.parts
-            .metrics
-            .check(reason, elapsed, self.health.consecutive_failures());
+        let (result, transition, status, failures) = {
+            let mut health = self.health();
+            let (result, transition) =
+                health
+                    .tracker
+                    .record(&self.parts.spec.name, outcome, elapsed, at, now);
+            health.last_check = Some(result.clone());
+            let status = health.tracker.status();
+            match status {
+                HealthStatus::Healthy => {
+                    health.healthy_since.get_or_insert(now);
+                }
+                _ => health.healthy_since = None,
+            }
+            (result, transition, status, health.tracker.consecutive_failures())
+        };
+        self.parts.metrics.check(reason, elapsed, failures);
         span.record("orchestrator.check.passed", passed);
-        span.record("orchestrator.health.status", self.health.status().as_str());
+        span.record("orchestrator.health.status", status.as_str());
         let trace_id = match reason {
             None => {
                 self.forget_failures();
@@ -173,12 +152,6 @@ impl Actor {
                 self.parts.registry.observed_alive(&self.parts.spec.name);
             }
         }
-        match self.health.status() {
-            HealthStatus::Healthy => {
-                self.healthy_since.get_or_insert(now);
-            }
-            _ => self.healthy_since = None,
-        }
         if let Some(transition) = transition {
             self.parts.metrics.health_changed(transition.from, transition.to);
             self.health_event(transition.from, transition.to, &result.message);
@@ -190,18 +163,87 @@ impl Actor {
             );
             tracing::info!(parent: span, service = self.name(), from = %transition.from, to = %transition.to, detail = %result.message, "health changed");
         }
-        self.snapshot.last_check = Some(result.clone());
         self.publish();
         result
     }
 }
 
-/// Resolves with the check in flight; never, when there is none.
-pub(super) async fn poll_check(check: &mut Option<CheckFuture>) -> (ProbeOutcome, Duration, Span) {
-    match check.as_mut() {
-        Some(future) => future.await,
-        None => std::future::pending().await,
+/// The `check health` span of a traced check (none otherwise).
+pub(super) fn check_span(spec: &ServiceSpec, traced: bool) -> Span {
+    if !traced {
+        return Span::none();
     }
+    tracing::info_span!(
+        parent: None,
+        "check health",
+        orchestrator.service.name = %spec.name,
+        orchestrator.check.type = spec.probe.as_ref().map_or("in_process", |p| p.kind()),
+        orchestrator.check.passed = Empty,
+        orchestrator.health.status = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    )
+}
+
+/// One check with `spec`'s own probe (not a heartbeat one) through `prober`, bounded by its timeout.
+pub(super) fn probe_check(prober: &Arc<dyn Prober>, spec: &Arc<ServiceSpec>, span: Span) -> CheckFuture {
+    // The spec is shared, not copied: a check clones no name and no probe.
+    let (prober, shared) = (prober.clone(), spec.clone());
+    let work = Box::pin(async move {
+        match &shared.probe {
+            Some(probe) => prober.probe(&shared.name, probe).await,
+            // Not reached: the callers check a probe first, and a spec does not change.
+            None => ProbeOutcome::pass("no probe configured"),
+        }
+    });
+    bounded(work, spec.health.timeout, span)
+}
+
+/// `work`, given at most `limit`, inside `span`; with the time it took.
+fn bounded(
+    work: Pin<Box<dyn Future<Output = ProbeOutcome> + Send>>,
+    limit: Duration,
+    span: Span,
+) -> CheckFuture {
+    let started = Instant::now();
+    let inside = span.clone();
+    Box::pin(
+        async move {
+            let outcome = match timeout(limit, work).await {
+                Ok(outcome) => outcome,
+                Err(_) => ProbeOutcome::fail(
+                    FailureReason::Timeout,
+                    format!("no answer within {}", humantime::format_duration(limit)),
+                ),
+            };
+            (outcome, started.elapsed(), span)
+        }
+        .instrument(inside),
+    )
+}
+
+/// Resolves with the next check that finished: the actor's own (`true` first) or one its checker hands
+/// over; never, when neither runs.
+pub(super) async fn poll_check(
+    check: &mut Option<CheckFuture>,
+    checker: Option<&mut CheckerLink>,
+) -> (bool, ProbeOutcome, Duration, Span) {
+    let mut checker = checker;
+    std::future::poll_fn(|cx| {
+        if let Some(future) = check.as_mut()
+            && let Poll::Ready((outcome, elapsed, span)) = future.as_mut().poll(cx)
+        {
+            return Poll::Ready((true, outcome, elapsed, span));
+        }
+        if let Some(link) = checker.as_mut()
+            && let Poll::Ready((outcome, elapsed, span)) = link.poll_handed_over(cx)
+        {
+            return Poll::Ready((false, outcome, elapsed, span));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn heartbeat_outcome(last: Option<Instant>, limit: Duration) -> ProbeOutcome {

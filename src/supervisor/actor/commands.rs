@@ -65,7 +65,7 @@ impl Actor {
         };
         let _ = reply.send(CheckResult {
             service_name: self.name().to_owned(),
-            status: self.health.status(),
+            status: self.health().tracker.status(),
             passed: self.snapshot.ready,
             reason: None,
             timestamp: self.parts.clock.now(),
@@ -76,9 +76,11 @@ impl Actor {
     }
 
     pub(super) fn report(&self, with_history: bool) -> HealthReport {
-        let mut report = HealthReport::of(self.snapshot.clone(), Instant::now());
+        // The published snapshot, not the actor's copy: it has the passes the checker recorded since.
+        let snapshot = self.parts.publish.borrow().clone();
+        let mut report = HealthReport::of(snapshot, Instant::now());
         if with_history {
-            report.history = self.health.history().cloned().collect();
+            report.history = self.health().tracker.history().cloned().collect();
         }
         report
     }

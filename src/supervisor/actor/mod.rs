@@ -8,6 +8,7 @@
 //! next event (`InstanceStopped`, `DependentsStopped`, `Ready`, ...). No decision is taken here.
 
 mod actions;
+mod checker;
 mod checks;
 mod commands;
 mod reconfigure;
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep_until};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use self::checker::CheckerLink;
 use self::checks::poll_check;
 
 use crate::clock::Clock;
@@ -46,6 +48,27 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// A health check in flight: the outcome and how long it took.
 type CheckFuture = Pin<Box<dyn Future<Output = (ProbeOutcome, Duration, tracing::Span)> + Send>>;
+
+/// The service's health record: what its checks found. The actor writes it, and so does its checker, for
+/// the passes that change nothing else ([`checker`]); each publishes under this lock, so neither writer's
+/// snapshot overwrites what the other recorded.
+pub(super) struct HealthRecord {
+    pub tracker: HealthTracker,
+    /// The last check's result, as the snapshot shows it.
+    pub last_check: Option<Arc<CheckResult>>,
+    /// Healthy without a break since then: what resets the restart attempts.
+    pub healthy_since: Option<Instant>,
+    /// The checker whose passes may be recorded (0: none); changed whenever the actor stops one.
+    pub checker: u64,
+}
+
+/// The health record, shared by the actor and its checker.
+pub(super) type SharedRecord = Arc<std::sync::Mutex<HealthRecord>>;
+
+/// The record, even if a thread panicked while holding it (every write leaves it whole).
+pub(super) fn lock_record(record: &SharedRecord) -> std::sync::MutexGuard<'_, HealthRecord> {
+    record.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Another service's published snapshot.
 pub(super) struct Peer {
@@ -79,7 +102,8 @@ pub(super) struct ActorParts {
     pub registry: RegistryHandle,
     pub metrics: ServiceMetrics,
     pub commands: mpsc::Receiver<Command>,
-    pub publish: watch::Sender<Snapshot>,
+    /// Shared with the service's checker, which publishes the passes it records.
+    pub publish: Arc<watch::Sender<Snapshot>>,
     pub changes: Arc<watch::Sender<u64>>,
     /// Bumped after each snapshot change (see `Supervisor::generation`).
     pub published: Arc<std::sync::atomic::AtomicU64>,
@@ -128,10 +152,14 @@ pub(super) struct Actor {
     /// The instance's command's own process, when it is watched apart from the instance (inside a PID
     /// namespace): its end is the first sign of the instance's, and starts its replacement ahead.
     main: Option<AsyncFd<OwnedFd>>,
-    health: HealthTracker,
+    health: SharedRecord,
     backoff: Backoff,
+    /// The actor's own check in flight: a startup probe, a check asked for, or a steady one when the
+    /// service has no checker.
     check: Option<CheckFuture>,
-    /// Probe cadence: startup_interval while starting, check_interval once ready.
+    /// The task checking the running service at its cadence, when its probe is one ([`checker`]).
+    checker: Option<CheckerLink>,
+    /// Probe cadence: startup_interval while starting, check_interval once ready (when no checker runs).
     ticker: Interval,
     /// When a start that has not passed a check yet times out.
     startup_deadline: Option<Instant>,
@@ -140,7 +168,6 @@ pub(super) struct Actor {
     backoff_until: Option<Instant>,
     check_waiters: Vec<oneshot::Sender<CheckResult>>,
     start_waiters: Vec<Reply>,
-    healthy_since: Option<Instant>,
     launched_at: Instant,
     started_once: bool,
     last_alive_notice: Option<Instant>,
@@ -168,16 +195,21 @@ impl Actor {
             instance: None,
             exit: None,
             main: None,
-            health: HealthTracker::new(&parts.spec.health, now),
+            health: Arc::new(std::sync::Mutex::new(HealthRecord {
+                tracker: HealthTracker::new(&parts.spec.health, now),
+                last_check: None,
+                healthy_since: None,
+                checker: 0,
+            })),
             backoff: Backoff::new(&parts.spec.restart),
             check: None,
+            checker: None,
             ticker: interval(parts.spec.health.check_interval),
             startup_deadline: None,
             startup_failure: None,
             backoff_until: None,
             check_waiters: Vec::new(),
             start_waiters: Vec::new(),
-            healthy_since: None,
             launched_at: now,
             started_once: false,
             last_alive_notice: None,
@@ -190,6 +222,11 @@ impl Actor {
 
     fn name(&self) -> &str {
         &self.parts.spec.name
+    }
+
+    /// The health record, locked: held only between awaits, never across one.
+    fn health(&self) -> std::sync::MutexGuard<'_, HealthRecord> {
+        lock_record(&self.health)
     }
 
     fn is_external(&self) -> bool {
@@ -346,7 +383,10 @@ impl Actor {
         );
         if from == ServiceState::Stopping && matches!(to, ServiceState::Pending | ServiceState::Stopped) {
             // Stopped on purpose: no data about an instance that does not run.
-            self.health.reset(Instant::now());
+            self.health().tracker.reset(Instant::now());
+        }
+        if to != ServiceState::Running {
+            self.stop_checker();
         }
         if !matches!(to, ServiceState::Starting | ServiceState::Running) {
             self.check = None;
@@ -381,7 +421,7 @@ impl Actor {
         loop {
             let state = self.lifecycle.state();
             let live = matches!(state, ServiceState::Starting | ServiceState::Running);
-            let probing = live && self.has_health_check() && self.check.is_none();
+            let probing = live && self.has_health_check() && self.check.is_none() && self.checker.is_none();
             // Timers are disarmed on leaving the state that armed them (`entered`).
             let (startup_deadline, backoff_until) = (self.startup_deadline, self.backoff_until);
             let reset_at = self.reset_deadline().filter(|_| state == ServiceState::Running);
@@ -404,8 +444,10 @@ impl Actor {
                         return Input::Event(event);
                     }
                 }
-                (outcome, elapsed, span) = poll_check(&mut self.check) => {
-                    self.check = None;
+                (own, outcome, elapsed, span) = poll_check(&mut self.check, self.checker.as_mut()) => {
+                    if own {
+                        self.check = None;
+                    }
                     if let Some(event) = self.checked(outcome, elapsed, span) {
                         return Input::Event(event);
                     }
@@ -456,6 +498,7 @@ impl Actor {
         self.exit = None;
         self.main = None;
         self.check = None;
+        self.stop_checker();
         self.set_process_alive(false);
         let pid = self.snapshot.pid.take();
         let message = format!("process {status}");
@@ -516,18 +559,21 @@ impl Actor {
     fn failure(&mut self, reason: FailureReason, message: String) {
         let now = Instant::now();
         let at = self.parts.clock.at(now);
-        let (result, transition) =
-            self.health
-                .record_down(&self.parts.spec.name, reason, message.clone(), at, now);
+        let (transition, failures) = {
+            let mut health = self.health();
+            let (result, transition) =
+                health
+                    .tracker
+                    .record_down(&self.parts.spec.name, reason, message.clone(), at, now);
+            health.last_check = Some(result);
+            health.healthy_since = None;
+            (transition, health.tracker.consecutive_failures())
+        };
         if let Some(transition) = transition {
             self.parts.metrics.health_changed(transition.from, transition.to);
             self.health_event(transition.from, transition.to, &message);
         }
-        self.parts
-            .metrics
-            .down(reason, self.health.consecutive_failures());
-        self.snapshot.last_check = Some(result);
-        self.healthy_since = None;
+        self.parts.metrics.down(reason, failures);
         self.close_start_span(Some((reason.as_str(), &message)));
         self.set_last_error(message, at);
         self.publish();
@@ -572,7 +618,7 @@ impl Actor {
         if self.lifecycle.attempts() == 0 || reset_after.is_zero() {
             return None;
         }
-        self.healthy_since.map(|since| since + reset_after)
+        self.health().healthy_since.map(|since| since + reset_after)
     }
 
     fn fail_start_waiters(&mut self, error: ControlError) {
@@ -597,11 +643,18 @@ impl Actor {
             snapshot.waiting_on = lifecycle.waiting_on().map(str::to_owned);
         }
         snapshot.blocked = matches!(lifecycle.gate(), Gate::Blocked(_)) || lifecycle.held_by().is_some();
-        snapshot.health = self.health.status();
-        snapshot.consecutive_failures = self.health.consecutive_failures();
-        snapshot.consecutive_successes = self.health.consecutive_successes();
-        if !Arc::ptr_eq(&snapshot.uptime.0, self.health.uptime()) {
-            snapshot.uptime = PublishedUptime(Arc::clone(self.health.uptime()));
+        // Held until the snapshot is out: the checker cannot record a pass in between that this snapshot
+        // would then overwrite.
+        let health = lock_record(&self.health);
+        let tracker = &health.tracker;
+        snapshot.health = tracker.status();
+        snapshot.consecutive_failures = tracker.consecutive_failures();
+        snapshot.consecutive_successes = tracker.consecutive_successes();
+        if !Arc::ptr_eq(&snapshot.uptime.0, tracker.uptime()) {
+            snapshot.uptime = PublishedUptime(Arc::clone(tracker.uptime()));
+        }
+        if snapshot.last_check.as_ref().map(Arc::as_ptr) != health.last_check.as_ref().map(Arc::as_ptr) {
+            snapshot.last_check = health.last_check.clone();
         }
         let running = snapshot.state == ServiceState::Running;
         snapshot.ready = running && snapshot.health != crate::health::HealthStatus::Unhealthy;
@@ -626,6 +679,7 @@ impl Actor {
             *current = snapshot.clone();
             true
         });
+        drop(health);
         if modified {
             // After the snapshot is out: a reader that sees the new number sees the new snapshot.
             self.parts

@@ -65,7 +65,7 @@ impl Actor {
             self.stop_instance().await;
         }
         let cadence_changed = self.parts.spec.health.check_interval != spec.health.check_interval;
-        self.health.set_thresholds(&spec.health);
+        self.health().tracker.set_thresholds(&spec.health);
         self.backoff = Backoff::new(&spec.restart);
         self.lifecycle.set_policy(Policy {
             managed: launcher.is_some(),
@@ -85,12 +85,16 @@ impl Actor {
         parts.heartbeat_timeout = heartbeat_timeout;
         parts.heartbeat_interval = heartbeat_interval;
         parts.check_sample_ratio = check_sample_ratio;
-        if cadence_changed && self.lifecycle.state() == ServiceState::Running {
-            // The new interval, from the next step of the grid on.
+        if self.lifecycle.state() == ServiceState::Running {
+            // The new interval, from the next step of the grid on; the checker, which holds the old
+            // settings, is replaced (or stopped, or started, as the probe went or came).
             let interval = self.parts.spec.health.check_interval;
             let step = interval.min(super::actions::CHECK_GRID);
             let first = super::on_grid(self.parts.boot, Instant::now() + interval, step);
-            self.ticker = probe_ticker(first, interval);
+            if cadence_changed {
+                self.ticker = probe_ticker(first, interval);
+            }
+            self.start_checker(first);
         }
 
         let reload = Event::Request {

@@ -227,8 +227,7 @@ impl Actor {
     /// `telemetry.check_sample_ratio` (decided here, before the span would be made: a check not traced
     /// costs nothing, and if it fails it is recorded afterwards anyway).
     pub(super) fn trace_next_check(&self) -> bool {
-        let ratio = self.parts.check_sample_ratio;
-        crate::telemetry::trace::exporting() && (ratio >= 1.0 || fastrand::f64() < ratio)
+        sampled(self.parts.check_sample_ratio)
     }
 
     /// The trace of the open restart, for the restart counter's exemplar.
@@ -422,7 +421,7 @@ impl Actor {
             }
             let status = [KeyValue::new(
                 "orchestrator.health.status",
-                self.health.status().as_str(),
+                self.health().tracker.status().as_str(),
             )];
             let recorded =
                 self.record_check(&Context::new(), false, took, status, Some((error_type, message)));
@@ -448,4 +447,9 @@ impl Actor {
             span_event!(parent: span, event_name::STATE_CHANGED, orchestrator.state.from = from.as_str(), orchestrator.state.to = to.as_str());
         }
     }
+}
+
+/// Whether a steady-state check gets a span, at sample ratio `ratio` (see [`Actor::trace_next_check`]).
+pub(super) fn sampled(ratio: f64) -> bool {
+    crate::telemetry::trace::exporting() && (ratio >= 1.0 || fastrand::f64() < ratio)
 }
