@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, Interval};
-use tracing::Span;
+use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
-use super::checks::{check_span, probe_check};
-use super::{Actor, SharedRecord, lock_record, probe_ticker};
+use super::checks::{check_span, timed_out};
+use super::{Actor, SharedRecord, lock_record};
 use crate::clock::Clock;
 use crate::config::{Probe, ServiceSpec};
 use crate::health::probe::Prober;
@@ -36,6 +36,9 @@ use crate::telemetry::metrics::ServiceMetrics;
 
 /// A check the checker hands to the actor: its outcome, how long it took, and its span.
 type Handed = (ProbeOutcome, Duration, Span);
+
+/// How late a check may start before the next ones are delayed (tokio's `Interval` allows the same).
+const LATE: Duration = Duration::from_millis(5);
 
 /// Numbers the checkers, so that the record can name the one whose passes count.
 static NEXT_CHECKER: AtomicU64 = AtomicU64::new(1);
@@ -111,10 +114,9 @@ impl Actor {
             heartbeat_interval: parts.heartbeat_interval,
             last_alive_notice: None,
         };
-        let ticker = probe_ticker(first, parts.spec.health.check_interval);
         self.checker = Some(CheckerLink {
             handed: receiver,
-            task: tokio::spawn(checker.run(ticker)),
+            task: tokio::spawn(checker.run(first)),
         });
     }
 
@@ -127,12 +129,41 @@ impl Actor {
 }
 
 impl Checker {
-    async fn run(mut self, mut ticker: Interval) {
+    /// Checks at `first` and then every `check_interval`; a check that is late delays the next ones rather
+    /// than bunching them (as the actor's ticker does). One timer serves the cadence and each check's
+    /// timeout.
+    async fn run(mut self, first: Instant) {
+        let Some(probe) = self.spec.probe.clone() else {
+            return;
+        };
+        let (interval, limit) = (self.spec.health.check_interval, self.spec.health.timeout);
+        let timer = tokio::time::sleep_until(first);
+        tokio::pin!(timer);
+        let mut due = first;
         loop {
-            ticker.tick().await;
+            timer.as_mut().await;
+            let started = Instant::now();
+            let from = if started > due + LATE { started } else { due };
+            due = from + interval;
             let traced = super::spans::sampled(self.check_sample_ratio);
             let span = check_span(&self.spec, traced);
-            let (outcome, elapsed, span) = probe_check(&self.prober, &self.spec, span).await;
+            timer.as_mut().reset(started + limit);
+            let work = self.prober.probe(&self.spec.name, &probe);
+            let outcome = if span.is_none() {
+                tokio::select! {
+                    biased;
+                    outcome = work => outcome,
+                    () = timer.as_mut() => timed_out(limit),
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    outcome = work.instrument(span.clone()) => outcome,
+                    () = timer.as_mut() => timed_out(limit),
+                }
+            };
+            let elapsed = started.elapsed();
+            timer.as_mut().reset(due);
             let outcome = if span.is_none() {
                 match self.record_quiet(outcome, elapsed) {
                     Ok(()) => continue,
