@@ -96,6 +96,8 @@ fn main() -> anyhow::Result<()> {
     // First, before any thread exists: this binary then starts its process services through itself with
     // posix_spawn (and, started as that helper, becomes the service).
     fog_orchestrator::supervisor::containment::helper_entry();
+    // Room for hundreds of services' descriptors; the services still start with the limit this got.
+    fog_orchestrator::supervisor::containment::raise_open_file_limit();
     tokio::runtime::Runtime::new()?.block_on(async {
         let config = Config::from_toml(CONFIG)?;
         Orchestrator::builder()
