@@ -86,11 +86,7 @@ impl fmt::Display for Containment {
     }
 }
 
-/// The open-file limit services start with, when the orchestrator raised its own
-/// ([`raise_open_file_limit`]); 0 when it did not.
-static SERVICE_OPEN_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// What [`raise_open_file_limit`] did: the soft limit before and after.
+/// What [`raise_open_file_limit`] did: the soft limit before (the one services start with) and after.
 static RAISED: OnceLock<(u64, u64)> = OnceLock::new();
 
 /// Raises this process's soft limit on open files (`RLIMIT_NOFILE`) to its hard limit, as Go programs and
@@ -116,7 +112,6 @@ pub fn raise_open_file_limit() {
     if limit.rlim_cur <= original || unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
         return;
     }
-    SERVICE_OPEN_FILES.store(original, std::sync::atomic::Ordering::Relaxed);
     let _ = RAISED.set((original, limit.rlim_cur));
 }
 
@@ -144,10 +139,7 @@ pub fn open_file_limit() -> (u64, Option<u64>) {
 
 /// The open-file limit a service starts with, when it differs from the orchestrator's.
 fn service_open_files() -> Option<u64> {
-    match SERVICE_OPEN_FILES.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => None,
-        limit => Some(limit),
-    }
+    RAISED.get().map(|&(original, _)| original)
 }
 
 /// The mode word that gives a service the open-file limit the orchestrator was started with
