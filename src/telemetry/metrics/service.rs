@@ -572,8 +572,21 @@ pub(super) fn write_family(text: &mut String, format: Format, services: &[Servic
             |s, position| count(&s.transitions[position]),
             |_, _| None,
         ),
-        // In SINGLE, or not per service (the heartbeats' and the edges' parts).
-        _ => {}
+        // Written from SINGLE above.
+        Part::Up
+        | Part::Checks
+        | Part::ConsecutiveFailures
+        | Part::LastRestart
+        | Part::Backoff
+        | Part::StartupDuration
+        | Part::Blocked
+        | Part::OutputDropped
+        | Part::StartTime
+        | Part::ExitCode
+        | Part::ExitSignal
+        | Part::Kills => {}
+        // Not per service: the heartbeats' and the edges' parts.
+        Part::HeartbeatLast | Part::HeartbeatTimeouts | Part::HeartbeatsReceived | Part::Edges => {}
     }
 }
 
