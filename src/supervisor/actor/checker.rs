@@ -24,14 +24,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
-use super::checks::{check_span, timed_out};
+use super::checks::{check_span, observed_alive, timed_out};
 use super::{Actor, SharedRecord, lock_record};
 use crate::clock::Clock;
 use crate::config::{Probe, ServiceSpec};
 use crate::health::probe::Prober;
 use crate::health::{HealthStatus, ProbeOutcome};
 use crate::registry::RegistryHandle;
-use crate::supervisor::state::{PublishedUptime, Snapshot};
+use crate::supervisor::state::Snapshot;
 use crate::telemetry::metrics::ServiceMetrics;
 
 /// A check the checker hands to the actor: its outcome, how long it took, and its span.
@@ -148,19 +148,15 @@ impl Checker {
             let traced = super::spans::sampled(self.check_sample_ratio);
             let span = check_span(&self.spec, traced);
             timer.as_mut().reset(started + limit);
-            let work = self.prober.probe(&self.spec.name, &probe);
-            let outcome = if span.is_none() {
-                tokio::select! {
-                    biased;
-                    outcome = work => outcome,
-                    () = timer.as_mut() => timed_out(limit),
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    outcome = work.instrument(span.clone()) => outcome,
-                    () = timer.as_mut() => timed_out(limit),
-                }
+            let mut work = self.prober.probe(&self.spec.name, &probe);
+            if !span.is_none() {
+                // Only a traced check pays for entering its span at each poll.
+                work = Box::pin(work.instrument(span.clone()));
+            }
+            let outcome = tokio::select! {
+                biased;
+                outcome = work => outcome,
+                () = timer.as_mut() => timed_out(limit),
             };
             let elapsed = started.elapsed();
             timer.as_mut().reset(due);
@@ -200,28 +196,19 @@ impl Checker {
             );
             health.last_check = Some(result);
             // Published while the record is held, as the actor publishes (see `Actor::publish`).
-            let health = &*health;
-            let tracker = &health.tracker;
-            self.publish.send_modify(|snapshot| {
-                snapshot.last_check.clone_from(&health.last_check);
-                snapshot.consecutive_successes = tracker.consecutive_successes();
-                if !Arc::ptr_eq(&snapshot.uptime.0, tracker.uptime()) {
-                    snapshot.uptime = PublishedUptime(Arc::clone(tracker.uptime()));
-                }
-            });
+            self.publish.send_modify(|snapshot| health.publish_into(snapshot));
         }
         // After the snapshot is out, as the actor does (see `Supervisor::generation`).
         self.published.fetch_add(1, Ordering::Release);
         self.metrics.check(None, elapsed, 0);
         if self.external {
-            let spacing = self.heartbeat_interval / 4;
-            if self
-                .last_alive_notice
-                .is_none_or(|at| now.duration_since(at) >= spacing)
-            {
-                self.last_alive_notice = Some(now);
-                self.registry.observed_alive(&self.spec.name);
-            }
+            observed_alive(
+                &self.registry,
+                &self.spec.name,
+                &mut self.last_alive_notice,
+                self.heartbeat_interval,
+                now,
+            );
         }
         Ok(())
     }

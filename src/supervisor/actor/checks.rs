@@ -15,6 +15,7 @@ use super::{Actor, CheckFuture};
 use crate::config::{Probe, ServiceSpec};
 use crate::health::probe::Prober;
 use crate::health::{CheckResult, FailureReason, HealthStatus, ProbeOutcome};
+use crate::registry::RegistryHandle;
 use crate::span_event;
 use crate::supervisor::launcher::{Instance, Service};
 use crate::supervisor::lifecycle::Event;
@@ -32,7 +33,7 @@ impl Actor {
 
     /// What kind of check this service has (`orchestrator.check.type`).
     pub(super) fn check_type(&self) -> &'static str {
-        self.parts.spec.probe.as_ref().map_or("in_process", |p| p.kind())
+        check_type(&self.parts.spec)
     }
 
     /// One check of the service, bounded by its timeout; owns what it needs so it can run inside `select!`.
@@ -142,15 +143,15 @@ impl Actor {
         }
         if passed && self.instance.is_none() && self.parts.spec.probe != Some(Probe::Heartbeat) {
             // A passing check of a service without a process of ours is the engine observing it alive
-            // (processes are heartbeated while they run). At most one per quarter heartbeat interval.
-            let spacing = self.parts.heartbeat_interval / 4;
-            if self
-                .last_alive_notice
-                .is_none_or(|at| now.duration_since(at) >= spacing)
-            {
-                self.last_alive_notice = Some(now);
-                self.parts.registry.observed_alive(&self.parts.spec.name);
-            }
+            // (processes are heartbeated while they run).
+            let parts = &self.parts;
+            observed_alive(
+                &parts.registry,
+                &parts.spec.name,
+                &mut self.last_alive_notice,
+                parts.heartbeat_interval,
+                now,
+            );
         }
         if let Some(transition) = transition {
             self.parts.metrics.health_changed(transition.from, transition.to);
@@ -168,6 +169,26 @@ impl Actor {
     }
 }
 
+/// What kind of check `spec`'s service has (`orchestrator.check.type`).
+fn check_type(spec: &ServiceSpec) -> &'static str {
+    spec.probe.as_ref().map_or("in_process", |p| p.kind())
+}
+
+/// Tells the registry that `service`, which has no process of ours, was seen alive by a passing check: at
+/// most once per quarter heartbeat interval (`last` is when it was told last).
+pub(super) fn observed_alive(
+    registry: &RegistryHandle,
+    service: &str,
+    last: &mut Option<Instant>,
+    heartbeat_interval: Duration,
+    now: Instant,
+) {
+    if last.is_none_or(|at| now.duration_since(at) >= heartbeat_interval / 4) {
+        *last = Some(now);
+        registry.observed_alive(service);
+    }
+}
+
 /// The `check health` span of a traced check (none otherwise).
 pub(super) fn check_span(spec: &ServiceSpec, traced: bool) -> Span {
     if !traced {
@@ -177,7 +198,7 @@ pub(super) fn check_span(spec: &ServiceSpec, traced: bool) -> Span {
         parent: None,
         "check health",
         orchestrator.service.name = %spec.name,
-        orchestrator.check.type = spec.probe.as_ref().map_or("in_process", |p| p.kind()),
+        orchestrator.check.type = check_type(spec),
         orchestrator.check.passed = Empty,
         orchestrator.health.status = Empty,
         error.type = Empty,
@@ -232,9 +253,8 @@ pub(super) fn timed_out(limit: Duration) -> ProbeOutcome {
 /// over; never, when neither runs.
 pub(super) async fn poll_check(
     check: &mut Option<CheckFuture>,
-    checker: Option<&mut CheckerLink>,
+    mut checker: Option<&mut CheckerLink>,
 ) -> (bool, ProbeOutcome, Duration, Span) {
-    let mut checker = checker;
     std::future::poll_fn(|cx| {
         if let Some(future) = check.as_mut()
             && let Poll::Ready((outcome, elapsed, span)) = future.as_mut().poll(cx)

@@ -62,6 +62,23 @@ pub(super) struct HealthRecord {
     pub checker: u64,
 }
 
+impl HealthRecord {
+    /// Copies what the record says into `snapshot`: the status, the counts, the uptime log and the last
+    /// check (shared, not copied, when they are the same already).
+    fn publish_into(&self, snapshot: &mut Snapshot) {
+        let tracker = &self.tracker;
+        snapshot.health = tracker.status();
+        snapshot.consecutive_failures = tracker.consecutive_failures();
+        snapshot.consecutive_successes = tracker.consecutive_successes();
+        if !Arc::ptr_eq(&snapshot.uptime.0, tracker.uptime()) {
+            snapshot.uptime = PublishedUptime(Arc::clone(tracker.uptime()));
+        }
+        if snapshot.last_check.as_ref().map(Arc::as_ptr) != self.last_check.as_ref().map(Arc::as_ptr) {
+            snapshot.last_check.clone_from(&self.last_check);
+        }
+    }
+}
+
 /// The health record, shared by the actor and its checker.
 pub(super) type SharedRecord = Arc<std::sync::Mutex<HealthRecord>>;
 
@@ -646,16 +663,7 @@ impl Actor {
         // Held until the snapshot is out: the checker cannot record a pass in between that this snapshot
         // would then overwrite.
         let health = lock_record(&self.health);
-        let tracker = &health.tracker;
-        snapshot.health = tracker.status();
-        snapshot.consecutive_failures = tracker.consecutive_failures();
-        snapshot.consecutive_successes = tracker.consecutive_successes();
-        if !Arc::ptr_eq(&snapshot.uptime.0, tracker.uptime()) {
-            snapshot.uptime = PublishedUptime(Arc::clone(tracker.uptime()));
-        }
-        if snapshot.last_check.as_ref().map(Arc::as_ptr) != health.last_check.as_ref().map(Arc::as_ptr) {
-            snapshot.last_check = health.last_check.clone();
-        }
+        health.publish_into(snapshot);
         let running = snapshot.state == ServiceState::Running;
         snapshot.ready = running && snapshot.health != crate::health::HealthStatus::Unhealthy;
         if !running {
