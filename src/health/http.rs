@@ -30,7 +30,7 @@ use crate::config::HttpProbe;
 /// Most bytes of a response body read by a probe (and of a response head).
 pub const READ_LIMIT: usize = 64 * 1024;
 /// A kept connection unused for this long is not reused (servers drop idle ones after 5 to 75 s).
-const IDLE_LIMIT: Duration = Duration::from_secs(60);
+pub(super) const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// Headers parsed per response head.
 const MAX_HEADERS: usize = 64;
 
@@ -111,6 +111,12 @@ impl Target {
             tls,
             plain: plain.into_bytes(),
         })
+    }
+
+    /// The address to connect to when the target is plain `http://` to an IP address: one the
+    /// steady-check engine can check without resolving a name or a TLS handshake.
+    pub(super) fn plain_address(&self) -> Option<std::net::SocketAddr> {
+        self.literal.filter(|_| self.tls.is_none())
     }
 
     /// The request's bytes, with a `traceparent` header when one is given.
@@ -554,14 +560,37 @@ async fn exchange(stream: &mut Connection, request: &[u8]) -> Result<(Response, 
         stream.write_all(request).await.map_err(Exchange::Unanswered)?;
     }
     let mut buffer = Vec::with_capacity(1024);
-    if read_some(stream, &mut buffer)
-        .await
-        .map_err(Exchange::Unanswered)?
-        == 0
-    {
-        return Err(Exchange::Unanswered(io::ErrorKind::UnexpectedEof.into()));
+    loop {
+        let closed = match read_some(stream, &mut buffer).await {
+            Err(error) if buffer.is_empty() => return Err(Exchange::Unanswered(error)),
+            Err(error) => return Err(Exchange::Failed(Failure::Io(error))),
+            Ok(0) if buffer.is_empty() => {
+                return Err(Exchange::Unanswered(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(read) => read == 0,
+        };
+        match parse_response(&buffer, closed).map_err(Exchange::Failed)? {
+            Some(whole) => return Ok(whole),
+            None if buffer.len() > BUFFER_LIMIT => {
+                return Err(Exchange::Failed(Failure::Malformed(format!(
+                    "no whole response in {BUFFER_LIMIT} bytes"
+                ))));
+            }
+            None => {}
+        }
     }
-    read_response(stream, buffer).await.map_err(Exchange::Failed)
+}
+
+/// Most bytes read for one response before it is given up as malformed: its head, a body of up to
+/// [`READ_LIMIT`] bytes, and what frames them.
+pub(super) const BUFFER_LIMIT: usize = 3 * READ_LIMIT;
+
+/// One read, appended to `buffer`.
+async fn read_some(stream: &mut Connection, buffer: &mut Vec<u8>) -> io::Result<usize> {
+    if buffer.capacity() - buffer.len() < 512 {
+        buffer.reserve(buffer.capacity().max(1024));
+    }
+    stream.read_buf(buffer).await
 }
 
 /// The head and framing of a response.
@@ -580,39 +609,57 @@ enum Framing {
     UntilClose,
 }
 
-/// Reads the rest of a response whose first bytes are in `buffer`.
-async fn read_response(stream: &mut Connection, mut buffer: Vec<u8>) -> Result<(Response, bool), Failure> {
+/// The response at the start of `buffer` (the bytes read so far on a connection; `closed` once the peer
+/// closed it), and whether the connection may carry another; none while more bytes are needed. Interim
+/// responses (100 Continue, 103 Early Hints) are skipped; a body is kept up to [`READ_LIMIT`] bytes (a
+/// longer one ends the read, and the connection is not reused).
+///
+/// Both the probes' async client and the steady-check engine read responses with this: it does no I/O.
+pub(super) fn parse_response(buffer: &[u8], closed: bool) -> Result<Option<(Response, bool)>, Failure> {
+    let cut_short = || {
+        if closed {
+            Err(Failure::Io(io::ErrorKind::UnexpectedEof.into()))
+        } else {
+            Ok(None)
+        }
+    };
+    let mut at = 0;
     let head = loop {
-        match parse_head(&buffer)? {
-            Some(head) if (100..200).contains(&head.status) => {
-                // An interim response (100 Continue, 103 Early Hints): the real one follows.
-                buffer.drain(..head.length);
-            }
+        match parse_head(&buffer[at..])? {
+            Some(head) if (100..200).contains(&head.status) => at += head.length,
             Some(head) => break head,
-            None if buffer.len() > READ_LIMIT => {
+            None if buffer.len() - at > READ_LIMIT => {
                 return Err(Failure::Malformed(format!(
                     "a response head over {READ_LIMIT} bytes"
                 )));
             }
-            None => {
-                if read_some(stream, &mut buffer).await.map_err(Failure::Io)? == 0 {
-                    return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into()));
-                }
-            }
+            None => return cut_short(),
         }
     };
-    buffer.drain(..head.length);
+    let body = &buffer[at + head.length..];
     let (body, whole) = match head.framing {
         Framing::Empty => (Vec::new(), true),
-        Framing::Length(length) => read_length(stream, buffer, length).await?,
-        Framing::Chunked => read_chunked(stream, buffer).await?,
-        Framing::UntilClose => (read_until_close(stream, buffer).await?, false),
+        Framing::Length(length) => {
+            let wanted = length.min(READ_LIMIT);
+            if body.len() < wanted {
+                return cut_short();
+            }
+            (body[..wanted].to_vec(), body.len() == length)
+        }
+        Framing::Chunked => match decode_chunked(body)? {
+            Some(decoded) => decoded,
+            None => return cut_short(),
+        },
+        Framing::UntilClose if closed || body.len() >= READ_LIMIT => {
+            (body[..body.len().min(READ_LIMIT)].to_vec(), false)
+        }
+        Framing::UntilClose => return Ok(None),
     };
     let response = Response {
         status: head.status,
         body,
     };
-    Ok((response, whole && head.keep_alive))
+    Ok(Some((response, whole && head.keep_alive)))
 }
 
 /// The response head at the start of `buffer`, once it is all there.
@@ -671,52 +718,21 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, Failure> {
     }))
 }
 
-/// A body of `length` bytes, of which the first are in `buffer`; says whether it was read whole (a body
-/// longer than [`READ_LIMIT`] is read that far, and its connection not reused).
-async fn read_length(
-    stream: &mut Connection,
-    mut buffer: Vec<u8>,
-    length: usize,
-) -> Result<(Vec<u8>, bool), Failure> {
-    let wanted = length.min(READ_LIMIT);
-    while buffer.len() < wanted {
-        if read_some(stream, &mut buffer).await.map_err(Failure::Io)? == 0 {
-            return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
-    let whole = buffer.len() == length;
-    buffer.truncate(wanted);
-    Ok((buffer, whole))
-}
-
-/// A body that ends where the connection closes, of which the first bytes are in `buffer`; read up to
-/// [`READ_LIMIT`] bytes.
-async fn read_until_close(stream: &mut Connection, mut buffer: Vec<u8>) -> Result<Vec<u8>, Failure> {
-    while buffer.len() < READ_LIMIT {
-        if read_some(stream, &mut buffer).await.map_err(Failure::Io)? == 0 {
-            break;
-        }
-    }
-    buffer.truncate(READ_LIMIT);
-    Ok(buffer)
-}
-
-/// A chunked body, of which the first bytes are in `buffer`; decoded up to [`READ_LIMIT`] bytes.
-async fn read_chunked(stream: &mut Connection, mut buffer: Vec<u8>) -> Result<(Vec<u8>, bool), Failure> {
+/// A chunked body at the start of `buffer`, decoded up to [`READ_LIMIT`] bytes, and whether it was read
+/// whole (to its last chunk and trailers); none while more bytes are needed.
+fn decode_chunked(buffer: &[u8]) -> Result<Option<(Vec<u8>, bool)>, Failure> {
     let mut body = Vec::new();
     let mut at = 0;
     loop {
         // A chunk's size line, its data and CRLF; the last chunk has size 0 and is followed by trailers.
-        let (size_length, size) = loop {
-            match httparse::parse_chunk_size(&buffer[at..]) {
-                Ok(httparse::Status::Complete((length, size))) => break (length, size),
-                Ok(httparse::Status::Partial) => more(stream, &mut buffer).await?,
-                Err(_) => return Err(Failure::Malformed("bad chunk size".to_owned())),
-            }
+        let (size_length, size) = match httparse::parse_chunk_size(&buffer[at..]) {
+            Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(Failure::Malformed("bad chunk size".to_owned())),
         };
         at += size_length;
         if size == 0 {
-            return read_trailers(stream, buffer, at).await.map(|()| (body, true));
+            return Ok(trailers_end(&buffer[at..])?.then_some((body, true)));
         }
         let size = usize::try_from(size).unwrap_or(usize::MAX);
         if body.len().saturating_add(size) > READ_LIMIT {
@@ -724,52 +740,32 @@ async fn read_chunked(stream: &mut Connection, mut buffer: Vec<u8>) -> Result<(V
             let room = READ_LIMIT - body.len();
             let available = (buffer.len() - at).min(room);
             body.extend_from_slice(&buffer[at..at + available]);
-            return Ok((body, false));
+            return Ok(Some((body, false)));
         }
-        while buffer.len() < at + size + 2 {
-            more(stream, &mut buffer).await?;
+        if buffer.len() < at + size + 2 {
+            return Ok(None);
         }
         body.extend_from_slice(&buffer[at..at + size]);
         if &buffer[at + size..at + size + 2] != b"\r\n" {
             return Err(Failure::Malformed("a chunk not followed by CRLF".to_owned()));
         }
         at += size + 2;
-        if at > READ_LIMIT {
-            buffer.drain(..at);
-            at = 0;
-        }
     }
 }
 
-/// The trailer section after the last chunk, up to its empty line.
-async fn read_trailers(stream: &mut Connection, mut buffer: Vec<u8>, mut at: usize) -> Result<(), Failure> {
+/// Whether the trailer section at the start of `buffer` is there up to its empty line.
+fn trailers_end(buffer: &[u8]) -> Result<bool, Failure> {
+    let mut at = 0;
     loop {
         match buffer[at..].windows(2).position(|pair| pair == b"\r\n") {
-            Some(0) => return Ok(()),
+            Some(0) => return Ok(true),
             Some(line) => at += line + 2,
             None if buffer.len() - at > READ_LIMIT => {
                 return Err(Failure::Malformed("trailers over the read limit".to_owned()));
             }
-            None => more(stream, &mut buffer).await?,
+            None => return Ok(false),
         }
     }
-}
-
-/// Reads more bytes; the connection closing here cuts a response short.
-async fn more(stream: &mut Connection, buffer: &mut Vec<u8>) -> Result<(), Failure> {
-    match read_some(stream, buffer).await {
-        Ok(0) => Err(Failure::Io(io::ErrorKind::UnexpectedEof.into())),
-        Ok(_) => Ok(()),
-        Err(error) => Err(Failure::Io(error)),
-    }
-}
-
-/// One read, appended to `buffer`.
-async fn read_some(stream: &mut Connection, buffer: &mut Vec<u8>) -> io::Result<usize> {
-    if buffer.capacity() - buffer.len() < 512 {
-        buffer.reserve(buffer.capacity().max(1024));
-    }
-    stream.read_buf(buffer).await
 }
 
 #[cfg(test)]
@@ -796,6 +792,68 @@ mod tests {
             &*target.request(Some("00-abc-def-01")),
             format!("{head}traceparent: 00-abc-def-01\r\n\r\n").as_bytes()
         );
+    }
+
+    /// The status, body and reusability of what `parse_response` made of `bytes`.
+    fn parsed(bytes: &[u8], closed: bool) -> Option<(u16, String, bool)> {
+        let (response, reusable) = parse_response(bytes, closed).unwrap()?;
+        Some((
+            response.status,
+            String::from_utf8(response.body).unwrap(),
+            reusable,
+        ))
+    }
+
+    #[test]
+    fn a_response_is_whole_once_its_framing_says_so() {
+        let length = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(parsed(length, false), Some((200, "ok".to_owned(), true)));
+        assert_eq!(parsed(&length[..length.len() - 1], false), None, "one byte short");
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n1\r\n!\r\n0\r\n\r\n";
+        assert_eq!(parsed(chunked, false), Some((200, "ok!".to_owned(), true)));
+        assert_eq!(
+            parsed(&chunked[..chunked.len() - 2], false),
+            None,
+            "trailers not ended"
+        );
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(parsed(interim, false), Some((204, String::new(), true)));
+        let until_close = b"HTTP/1.0 200 OK\r\n\r\nhello";
+        assert_eq!(
+            parsed(until_close, false),
+            None,
+            "the body ends where the connection does"
+        );
+        assert_eq!(parsed(until_close, true), Some((200, "hello".to_owned(), false)));
+        let closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(parsed(closing, false), Some((200, "ok".to_owned(), false)));
+        let trailing = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokAND MORE";
+        assert_eq!(
+            parsed(trailing, false),
+            Some((200, "ok".to_owned(), false)),
+            "bytes past the body: the connection is not reused"
+        );
+    }
+
+    #[test]
+    fn a_response_cut_short_or_malformed_is_a_failure() {
+        let cut = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok";
+        assert!(
+            matches!(parse_response(cut, true), Err(Failure::Io(error)) if error.kind() == io::ErrorKind::UnexpectedEof)
+        );
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 200", true),
+            Err(Failure::Io(_))
+        ));
+        assert!(matches!(
+            parse_response(b"SSH-2.0-OpenSSH\r\n", false),
+            Err(Failure::Malformed(_))
+        ));
+        let bad_chunk = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n";
+        assert!(matches!(
+            parse_response(bad_chunk, false),
+            Err(Failure::Malformed(_))
+        ));
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! tested without a runtime. [`composite`] folds every service's status into the system's. The probes that
 //! produce results live in [`probe`].
 
+pub mod engine;
 pub(crate) mod http;
 pub mod probe;
 mod socket;
@@ -144,6 +145,14 @@ impl ProbeOutcome {
             message: message.into(),
             details: Map::new(),
         }
+    }
+
+    /// The outcome of a check given no answer within `limit`.
+    pub fn timed_out(limit: Duration) -> Self {
+        Self::fail(
+            FailureReason::Timeout,
+            format!("no answer within {}", humantime::format_duration(limit)),
+        )
     }
 
     /// Adds a detail.

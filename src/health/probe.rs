@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 use tracing::Instrument;
 
-use super::http::{Client, Failure, READ_LIMIT, Target};
+use super::engine::{Engine, SteadyHttp};
+use super::http::{Client, Failure, READ_LIMIT, Response, Target};
 use super::{FailureReason, ProbeOutcome};
 use crate::config::{GrpcProbe, HttpProbe, Probe};
 use tonic_health::pb::HealthCheckRequest;
@@ -30,10 +31,17 @@ pub trait Prober: Send + Sync + 'static {
 
     /// `service` is gone or stopped: whatever is kept for its next check (a connection) can go.
     fn forget(&self, _service: &str) {}
+
+    /// A cheaper way to run a running service's steady checks of `probe`, if this prober has one: the
+    /// real prober's engine runs those of plain `http://` probes to an IP address ([`super::engine`]).
+    fn steady(&self, _probe: &Probe) -> Option<SteadyHttp> {
+        None
+    }
 }
 
 /// The real probes: HTTP GET (on a connection kept per service while the target keeps it alive), TCP
-/// connect, gRPC health, and exec.
+/// connect, gRPC health, and exec; and the engine that runs running services' steady checks of plain
+/// `http://` probes to IP addresses ([`super::engine`]).
 #[derive(Debug, Default)]
 pub struct NetworkProber {
     client: Client,
@@ -42,6 +50,8 @@ pub struct NetworkProber {
     /// Each service's HTTP target, parsed from its probe at the first check and again when the probe
     /// changes (a reload), not at every check.
     targets: std::sync::Mutex<std::collections::HashMap<String, (HttpProbe, Arc<Target>)>>,
+    /// What runs the steady checks of plain HTTP probes, started at the first such check.
+    engine: Engine,
 }
 
 #[async_trait]
@@ -56,6 +66,14 @@ impl Prober for NetworkProber {
                 ProbeOutcome::fail(FailureReason::Error, "heartbeat probes are answered by the actor")
             }
         }
+    }
+
+    fn steady(&self, probe: &Probe) -> Option<SteadyHttp> {
+        let Probe::Http(http) = probe else {
+            return None;
+        };
+        let target = Target::parse(http).ok()?;
+        self.engine.steady(http, target)
     }
 
     fn forget(&self, service: &str) {
@@ -136,28 +154,38 @@ impl NetworkProber {
         } else {
             None
         };
-        let response = match self.client.get(service, target, traceparent.as_deref()).await {
-            Ok(response) => response,
-            Err(failure @ (Failure::Connect(_) | Failure::Tls(_))) => {
-                return ProbeOutcome::fail(FailureReason::Connect, format!("GET {url}: {failure}"));
-            }
-            Err(failure) => return ProbeOutcome::fail(FailureReason::Error, format!("GET {url}: {failure}")),
-        };
-        let (low, high) = probe.passing;
-        let outcome = if (low..=high).contains(&response.status) {
-            ProbeOutcome::pass("Service health check passed")
-        } else {
-            ProbeOutcome::fail(
-                FailureReason::HttpStatus,
-                format!(
-                    "GET {url} answered {}: {}",
-                    status_line(response.status),
-                    quote(&response.body)
-                ),
-            )
-        };
-        outcome.with_detail("http_status", response.status)
+        match self.client.get(service, target, traceparent.as_deref()).await {
+            Ok(response) => judged(url, probe.passing, &response),
+            Err(failure) => unanswered(url, &failure),
+        }
     }
+}
+
+/// The outcome of an HTTP probe of `url` that got `response`: a pass when its status is in `passing`.
+pub(super) fn judged(url: &str, passing: (u16, u16), response: &Response) -> ProbeOutcome {
+    let (low, high) = passing;
+    let outcome = if (low..=high).contains(&response.status) {
+        ProbeOutcome::pass("Service health check passed")
+    } else {
+        ProbeOutcome::fail(
+            FailureReason::HttpStatus,
+            format!(
+                "GET {url} answered {}: {}",
+                status_line(response.status),
+                quote(&response.body)
+            ),
+        )
+    };
+    outcome.with_detail("http_status", response.status)
+}
+
+/// The outcome of an HTTP probe of `url` that got no response.
+pub(super) fn unanswered(url: &str, failure: &Failure) -> ProbeOutcome {
+    let reason = match failure {
+        Failure::Connect(_) | Failure::Tls(_) => FailureReason::Connect,
+        Failure::Io(_) | Failure::Malformed(_) => FailureReason::Error,
+    };
+    ProbeOutcome::fail(reason, format!("GET {url}: {failure}"))
 }
 
 impl NetworkProber {

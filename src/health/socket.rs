@@ -283,22 +283,7 @@ impl ProbeSocket {
 
     /// Ends the connection with a reset and keeps the socket for another: `connect(AF_UNSPEC)`.
     pub(super) fn dissolve(&self) -> io::Result<()> {
-        let unspecified = libc::sockaddr {
-            sa_family: libc::AF_UNSPEC as libc::sa_family_t,
-            sa_data: [0; 14],
-        };
-        // SAFETY: `unspecified` is a whole sockaddr, of the length given.
-        let dissolved = unsafe {
-            libc::connect(
-                self.socket.as_raw_fd(),
-                &raw const unspecified,
-                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-            )
-        };
-        if dissolved < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        dissolve(&self.socket)
     }
 
     /// Ready once an event that concerns `direction` came since the last one seen; an error once the
@@ -375,6 +360,26 @@ impl AsyncWrite for ProbeSocket {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.socket.shutdown(std::net::Shutdown::Write))
     }
+}
+
+/// Ends `socket`'s connection with a reset and keeps the socket for another: `connect(AF_UNSPEC)`.
+pub(super) fn dissolve(socket: &Socket) -> io::Result<()> {
+    let unspecified = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: `unspecified` is a whole sockaddr, of the length given.
+    let dissolved = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            &raw const unspecified,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if dissolved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

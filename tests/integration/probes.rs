@@ -1,14 +1,17 @@
 //! The real probes against real sockets and processes on 127.0.0.1 (ports picked by the kernel).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fog_orchestrator::config::Probe;
-use fog_orchestrator::health::FailureReason;
 use fog_orchestrator::health::probe::{NetworkProber, Prober};
+use fog_orchestrator::health::{FailureReason, HealthStatus};
+use fog_orchestrator::supervisor::{RestartReason, ServiceState, Supervisor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::harness::exited;
+use crate::harness::{World, config, exited, service, within};
 
 /// A one-route HTTP server answering every request with `status`, counting connections.
 async fn http_server(status: u16) -> (String, tokio::sync::watch::Receiver<usize>) {
@@ -525,4 +528,113 @@ async fn grpc_passes_while_serving_and_says_why_otherwise() {
     let _ = server.await;
     let outcome = prober.probe("ledger", &grpc("fog.Ledger")).await;
     assert_eq!(outcome.reason, Some(FailureReason::Connect), "{outcome:?}");
+}
+
+/// A target answering every request with the status in `status` (and a body saying so), then closing the
+/// connection, as most do; counts the requests.
+async fn switchable_target() -> (String, Arc<AtomicU16>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    let status = Arc::new(AtomicU16::new(200));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (answer, count) = (status.clone(), requests.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (answer, count) = (answer.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                let mut read = 0;
+                while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(more) => read += more,
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let (code, body) = match answer.load(Ordering::SeqCst) {
+                    200 => ("200 OK", "ok"),
+                    _ => ("503 Service Unavailable", "down"),
+                };
+                let response = format!(
+                    "HTTP/1.1 {code}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, status, requests)
+}
+
+/// The steady checks of a running service with a plain HTTP probe to an IP address run in the prober's
+/// engine: this drives it through the supervisor, in real time, as the product runs it.
+#[tokio::test]
+async fn steady_http_checks_are_recorded_and_a_failing_target_is_restarted_and_recovers() {
+    const WAIT: Duration = Duration::from_secs(20);
+    let world = World::default();
+    let (url, status, requests) = switchable_target().await;
+    let toml = format!(
+        "[services.api]\ncommand = [\"fake\"]\n[services.api.health]\nhttp = \"{url}\"\n\
+         check_interval = \"100ms\"\ntimeout = \"90ms\"\nfailure_threshold = 2\n\
+         [services.api.restart]\ninitial_delay = \"10ms\"\n"
+    );
+    let supervisor = Supervisor::builder(config(&toml))
+        .launcher(Arc::new(world.clone()))
+        .prober(Arc::new(NetworkProber::default()))
+        .start()
+        .expect("the supervisor starts");
+    let api = service(&supervisor, "api");
+    let ready = within(WAIT, api.wait_for(|s| s.health == HealthStatus::Healthy)).await;
+
+    // Passes: each the new last check, all in the history, with the probe's details.
+    let first = ready.consecutive_successes;
+    let passed = within(WAIT, api.wait_for(|s| s.consecutive_successes >= first + 5)).await;
+    assert_eq!(passed.state, ServiceState::Running);
+    let report = api.report().await.unwrap();
+    let last = report.history.last().unwrap();
+    assert!(last.passed);
+    assert_eq!(last.details["http_status"], 200);
+    assert!(last.response_time_ms > 0.0);
+    assert!(
+        report.history.len() >= usize::try_from(first).unwrap() + 5,
+        "every pass is in the history"
+    );
+
+    // The target fails: the failures reach the actor, which restarts the service at the threshold.
+    status.store(503, Ordering::SeqCst);
+    let failing = within(WAIT, api.wait_for(|s| s.consecutive_failures >= 1)).await;
+    let check = failing.last_check.as_ref().unwrap();
+    assert_eq!(check.reason, Some(FailureReason::HttpStatus));
+    assert_eq!(
+        check.message,
+        format!("GET {url} answered 503 Service Unavailable: down")
+    );
+    let restarted = within(WAIT, api.wait_for(|s| s.restart_count == 1)).await;
+    assert_eq!(restarted.last_restart_reason, Some(RestartReason::Unhealthy));
+
+    // It recovers: the new instance is ready at its first pass, and its steady passes are recorded again.
+    status.store(200, Ordering::SeqCst);
+    let healthy = within(
+        WAIT,
+        api.wait_for(|s| s.state == ServiceState::Running && s.health == HealthStatus::Healthy),
+    )
+    .await;
+    let again = healthy.consecutive_successes;
+    within(WAIT, api.wait_for(|s| s.consecutive_successes >= again + 3)).await;
+    assert_eq!(world.launches("api").len(), 2);
+
+    // Stopped, it is checked no more.
+    api.stop(false).await.unwrap();
+    let stopped = api.report().await.unwrap();
+    let asked = requests.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        asked,
+        "no check of a stopped service"
+    );
+    assert_eq!(api.report().await.unwrap().history.len(), stopped.history.len());
 }

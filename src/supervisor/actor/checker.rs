@@ -13,21 +13,29 @@
 //! the prober (`http`, `tcp`, `grpc`, `exec`), and stops it when the service leaves `running`. Startup
 //! probes, checks asked for through the API, heartbeat probes and in-process services' own health stay
 //! with the actor.
+//!
+//! Where the prober has an engine for the probe (the real prober's, for plain `http://` to an IP address:
+//! [`crate::health::engine`]), the checker hands its checks to it and sleeps: the engine checks every such
+//! service from one task and settles each outcome with the checker's [`Quiet`], as the checker would. The
+//! checker wakes only for what the engine gives back: a check to be traced, or an outcome the actor could
+//! not take at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
-use super::checks::{check_span, observed_alive, timed_out};
+use super::checks::{check_span, observed_alive};
 use super::{Actor, SharedRecord, lock_record};
 use crate::clock::Clock;
 use crate::config::{Probe, ServiceSpec};
+use crate::health::engine::{Returned, Steady, next_due};
 use crate::health::probe::Prober;
 use crate::health::{HealthStatus, ProbeOutcome};
 use crate::registry::RegistryHandle;
@@ -36,9 +44,6 @@ use crate::telemetry::metrics::ServiceMetrics;
 
 /// A check the checker hands to the actor: its outcome, how long it took, and its span.
 type Handed = (ProbeOutcome, Duration, Span);
-
-/// How late a check may start before the next ones are delayed (tokio's `Interval` allows the same).
-const LATE: Duration = Duration::from_millis(5);
 
 /// Numbers the checkers, so that the record can name the one whose passes count.
 static NEXT_CHECKER: AtomicU64 = AtomicU64::new(1);
@@ -68,9 +73,18 @@ impl Drop for CheckerLink {
 
 /// What the checker task owns.
 struct Checker {
-    id: u64,
     spec: Arc<ServiceSpec>,
     prober: Arc<dyn Prober>,
+    check_sample_ratio: f64,
+    quiet: Quiet,
+}
+
+/// What records a checker's quiet passes and hands the rest to the actor: in the checker's task, or in the
+/// prober's engine.
+#[derive(Clone)]
+struct Quiet {
+    id: u64,
+    spec: Arc<ServiceSpec>,
     clock: Clock,
     metrics: ServiceMetrics,
     registry: RegistryHandle,
@@ -99,20 +113,24 @@ impl Actor {
         let (handed, receiver) = mpsc::channel(1);
         let parts = &self.parts;
         let checker = Checker {
-            id,
             spec: parts.spec.clone(),
             prober: parts.prober.clone(),
-            clock: parts.clock,
-            metrics: parts.metrics.clone(),
-            registry: parts.registry.clone(),
-            record: self.health.clone(),
-            publish: parts.publish.clone(),
-            published: parts.published.clone(),
-            handed,
             check_sample_ratio: parts.check_sample_ratio,
-            external: self.is_external(),
-            heartbeat_interval: parts.heartbeat_interval,
-            last_alive_notice: None,
+            quiet: Quiet {
+                id,
+                spec: parts.spec.clone(),
+                clock: parts.clock,
+                metrics: parts.metrics.clone(),
+                registry: parts.registry.clone(),
+                record: self.health.clone(),
+                publish: parts.publish.clone(),
+                published: parts.published.clone(),
+                handed,
+                check_sample_ratio: parts.check_sample_ratio,
+                external: self.is_external(),
+                heartbeat_interval: parts.heartbeat_interval,
+                last_alive_notice: None,
+            },
         };
         self.checker = Some(CheckerLink {
             handed: receiver,
@@ -130,22 +148,58 @@ impl Actor {
 
 impl Checker {
     /// Checks at `first` and then every `check_interval`; a check that is late delays the next ones rather
-    /// than bunching them (as the actor's ticker does). One timer serves the cadence and each check's
-    /// timeout.
+    /// than bunching them (as the actor's ticker does).
+    ///
+    /// The prober's engine runs the checks when it can ([`crate::health::engine`]); it gives back a check
+    /// to be traced, which runs here, and one it could not settle, which is handed to the actor here (with
+    /// back-pressure). Otherwise the checks run here, on one timer for the cadence and each check's timeout.
     async fn run(mut self, first: Instant) {
         let Some(probe) = self.spec.probe.clone() else {
             return;
         };
         let (interval, limit) = (self.spec.health.check_interval, self.spec.health.timeout);
+        // With every check traced, the engine would give each one back.
+        let every_traced = self.check_sample_ratio >= 1.0 && crate::telemetry::trace::exporting();
+        let mut steady = self.prober.steady(&probe).filter(|_| !every_traced);
         let timer = tokio::time::sleep_until(first);
         tokio::pin!(timer);
         let mut due = first;
         loop {
+            let mut traced = None;
+            if let Some(engine) = &steady {
+                match engine
+                    .run(due, interval, limit, Box::new(self.quiet.clone()))
+                    .await
+                {
+                    Returned::Traced { due: at } => {
+                        due = at;
+                        traced = Some(true);
+                    }
+                    Returned::Unsettled {
+                        outcome,
+                        elapsed,
+                        next,
+                    } => {
+                        due = next;
+                        if self
+                            .quiet
+                            .handed
+                            .send((outcome, elapsed, Span::none()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    Returned::Stopped => steady = None,
+                }
+            }
+            timer.as_mut().reset(due);
             timer.as_mut().await;
             let started = Instant::now();
-            let from = if started > due + LATE { started } else { due };
-            due = from + interval;
-            let traced = super::spans::sampled(self.check_sample_ratio);
+            due = next_due(due, started, interval);
+            let traced = traced.unwrap_or_else(|| super::spans::sampled(self.check_sample_ratio));
             let span = check_span(&self.spec, traced);
             timer.as_mut().reset(started + limit);
             let mut work = self.prober.probe(&self.spec.name, &probe);
@@ -156,27 +210,28 @@ impl Checker {
             let outcome = tokio::select! {
                 biased;
                 outcome = work => outcome,
-                () = timer.as_mut() => timed_out(limit),
+                () = timer.as_mut() => ProbeOutcome::timed_out(limit),
             };
             let elapsed = started.elapsed();
-            timer.as_mut().reset(due);
             let outcome = if span.is_none() {
-                match self.record_quiet(outcome, elapsed) {
+                match self.quiet.record(outcome, elapsed) {
                     Ok(()) => continue,
                     Err(outcome) => outcome,
                 }
             } else {
                 outcome
             };
-            if self.handed.send((outcome, elapsed, span)).await.is_err() {
+            if self.quiet.handed.send((outcome, elapsed, span)).await.is_err() {
                 return;
             }
         }
     }
+}
 
+impl Quiet {
     /// Records `outcome` if it is a quiet pass (a pass of a healthy service, while this checker's passes
     /// count) and publishes it; gives it back otherwise.
-    fn record_quiet(&mut self, outcome: ProbeOutcome, elapsed: Duration) -> Result<(), ProbeOutcome> {
+    fn record(&mut self, outcome: ProbeOutcome, elapsed: Duration) -> Result<(), ProbeOutcome> {
         let now = Instant::now();
         {
             let mut health = lock_record(&self.record);
@@ -211,5 +266,24 @@ impl Checker {
             );
         }
         Ok(())
+    }
+}
+
+impl Steady for Quiet {
+    fn traced(&mut self) -> bool {
+        super::spans::sampled(self.check_sample_ratio)
+    }
+
+    /// A quiet pass is recorded; anything else is handed to the actor, unless the actor has not taken the
+    /// last one yet (or is gone): then it goes back to the checker.
+    fn settle(&mut self, outcome: ProbeOutcome, elapsed: Duration) -> Result<(), ProbeOutcome> {
+        let outcome = match self.record(outcome, elapsed) {
+            Ok(()) => return Ok(()),
+            Err(outcome) => outcome,
+        };
+        match self.handed.try_send((outcome, elapsed, Span::none())) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full((outcome, ..)) | TrySendError::Closed((outcome, ..))) => Err(outcome),
+        }
     }
 }

@@ -233,19 +233,11 @@ fn bounded(
         async move {
             let outcome = match timeout(limit, work).await {
                 Ok(outcome) => outcome,
-                Err(_) => timed_out(limit),
+                Err(_) => ProbeOutcome::timed_out(limit),
             };
             (outcome, started.elapsed(), span)
         }
         .instrument(inside),
-    )
-}
-
-/// The outcome of a check given no answer within `limit`.
-pub(super) fn timed_out(limit: Duration) -> ProbeOutcome {
-    ProbeOutcome::fail(
-        FailureReason::Timeout,
-        format!("no answer within {}", humantime::format_duration(limit)),
     )
 }
 
