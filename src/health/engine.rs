@@ -5,13 +5,13 @@
 //! task (the tick, the response), an entry in the runtime's timer wheel, a hop through the probe
 //! sockets' reactor, and lookups of the service's target and kept socket by name. The engine does the same
 //! work for all of them at once: one timer (the earliest due check or deadline), one epoll instance that
-//! the runtime watches as one descriptor, and per check a job that owns its target, its socket and its
+//! the runtime watches as one descriptor, and per service a job that owns its target, its socket and its
 //! read buffer. At a tick it connects and sends every due check back to back; when its epoll instance
 //! has events, it reads each response that came, judges it, and settles it (BENCHMARKS.md, "Side by side
 //! with the peers").
 //!
-//! The engine only runs checks that change nothing: a job's [`Steady`] settles each outcome, which
-//! records a quiet pass itself and hands anything else to the service's actor. What it cannot settle (the
+//! The engine decides nothing: a job's [`Steady`] settles each outcome, which records a quiet pass itself
+//! (a pass of a healthy service) and hands anything else to the service's actor. What it cannot settle (the
 //! actor has not taken the last one yet), and a check that is to be traced, the engine gives back to the
 //! caller ([`Returned`]), which runs or hands it on and then brings the job back.
 //!
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use super::ProbeOutcome;
 use super::http::{BUFFER_LIMIT, Failure, IDLE_LIMIT, Response, Target, parse_response};
 use super::probe::judged;
-use super::socket::dissolve;
+use super::socket::{dissolve, register, take_events};
 use crate::config::HttpProbe;
 
 /// How late a check may start before the next ones are delayed (tokio's `Interval` allows the same).
@@ -46,9 +46,6 @@ pub const LATE: Duration = Duration::from_millis(5);
 
 /// Most room a job keeps for its next response (a health response is usually a few hundred bytes).
 const KEPT_BUFFER: usize = 4096;
-
-/// Events taken from the epoll instance per `epoll_wait`.
-const BATCH: usize = 64;
 
 /// When the check after one due at `due` and started at `started` is due: a check that started late
 /// delays the next ones rather than bunching them.
@@ -295,7 +292,6 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, epoll: AsyncFd<Owne
         stamps: 0,
         epoll: epoll.get_ref().as_raw_fd(),
     };
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed = None;
@@ -319,27 +315,17 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, epoll: AsyncFd<Owne
                 let Ok(mut ready) = ready else {
                     return;
                 };
-                loop {
-                    // SAFETY: waits on the engine's own epoll descriptor, without blocking, into `events`.
-                    let taken = unsafe {
-                        libc::epoll_wait(jobs.epoll, events.as_mut_ptr(), BATCH as libc::c_int, 0)
-                    };
-                    let Ok(taken) = usize::try_from(taken) else {
-                        if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                            continue;
-                        }
-                        tracing::warn!(error = %io::Error::last_os_error(), "steady checks: epoll_wait failed");
-                        return;
-                    };
-                    for event in &events[..taken] {
+                let descriptor = jobs.epoll;
+                if let Err(error) = take_events(descriptor, |events| {
+                    for event in events {
                         jobs.event(event.u64);
                     }
-                    if taken < BATCH {
-                        // Events that come after this are a new readiness of the descriptor, not lost.
-                        ready.clear_ready();
-                        break;
-                    }
+                }) {
+                    tracing::warn!(%error, "steady checks: epoll_wait failed");
+                    return;
                 }
+                // Events that come after this are a new readiness of the descriptor, not lost.
+                ready.clear_ready();
             },
             () = timer.as_mut(), if armed.is_some() => {
                 armed = None;
@@ -667,16 +653,7 @@ impl Job {
                 Type::STREAM.nonblocking(),
                 None,
             )?;
-            let mut event = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-                u64: self.token,
-            };
-            // SAFETY: registers our own socket with the engine's epoll instance; `event` is read only.
-            let added =
-                unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, socket.as_raw_fd(), &raw mut event) };
-            if added < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            register(epoll, &socket, self.token)?;
             self.socket = Some(socket);
         }
         let Some(socket) = self.socket.as_ref() else {

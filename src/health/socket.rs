@@ -158,34 +158,50 @@ impl Drop for Stopped {
 /// The reactor's task: whenever its epoll instance has events, takes them all and dispatches them.
 async fn drain(watched: AsyncFd<Watched>, stopped: Stopped) {
     let reactor = &stopped.0;
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
     loop {
         let Ok(mut ready) = watched.readable().await else {
             return;
         };
-        loop {
-            // SAFETY: waits on the reactor's own epoll descriptor, without blocking, into `events`.
-            let taken = unsafe {
-                libc::epoll_wait(
-                    reactor.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    BATCH as libc::c_int,
-                    0,
-                )
-            };
-            let Ok(taken) = usize::try_from(taken) else {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                tracing::warn!(error = %io::Error::last_os_error(), "probe sockets: epoll_wait failed");
-                return;
-            };
-            reactor.dispatch(&events[..taken]);
-            if taken < BATCH {
-                // Events that come after this are a new readiness of the descriptor, not lost.
-                ready.clear_ready();
-                break;
+        if let Err(error) = take_events(reactor.epoll.as_raw_fd(), |events| reactor.dispatch(events)) {
+            tracing::warn!(%error, "probe sockets: epoll_wait failed");
+            return;
+        }
+        // Events that come after this are a new readiness of the descriptor, not lost.
+        ready.clear_ready();
+    }
+}
+
+/// Registers `socket` with an epoll instance, once for all its connections: edge-triggered, for what
+/// may let a `recv` or a `send` proceed, its events carrying `token`.
+pub(super) fn register(epoll: RawFd, socket: &Socket, token: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+        u64: token,
+    };
+    // SAFETY: registers a socket the caller owns with an epoll instance it owns; `event` is read only.
+    if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, socket.as_raw_fd(), &raw mut event) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes the events an epoll instance has now, without waiting, [`BATCH`] at a time, and hands them to
+/// `dispatch`, until a batch comes back less than full.
+pub(super) fn take_events(epoll: RawFd, mut dispatch: impl FnMut(&[libc::epoll_event])) -> io::Result<()> {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
+    loop {
+        // SAFETY: waits on an epoll descriptor the caller owns, without blocking, into `events`.
+        let taken = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), BATCH as libc::c_int, 0) };
+        let Ok(taken) = usize::try_from(taken) else {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
+            return Err(error);
+        };
+        dispatch(&events[..taken]);
+        if taken < BATCH {
+            return Ok(());
         }
     }
 }
@@ -220,22 +236,7 @@ impl ProbeSocket {
             ipv6: address.is_ipv6(),
             seen: [0; 2],
         };
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: key,
-        };
-        // SAFETY: registers our own socket with the reactor's epoll instance; `event` is read only.
-        let added = unsafe {
-            libc::epoll_ctl(
-                reactor.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                socket.socket.as_raw_fd(),
-                &raw mut event,
-            )
-        };
-        if added < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        register(reactor.epoll.as_raw_fd(), &socket.socket, key)?;
         Ok(socket)
     }
 
