@@ -49,6 +49,17 @@ fn recorder(settle: usize) -> (Box<Recorder>, std_mpsc::Receiver<(ProbeOutcome, 
     (Box::new(recorder), received)
 }
 
+/// Checks `url` from now on every [`INTERVAL`], each given `limit`, settling the first `settle` outcomes:
+/// when it started, what the engine gave back, and every outcome it settled or gave back.
+async fn checks(url: &str, settle: usize, limit: Duration) -> (Instant, Returned, Vec<ProbeOutcome>) {
+    let prober = NetworkProber::default();
+    let (recorder, outcomes) = recorder(settle);
+    let first = Instant::now();
+    let returned = steady(&prober, url).run(first, INTERVAL, limit, recorder).await;
+    let outcomes = outcomes.try_iter().map(|(outcome, _)| outcome).collect();
+    (first, returned, outcomes)
+}
+
 fn steady(prober: &NetworkProber, url: &str) -> SteadyHttp {
     prober
         .steady(&Probe::Http(HttpProbe::new(url)))
@@ -100,16 +111,10 @@ const KEEPING: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 #[tokio::test]
 async fn a_closing_target_is_checked_at_each_interval_on_a_new_connection_each_time() {
     let (url, server) = target(CLOSING, 3, 1);
-    let prober = NetworkProber::default();
-    let (recorder, outcomes) = recorder(2);
-    let first = Instant::now();
-    let returned = steady(&prober, &url)
-        .run(first, INTERVAL, TIMEOUT, recorder)
-        .await;
+    let (first, returned, outcomes) = checks(&url, 2, TIMEOUT).await;
     let ports = server.join().unwrap();
-    let outcomes: Vec<_> = outcomes.try_iter().collect();
     assert_eq!(outcomes.len(), 3);
-    for (outcome, _) in &outcomes {
+    for outcome in &outcomes {
         assert!(outcome.passed, "{outcome:?}");
         assert_eq!(outcome.message, "Service health check passed");
         assert_eq!(outcome.details["http_status"], 200);
@@ -131,16 +136,9 @@ async fn a_closing_target_is_checked_at_each_interval_on_a_new_connection_each_t
 #[tokio::test]
 async fn a_target_that_keeps_the_connection_is_checked_on_it() {
     let (url, server) = target(KEEPING, 1, 3);
-    let prober = NetworkProber::default();
-    let (recorder, outcomes) = recorder(2);
-    let returned = steady(&prober, &url)
-        .run(Instant::now(), INTERVAL, TIMEOUT, recorder)
-        .await;
+    let (_, returned, outcomes) = checks(&url, 2, TIMEOUT).await;
     assert!(matches!(returned, Returned::Unsettled { ref outcome, .. } if outcome.passed));
-    assert_eq!(
-        outcomes.try_iter().filter(|(outcome, _)| outcome.passed).count(),
-        3
-    );
+    assert_eq!(outcomes.iter().filter(|outcome| outcome.passed).count(), 3);
     assert_eq!(server.join().unwrap().len(), 1, "one connection for three checks");
 }
 
@@ -149,14 +147,10 @@ async fn a_kept_connection_the_target_closed_meanwhile_is_replaced_without_a_fai
     // Each connection carries one exchange, and the target closes it without saying so (as when its idle
     // timeout ends the connection between two checks).
     let (url, server) = target(KEEPING, 3, 1);
-    let prober = NetworkProber::default();
-    let (recorder, outcomes) = recorder(2);
-    let returned = steady(&prober, &url)
-        .run(Instant::now(), INTERVAL, TIMEOUT, recorder)
-        .await;
+    let (_, returned, outcomes) = checks(&url, 2, TIMEOUT).await;
     assert!(matches!(returned, Returned::Unsettled { ref outcome, .. } if outcome.passed));
-    let outcomes: Vec<_> = outcomes.try_iter().collect();
-    assert!(outcomes.iter().all(|(outcome, _)| outcome.passed), "{outcomes:?}");
+    assert_eq!(outcomes.len(), 3);
+    assert!(outcomes.iter().all(|outcome| outcome.passed), "{outcomes:?}");
     assert_eq!(server.join().unwrap().len(), 3);
 }
 
@@ -167,11 +161,7 @@ async fn a_failing_status_is_judged_as_the_prober_judges_it() {
         1,
         1,
     );
-    let prober = NetworkProber::default();
-    let (recorder, _outcomes) = recorder(0);
-    let returned = steady(&prober, &url)
-        .run(Instant::now(), INTERVAL, TIMEOUT, recorder)
-        .await;
+    let (_, returned, _) = checks(&url, 0, TIMEOUT).await;
     server.join().unwrap();
     let Returned::Unsettled { outcome, .. } = returned else {
         panic!("{returned:?}");
@@ -188,11 +178,7 @@ async fn a_failing_status_is_judged_as_the_prober_judges_it() {
 async fn a_refused_connection_is_a_connect_failure() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let url = format!("http://{closed}/health");
-    let prober = NetworkProber::default();
-    let (recorder, _outcomes) = recorder(0);
-    let returned = steady(&prober, &url)
-        .run(Instant::now(), INTERVAL, TIMEOUT, recorder)
-        .await;
+    let (_, returned, _) = checks(&url, 0, TIMEOUT).await;
     let Returned::Unsettled { outcome, .. } = returned else {
         panic!("{returned:?}");
     };
@@ -207,13 +193,8 @@ async fn a_refused_connection_is_a_connect_failure() {
 async fn a_target_that_never_answers_times_the_check_out() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/health", listener.local_addr().unwrap());
-    let prober = NetworkProber::default();
-    let (recorder, _outcomes) = recorder(0);
     let limit = Duration::from_millis(50);
-    let started = Instant::now();
-    let returned = steady(&prober, &url)
-        .run(started, INTERVAL, limit, recorder)
-        .await;
+    let (_, returned, _) = checks(&url, 0, limit).await;
     let Returned::Unsettled { outcome, elapsed, .. } = returned else {
         panic!("{returned:?}");
     };

@@ -75,7 +75,6 @@ impl Drop for CheckerLink {
 struct Checker {
     spec: Arc<ServiceSpec>,
     prober: Arc<dyn Prober>,
-    check_sample_ratio: f64,
     quiet: Quiet,
 }
 
@@ -115,7 +114,6 @@ impl Actor {
         let checker = Checker {
             spec: parts.spec.clone(),
             prober: parts.prober.clone(),
-            check_sample_ratio: parts.check_sample_ratio,
             quiet: Quiet {
                 id,
                 spec: parts.spec.clone(),
@@ -159,7 +157,7 @@ impl Checker {
         };
         let (interval, limit) = (self.spec.health.check_interval, self.spec.health.timeout);
         // With every check traced, the engine would give each one back.
-        let every_traced = self.check_sample_ratio >= 1.0 && crate::telemetry::trace::exporting();
+        let every_traced = self.quiet.check_sample_ratio >= 1.0 && crate::telemetry::trace::exporting();
         let mut steady = self.prober.steady(&probe).filter(|_| !every_traced);
         let timer = tokio::time::sleep_until(first);
         tokio::pin!(timer);
@@ -199,7 +197,7 @@ impl Checker {
             timer.as_mut().await;
             let started = Instant::now();
             due = next_due(due, started, interval);
-            let traced = traced.unwrap_or_else(|| super::spans::sampled(self.check_sample_ratio));
+            let traced = traced.unwrap_or_else(|| self.quiet.traced());
             let span = check_span(&self.spec, traced);
             timer.as_mut().reset(started + limit);
             let mut work = self.prober.probe(&self.spec.name, &probe);
