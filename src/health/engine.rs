@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::ProbeOutcome;
-use super::http::{BUFFER_LIMIT, Failure, IDLE_LIMIT, Response, Target, parse_response};
+use super::http::{Failure, IDLE_LIMIT, Response, Target, parse_response};
 use super::probe::judged;
 use super::socket::{dissolve, register, take_events};
 use crate::config::HttpProbe;
@@ -552,11 +552,6 @@ impl Jobs {
                     unsafe { buffer.set_len(buffer.len() + received) };
                     match parse_response(buffer, false) {
                         Ok(Some(whole)) => return self.finish(index, Ok(whole)),
-                        Ok(None) if buffer.len() > BUFFER_LIMIT => {
-                            let failure =
-                                Failure::Malformed(format!("no whole response in {BUFFER_LIMIT} bytes"));
-                            return self.finish(index, Err(Unanswered::Failed(failure)));
-                        }
                         Ok(None) => {}
                         Err(failure) => return self.finish(index, Err(Unanswered::Failed(failure))),
                     }

@@ -569,21 +569,15 @@ async fn exchange(stream: &mut Connection, request: &[u8]) -> Result<(Response, 
             }
             Ok(read) => read == 0,
         };
-        match parse_response(&buffer, closed).map_err(Exchange::Failed)? {
-            Some(whole) => return Ok(whole),
-            None if buffer.len() > BUFFER_LIMIT => {
-                return Err(Exchange::Failed(Failure::Malformed(format!(
-                    "no whole response in {BUFFER_LIMIT} bytes"
-                ))));
-            }
-            None => {}
+        if let Some(whole) = parse_response(&buffer, closed).map_err(Exchange::Failed)? {
+            return Ok(whole);
         }
     }
 }
 
 /// Most bytes read for one response before it is given up as malformed: its head, a body of up to
 /// [`READ_LIMIT`] bytes, and what frames them.
-pub(super) const BUFFER_LIMIT: usize = 3 * READ_LIMIT;
+const BUFFER_LIMIT: usize = 3 * READ_LIMIT;
 
 /// One read, appended to `buffer`.
 async fn read_some(stream: &mut Connection, buffer: &mut Vec<u8>) -> io::Result<usize> {
@@ -610,15 +604,20 @@ enum Framing {
 }
 
 /// The response at the start of `buffer` (the bytes read so far on a connection; `closed` once the peer
-/// closed it), and whether the connection may carry another; none while more bytes are needed. Interim
-/// responses (100 Continue, 103 Early Hints) are skipped; a body is kept up to [`READ_LIMIT`] bytes (a
-/// longer one ends the read, and the connection is not reused).
+/// closed it), and whether the connection may carry another; none while more bytes are needed (never once
+/// the peer closed the connection, nor past [`BUFFER_LIMIT`] bytes: a response cut short or too long is a
+/// failure). Interim responses (100 Continue, 103 Early Hints) are skipped; a body is kept up to
+/// [`READ_LIMIT`] bytes (a longer one ends the read, and the connection is not reused).
 ///
 /// Both the probes' async client and the steady-check engine read responses with this: it does no I/O.
 pub(super) fn parse_response(buffer: &[u8], closed: bool) -> Result<Option<(Response, bool)>, Failure> {
     let cut_short = || {
         if closed {
             Err(Failure::Io(io::ErrorKind::UnexpectedEof.into()))
+        } else if buffer.len() > BUFFER_LIMIT {
+            Err(Failure::Malformed(format!(
+                "no whole response in {BUFFER_LIMIT} bytes"
+            )))
         } else {
             Ok(None)
         }
@@ -653,7 +652,7 @@ pub(super) fn parse_response(buffer: &[u8], closed: bool) -> Result<Option<(Resp
         Framing::UntilClose if closed || body.len() >= READ_LIMIT => {
             (body[..body.len().min(READ_LIMIT)].to_vec(), false)
         }
-        Framing::UntilClose => return Ok(None),
+        Framing::UntilClose => return cut_short(),
     };
     let response = Response {
         status: head.status,
@@ -853,6 +852,14 @@ mod tests {
         assert!(matches!(
             parse_response(bad_chunk, false),
             Err(Failure::Malformed(_))
+        ));
+        // A chunk extension that never ends: given up once more than a response's worth has come.
+        let mut endless = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;x".to_vec();
+        assert!(matches!(parse_response(&endless, false), Ok(None)));
+        endless.resize(BUFFER_LIMIT + 1, b'x');
+        assert!(matches!(
+            parse_response(&endless, false),
+            Err(Failure::Malformed(message)) if message == format!("no whole response in {BUFFER_LIMIT} bytes")
         ));
     }
 
