@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use super::ProbeOutcome;
 use super::http::{Failure, IDLE_LIMIT, Response, Target, parse_response};
 use super::probe::judged;
-use super::socket::{dissolve, register, take_events};
+use super::socket::{connect, dissolve, register, take_events};
 use crate::config::HttpProbe;
 
 /// How late a check may start before the next ones are delayed (tokio's `Interval` allows the same).
@@ -654,10 +654,7 @@ impl Job {
         let Some(socket) = self.socket.as_ref() else {
             return Ok(());
         };
-        match socket.connect(&self.address.into()) {
-            Err(error) if error.raw_os_error() != Some(libc::EINPROGRESS) => Err(error),
-            _ => Ok(()),
-        }
+        connect(socket, self.address)
     }
 
     /// Ends the connection with a reset and keeps the socket for the next (closes it should that fail).

@@ -256,10 +256,7 @@ impl ProbeSocket {
     ) -> io::Result<usize> {
         // What happened to the socket before this connection is no news for it.
         self.seen = [Direction::Read, Direction::Write].map(|direction| self.slot.events(direction));
-        match self.socket.connect(&address.into()) {
-            Err(error) if error.raw_os_error() != Some(libc::EINPROGRESS) => return Err(error),
-            _ => {}
-        }
+        connect(&self.socket, address)?;
         // `send` reports the connection's own error and clears it; EAGAIN while the handshake is under
         // way. MSG_NOSIGNAL: a reset is an error, not SIGPIPE.
         match self.socket.send_with_flags(request, libc::MSG_NOSIGNAL) {
@@ -363,6 +360,21 @@ impl AsyncWrite for ProbeSocket {
     }
 }
 
+/// Starts connecting `socket` to `address`; the handshake goes on from there (errors are the
+/// connection's: refused, unreachable).
+///
+/// The handshake's last ACK is held back (`TCP_QUICKACK` off, which `connect(AF_UNSPEC)` resets) and
+/// goes with the request sent right after, as HAProxy does: one packet fewer per check, and the target
+/// woken once for the connection and its request instead of twice.
+pub(super) fn connect(socket: &Socket, address: SocketAddr) -> io::Result<()> {
+    // Only a saving: a socket that refuses it connects as any other.
+    let _ = socket.set_tcp_quickack(false);
+    match socket.connect(&address.into()) {
+        Err(error) if error.raw_os_error() != Some(libc::EINPROGRESS) => Err(error),
+        _ => Ok(()),
+    }
+}
+
 /// Ends `socket`'s connection with a reset and keeps the socket for another: `connect(AF_UNSPEC)`.
 pub(super) fn dissolve(socket: &Socket) -> io::Result<()> {
     let unspecified = libc::sockaddr {
@@ -409,6 +421,53 @@ mod tests {
         let mut received = vec![0; REQUEST.len()];
         accepted.read_exact(&mut received).unwrap();
         assert_eq!(received, REQUEST);
+    }
+
+    #[tokio::test]
+    async fn the_handshakes_last_ack_goes_with_the_request_on_every_connection_of_a_kept_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let reactor = Reactor::start().unwrap();
+        let address = listener.local_addr().unwrap();
+        let read_request = || {
+            let (mut accepted, _) = listener.accept().unwrap();
+            let mut received = vec![0; REQUEST.len()];
+            accepted.read_exact(&mut received).unwrap();
+            assert_eq!(received, REQUEST);
+            segments_in(&accepted)
+        };
+        // A plain connection: the handshake's ACK, then the request.
+        let mut plain = std::net::TcpStream::connect(address).unwrap();
+        plain.write_all(REQUEST).unwrap();
+        let plain = read_request();
+        let mut socket = ProbeSocket::new(&reactor, address).unwrap();
+        // Twice: dissolving the connection resets what the socket was told about its acknowledgements.
+        for connection in ["first", "second"] {
+            socket.connect_and_send(address, REQUEST).await.unwrap();
+            assert_eq!(
+                read_request(),
+                plain - 1,
+                "the {connection} connection's request carried the handshake's ACK"
+            );
+            socket.dissolve().unwrap();
+        }
+    }
+
+    /// How many segments an accepted connection has received (`tcpi_segs_in`).
+    fn segments_in(accepted: &std::net::TcpStream) -> u32 {
+        // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `length` bytes into it.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let got = libc::getsockopt(
+                accepted.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut length,
+            );
+            assert_eq!(got, 0, "TCP_INFO: {}", io::Error::last_os_error());
+            info.tcpi_segs_in
+        }
     }
 
     #[tokio::test]
