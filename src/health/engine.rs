@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use socket2::{Domain, Socket, Type};
+use socket2::Socket;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use super::ProbeOutcome;
 use super::http::{Failure, IDLE_LIMIT, Response, Target, parse_response};
 use super::probe::judged;
-use super::socket::{connect, dissolve, register, take_events};
+use super::socket::{check_socket, connect, dissolve, register, take_events};
 use crate::config::HttpProbe;
 
 /// How late a check may start before the next ones are delayed (tokio's `Interval` allows the same).
@@ -642,12 +642,7 @@ impl Job {
     /// goes on from there.
     fn connect(&mut self, epoll: std::os::fd::RawFd) -> io::Result<()> {
         if self.socket.is_none() {
-            // Close-on-exec, as socket2 makes every socket.
-            let socket = Socket::new(
-                Domain::for_address(self.address),
-                Type::STREAM.nonblocking(),
-                None,
-            )?;
+            let socket = check_socket(self.address)?;
             register(epoll, &socket, self.token)?;
             self.socket = Some(socket);
         }
