@@ -677,8 +677,10 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, Failure> {
     let mut content_length = None;
     let (mut chunked, mut close, mut keep_alive_token) = (false, false, false);
     for header in response.headers.iter() {
-        let value = String::from_utf8_lossy(header.value);
+        // Decoded only for the headers that matter here (most of a response's are not).
+        let value = || String::from_utf8_lossy(header.value);
         if header.name.eq_ignore_ascii_case("content-length") {
+            let value = value();
             let parsed: usize = value
                 .trim()
                 .parse()
@@ -688,12 +690,12 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, Failure> {
             }
             content_length = Some(parsed);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value
+            chunked = value()
                 .rsplit(',')
                 .next()
                 .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
         } else if header.name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
+            for token in value().split(',').map(str::trim) {
                 close |= token.eq_ignore_ascii_case("close");
                 keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
             }
