@@ -60,6 +60,18 @@ async fn checks(url: &str, settle: usize, limit: Duration) -> (Instant, Returned
     (first, returned, outcomes)
 }
 
+/// The outcome, time taken and next due check of a check the engine gave back unsettled.
+fn unsettled(returned: Returned) -> (ProbeOutcome, Duration, Instant) {
+    match returned {
+        Returned::Unsettled {
+            outcome,
+            elapsed,
+            next,
+        } => (outcome, elapsed, next),
+        other => panic!("the outcome was not given back unsettled: {other:?}"),
+    }
+}
+
 fn steady(prober: &NetworkProber, url: &str) -> SteadyHttp {
     prober
         .steady(&Probe::Http(HttpProbe::new(url)))
@@ -119,9 +131,7 @@ async fn a_closing_target_is_checked_at_each_interval_on_a_new_connection_each_t
         assert_eq!(outcome.message, "Service health check passed");
         assert_eq!(outcome.details["http_status"], 200);
     }
-    let Returned::Unsettled { outcome, next, .. } = returned else {
-        panic!("the third outcome was not settled: {returned:?}");
-    };
+    let (outcome, _, next) = unsettled(returned);
     assert!(outcome.passed);
     assert!(
         next >= first + 3 * INTERVAL,
@@ -163,9 +173,7 @@ async fn a_failing_status_is_judged_as_the_prober_judges_it() {
     );
     let (_, returned, _) = checks(&url, 0, TIMEOUT).await;
     server.join().unwrap();
-    let Returned::Unsettled { outcome, .. } = returned else {
-        panic!("{returned:?}");
-    };
+    let (outcome, ..) = unsettled(returned);
     assert_eq!(outcome.reason, Some(FailureReason::HttpStatus));
     assert_eq!(
         outcome.message,
@@ -179,9 +187,7 @@ async fn a_refused_connection_is_a_connect_failure() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let url = format!("http://{closed}/health");
     let (_, returned, _) = checks(&url, 0, TIMEOUT).await;
-    let Returned::Unsettled { outcome, .. } = returned else {
-        panic!("{returned:?}");
-    };
+    let (outcome, ..) = unsettled(returned);
     assert_eq!(outcome.reason, Some(FailureReason::Connect));
     assert_eq!(
         outcome.message,
@@ -195,9 +201,7 @@ async fn a_target_that_never_answers_times_the_check_out() {
     let url = format!("http://{}/health", listener.local_addr().unwrap());
     let limit = Duration::from_millis(50);
     let (_, returned, _) = checks(&url, 0, limit).await;
-    let Returned::Unsettled { outcome, elapsed, .. } = returned else {
-        panic!("{returned:?}");
-    };
+    let (outcome, elapsed, _) = unsettled(returned);
     assert_eq!(outcome.reason, Some(FailureReason::Timeout));
     assert_eq!(outcome.message, "no answer within 50ms");
     assert!(elapsed >= limit, "{elapsed:?}");
