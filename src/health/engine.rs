@@ -24,7 +24,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,9 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::ProbeOutcome;
-use super::http::{Failure, IDLE_LIMIT, Response, Target, parse_response};
+use super::http::{Failure, IDLE_LIMIT, Response, Target, make_room, parse_response};
 use super::probe::judged;
-use super::socket::{check_socket, connect, dissolve, register, take_events};
+use super::socket::{check_socket, connect, dissolve, new_epoll, register, take_events};
 use crate::config::HttpProbe;
 
 /// How late a check may start before the next ones are delayed (tokio's `Interval` allows the same).
@@ -128,16 +128,9 @@ impl Engine {
 
 /// A new epoll instance, watched by the current runtime.
 fn epoll() -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: creates a descriptor, which is checked, and owned below.
-    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if epoll < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `epoll` is a new descriptor that nothing else owns.
-    let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
     // SAFETY: the descriptor is owned by the `AsyncFd`, which keeps it open for as long as the runtime
     // watches it.
-    Ok(unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE)? })
+    Ok(unsafe { AsyncFd::register_with_interest(new_epoll()?, Interest::READABLE)? })
 }
 
 /// One service's steady checks, as the engine can run them.
@@ -542,9 +535,7 @@ impl Jobs {
         };
         let buffer = &mut job.buffer;
         let closed = loop {
-            if buffer.capacity() - buffer.len() < 512 {
-                buffer.reserve(buffer.capacity().max(1024));
-            }
+            make_room(buffer);
             match socket.recv(buffer.spare_capacity_mut()) {
                 Ok(0) => break Ok(()),
                 Ok(received) => {
@@ -641,13 +632,13 @@ impl Job {
     /// Connects the job's socket (made and registered at the first check) to its target; the handshake
     /// goes on from there.
     fn connect(&mut self, epoll: std::os::fd::RawFd) -> io::Result<()> {
-        if self.socket.is_none() {
-            let socket = check_socket(self.address)?;
-            register(epoll, &socket, self.token)?;
-            self.socket = Some(socket);
-        }
-        let Some(socket) = self.socket.as_ref() else {
-            return Ok(());
+        let socket = match self.socket {
+            Some(ref socket) => socket,
+            None => {
+                let socket = check_socket(self.address)?;
+                register(epoll, &socket, self.token)?;
+                self.socket.insert(socket)
+            }
         };
         connect(socket, self.address)
     }

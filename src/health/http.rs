@@ -581,10 +581,15 @@ const BUFFER_LIMIT: usize = 3 * READ_LIMIT;
 
 /// One read, appended to `buffer`.
 async fn read_some(stream: &mut Connection, buffer: &mut Vec<u8>) -> io::Result<usize> {
+    make_room(buffer);
+    stream.read_buf(buffer).await
+}
+
+/// Room in `buffer` for the next read of a response: at least 512 bytes, growing it by doubling.
+pub(super) fn make_room(buffer: &mut Vec<u8>) {
     if buffer.capacity() - buffer.len() < 512 {
         buffer.reserve(buffer.capacity().max(1024));
     }
-    stream.read_buf(buffer).await
 }
 
 /// The head and framing of a response.

@@ -82,14 +82,8 @@ impl Reactor {
     /// A reactor drained by a task on the current tokio runtime; an error outside of one.
     pub(super) fn start() -> io::Result<Arc<Self>> {
         let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        // SAFETY: creates a descriptor, which is checked, and owned below.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(io::Error::last_os_error());
-        }
         let reactor = Arc::new(Self {
-            // SAFETY: `epoll` is a new descriptor that nothing else owns.
-            epoll: unsafe { OwnedFd::from_raw_fd(epoll) },
+            epoll: new_epoll()?,
             slots: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
             alive: AtomicBool::new(true),
@@ -169,6 +163,17 @@ async fn drain(watched: AsyncFd<Watched>, stopped: Stopped) {
         // Events that come after this are a new readiness of the descriptor, not lost.
         ready.clear_ready();
     }
+}
+
+/// A new epoll instance (close-on-exec).
+pub(super) fn new_epoll() -> io::Result<OwnedFd> {
+    // SAFETY: creates a descriptor, which is checked, and owned below.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `epoll` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(epoll) })
 }
 
 /// Registers `socket` with an epoll instance, once for all its connections: edge-triggered, for what

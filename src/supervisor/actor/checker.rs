@@ -73,8 +73,8 @@ impl Drop for CheckerLink {
 
 /// What the checker task owns.
 struct Checker {
-    spec: Arc<ServiceSpec>,
     prober: Arc<dyn Prober>,
+    /// Holds the service's spec too.
     quiet: Quiet,
 }
 
@@ -112,7 +112,6 @@ impl Actor {
         let (handed, receiver) = mpsc::channel(1);
         let parts = &self.parts;
         let checker = Checker {
-            spec: parts.spec.clone(),
             prober: parts.prober.clone(),
             quiet: Quiet {
                 id,
@@ -152,10 +151,11 @@ impl Checker {
     /// to be traced, which runs here, and one it could not settle, which is handed to the actor here (with
     /// back-pressure). Otherwise the checks run here, on one timer for the cadence and each check's timeout.
     async fn run(mut self, first: Instant) {
-        let Some(probe) = self.spec.probe.clone() else {
+        let spec = self.quiet.spec.clone();
+        let Some(probe) = spec.probe.clone() else {
             return;
         };
-        let (interval, limit) = (self.spec.health.check_interval, self.spec.health.timeout);
+        let (interval, limit) = (spec.health.check_interval, spec.health.timeout);
         // With every check traced, the engine would give each one back.
         let every_traced = self.quiet.check_sample_ratio >= 1.0 && crate::telemetry::trace::exporting();
         let mut steady = self.prober.steady(&probe).filter(|_| !every_traced);
@@ -198,9 +198,9 @@ impl Checker {
             let started = Instant::now();
             due = next_due(due, started, interval);
             let traced = traced.unwrap_or_else(|| self.quiet.traced());
-            let span = check_span(&self.spec, traced);
+            let span = check_span(&spec, traced);
             timer.as_mut().reset(started + limit);
-            let mut work = self.prober.probe(&self.spec.name, &probe);
+            let mut work = self.prober.probe(&spec.name, &probe);
             if !span.is_none() {
                 // Only a traced check pays for entering its span at each poll.
                 work = Box::pin(work.instrument(span.clone()));
